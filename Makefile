@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CORES  ?= 2
+CONFIG ?= config/config.yaml
+STAMP  := $(VENV)/.endofm-installed
+
+.PHONY: setup demo test test-fast lint clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:\t/'
+
+setup: $(STAMP)  ## create .venv and install endofm with its pinned dependencies (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup  ## run the whole workflow on the built-in synthetic corpus (CPU, minutes)
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) all
+
+test: setup  ## unit tests + one end-to-end workflow run on the tiny config
+	$(PY) -m pytest
+
+test-fast: setup  ## unit tests only
+	$(PY) -m pytest -m "not workflow"
+
+lint: setup  ## ruff + snakemake --lint
+	$(VENV)/bin/ruff check endofm tests benchmarks workflow_scripts
+	$(VENV)/bin/snakemake --lint --configfile $(CONFIG)
+
+clean:  ## remove generated results and resources (keeps .venv)
+	rm -rf results resources .snakemake

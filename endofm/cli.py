@@ -1,0 +1,152 @@
+"""The ``endofm`` command: every stage of the workflow, usable without Snakemake.
+
+Settings come from a workflow config file (``--config``, default ``config/config.yaml`` when it
+exists) so the command line and the workflow never disagree; a few flags override single values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from endofm.config import ConfigError, from_dict, to_dict
+
+log = logging.getLogger("endofm")
+
+DEFAULT_CONFIG = Path("config/config.yaml")
+
+
+def _workflow_config(path: Path | None):
+    from endofm.settings import WorkflowConfig, load_workflow_config
+
+    if path is None:
+        return load_workflow_config(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else WorkflowConfig()
+    return load_workflow_config(path)
+
+
+def _override(obj, **values):
+    """A copy of config dataclass ``obj`` with the given non-None values, type-checked."""
+    data = to_dict(obj)
+    data.update({k: v for k, v in values.items() if v is not None})
+    return from_dict(type(obj), data, type(obj).__name__)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from endofm.data.synthetic import SYNTHETIC_NAMES, save_preview, synthesize
+
+    cfg = _workflow_config(args.config)
+    synth = _override(cfg.synthetic, seed=args.seed)
+    if args.preview:
+        print(save_preview(args.preview, synth, seed=synth.seed))
+        return
+    out_root = Path(args.out or cfg.data.raw_dir)
+    for name in args.names or SYNTHETIC_NAMES:
+        print(synthesize(name, out_root / name, synth))
+
+
+def cmd_extract_clips(args: argparse.Namespace) -> None:
+    from endofm.data.clips import extract_clips
+    from endofm.data.sources import list_source_videos
+
+    cfg = _workflow_config(args.config)
+    clips = _override(
+        cfg.clips, clip_length=args.clip_length, short_side=args.short_side, fps=args.fps, on_error=args.on_error
+    )
+    raw = Path(args.raw or Path(cfg.data.raw_dir) / args.source)
+    out = Path(args.out or Path(cfg.data.clips_dir) / args.source)
+    manifest = extract_clips(raw, list_source_videos(args.source, raw), out, args.source, clips, threads=args.threads)
+    print(f"{len(manifest)} clips -> {out}")
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from endofm.data.benchmarks import build_manifest
+
+    cfg = _workflow_config(args.config)
+    raw = Path(args.raw or Path(cfg.data.raw_dir) / args.benchmark)
+    out = Path(args.out or Path(cfg.data.benchmarks_dir) / args.benchmark)
+    summary = build_manifest(args.benchmark, raw, out)
+    print(summary)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from endofm.data.download import fetch_source
+
+    cfg = _workflow_config(args.config)
+    default_root = cfg.data.raw_dir if cfg.data.origin == "real" else "resources/raw"
+    raw_root = Path(args.raw_root or default_root)
+    overrides = cfg.data.download_overrides.get(args.source) or None
+    print(fetch_source(args.source, raw_root / args.source, Path(cfg.data.downloads_dir), overrides=overrides))
+
+
+def cmd_sources(args: argparse.Namespace) -> None:
+    from endofm.data.sources import registry_markdown
+
+    print(registry_markdown())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="endofm",
+        description="Endo-FM reimplementation: data preparation, pretraining, fine-tuning and reports. "
+        "Each subcommand is one stage of the Snakemake workflow; run `endofm <command> --help` for details.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", type=Path, help=f"workflow config YAML (default: {DEFAULT_CONFIG} if present)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("synth", cmd_synth, "Generate the built-in synthetic endoscopy corpus in the official layouts.")
+    p.add_argument("names", nargs="*", help="sources/benchmarks to generate (default: all)")
+    p.add_argument("--out", type=Path, help="root folder; each name is written to <out>/<name> (default: data.raw_dir)")
+    p.add_argument("--seed", type=int, help="override synthetic.seed")
+    p.add_argument("--preview", type=Path, help="instead of writing data, save a PNG of example frames with labels")
+
+    p = add("extract-clips", cmd_extract_clips, "Cut a pretraining source's videos into fixed-length clips (clips.csv).")
+    p.add_argument("source", help="source name in the registry (see `endofm sources`)")
+    p.add_argument("--raw", type=Path, help="raw folder of the source (default: <data.raw_dir>/<source>)")
+    p.add_argument("--out", type=Path, help="output folder (default: <data.clips_dir>/<source>)")
+    p.add_argument("--clip-length", type=int, help="frames per clip (official: 150)")
+    p.add_argument("--short-side", type=int, help="resize the short side to this (official: 256)")
+    p.add_argument("--fps", type=int, help="frame rate written into the clips (official: 30)")
+    p.add_argument("--on-error", choices=["fail", "skip"], help="a bad video fails the run, or is listed in skipped.csv")
+    p.add_argument("--threads", type=int, default=1, help="parallel workers over videos")
+
+    p = add("index", cmd_index, "Index a downstream benchmark's official layout into manifest.csv/json.")
+    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"])
+    p.add_argument("--raw", type=Path, help="benchmark folder (default: <data.raw_dir>/<benchmark>)")
+    p.add_argument("--out", type=Path, help="output folder (default: <data.benchmarks_dir>/<benchmark>)")
+
+    p = add("download", cmd_download, "Download and unpack an open source (checksummed, resumable).")
+    p.add_argument("source", help="source name in the registry (see `endofm sources`)")
+    p.add_argument(
+        "--raw-root",
+        type=Path,
+        help="unpack into <raw-root>/<source> (default: data.raw_dir of a real-data config, else resources/raw)",
+    )
+
+    add("sources", cmd_sources, "List the known pretraining sources and benchmarks with access and licence.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from endofm.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+        log.debug("error", exc_info=True)
+        print(f"endofm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

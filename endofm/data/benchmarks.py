@@ -1,0 +1,107 @@
+"""The downstream benchmarks by name: index a raw layout into ``manifest.csv`` + a ``manifest.json`` summary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from endofm.data.cvc import index_cvc
+from endofm.data.kumc import CLASS_IDS, index_kumc, to_coco
+from endofm.data.polypdiag import LABELS, index_polypdiag
+from endofm.io import write_csv, write_json
+
+BENCHMARKS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    "polypdiag": index_polypdiag,
+    "cvc12k": index_cvc,
+    "kumc": index_kumc,
+}
+
+NOTES = {
+    "polypdiag": [
+        "val is the official test split (splits/val.txt); there is no official validation split",
+        "label 1 = abnormal, 0 = normal",
+    ],
+    "cvc12k": [
+        "'CVC-12k' is read as the 612-frame CVC-ClinicDB (Original/ and Ground Truth/ tifs)",
+        "one sample is one whole sequence; masks: 255 -> 1, all else -> 0",
+        "sequences come from videolist.txt if present, else the official hard-coded lists, in which 7 of 9 "
+        "test sequences are also train sequences (see overlaps_other_split)",
+    ],
+    "kumc": [
+        "val (val2019) is the split the paper reports as its test set",
+        "boxes are 0-based continuous [x0, y0, x1, y1]: x0 = VOC xmin - 1, x1 = VOC xmax",
+        "frames without an XML are unannotated; an XML without objects is a polyp-free frame",
+        "coco_{split}.json holds the annotated frames only",
+    ],
+}
+
+
+def _summary(benchmark: str, manifest: pd.DataFrame) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    for split, rows in manifest.groupby("split", sort=False):
+        if benchmark == "polypdiag":
+            counts = rows["label"].value_counts()
+            splits[split] = {
+                "videos": len(rows),
+                "labels": {name: int(counts.get(label, 0)) for label, name in LABELS.items()},
+                "frames": int(rows["num_frames"].sum()),
+            }
+        elif benchmark == "cvc12k":
+            splits[split] = {
+                "sequences": int(rows["sequence"].nunique()),
+                "frames": len(rows),
+                "frames_with_polyp": int((rows["polyp_pixels"] > 0).sum()),
+                "frames_in_other_split": int(rows["overlaps_other_split"].sum()),
+            }
+        else:
+            annotated = rows[rows["annotated"]]
+            labels = [label for labels in annotated["labels"] for label in json.loads(labels)]
+            splits[split] = {
+                "videos": int(rows["video"].nunique()),
+                "frames": len(rows),
+                "annotated_frames": len(annotated),
+                "polyp_free_frames": int((annotated["labels"] == "[]").sum()),
+                "boxes": {name: labels.count(i) for name, i in CLASS_IDS.items()},
+            }
+    return {"splits": splits}
+
+
+def build_manifest(benchmark: str, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Index ``raw_dir`` as ``benchmark`` and write ``out_dir/manifest.csv`` and ``manifest.json``.
+
+    For ``kumc`` also ``out_dir/coco_{split}.json`` per split. Every file is written atomically and
+    ``manifest.json`` last, so its presence means the outputs are complete. Returns the summary.
+    """
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {sorted(BENCHMARKS)}")
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"{raw_dir}: raw {benchmark} folder not found")
+    manifest = BENCHMARKS[benchmark](raw_dir)
+    summary: dict[str, Any] = {"benchmark": benchmark, "raw_dir": str(raw_dir), "rows": len(manifest)}
+    summary.update(_summary(benchmark, manifest))
+    summary["notes"] = NOTES[benchmark]
+    files = ["manifest.csv"]
+    (out_dir / "manifest.json").unlink(missing_ok=True)  # no summary may describe a half-updated folder
+    write_csv(out_dir / "manifest.csv", manifest)
+    if benchmark == "kumc":
+        for split in manifest["split"].unique():
+            write_json(out_dir / f"coco_{split}.json", to_coco(manifest, split))
+            files.append(f"coco_{split}.json")
+    summary["files"] = files
+    write_json(out_dir / "manifest.json", summary)
+    return summary
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a ``manifest.csv`` back with the written types (names stay strings, empty stays empty)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    names = {"sample_id": str, "path": str, "sequence": str, "video": str, "image": str, "annotation": str}
+    header = pd.read_csv(path, nrows=0).columns
+    return pd.read_csv(path, keep_default_na=False, dtype={k: v for k, v in names.items() if k in header})

@@ -1,0 +1,188 @@
+"""PolypDiag (video classification, normal vs abnormal): index the official layout, serve clips.
+
+The official split files are ``splits/train.txt`` and ``splits/val.txt``. **``val`` is the official
+test set** (there is no validation split); the manifest keeps the official name so that ``paper``
+numbers stay comparable, and a ``clean`` protocol must carve its own validation set from ``train``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from endofm.data.layouts import PolypDiagLayout
+from endofm.data.video import VideoDecodeError, VideoReader, probe_video
+
+COLUMNS = ("split", "sample_id", "path", "label", "num_frames", "fps", "height", "width")
+LABELS = {0: "normal", 1: "abnormal"}
+
+
+def _parse_line(split_file: Path, lineno: int, line: str, videos_dir: Path) -> tuple[str, int]:
+    """Return (path relative to ``videos/``, label) for one non-blank split line."""
+    where = f"{split_file}:{lineno}"
+    fields = [f.strip() for f in line.split(",")]
+    if len(fields) != 2:
+        raise ValueError(f"{where}: expected '<video path>,<label>', got {len(fields)} field(s) in {line!r}")
+    rel, label = fields
+    if label not in ("0", "1"):
+        raise ValueError(f"{where}: label must be 0 (normal) or 1 (abnormal), got {label!r}")
+    posix = PurePosixPath(rel.replace("\\", "/"))
+    if not rel or posix.is_absolute() or ".." in posix.parts:
+        raise ValueError(f"{where}: video path must be relative and inside {videos_dir}, got {rel!r}")
+    if not (videos_dir / posix).is_file():
+        raise FileNotFoundError(f"{where}: video {videos_dir / posix} does not exist")
+    return posix.as_posix(), int(label)
+
+
+def sample_id_of(rel: str) -> str:
+    """Sample id of a video: its path under ``videos/`` without the extension."""
+    return PurePosixPath(rel).with_suffix("").as_posix()
+
+
+def read_split(layout: PolypDiagLayout, split: str) -> list[tuple[str, int, int]]:
+    """(path under ``videos/``, label, line number) for each entry of one split file."""
+    split_file = layout.split_file(split)
+    if not split_file.is_file():
+        raise FileNotFoundError(f"{split_file}: PolypDiag split file not found (expected under {layout.root})")
+    entries: list[tuple[str, int, int]] = []
+    seen: dict[str, tuple[str, int]] = {}  # sample id -> (path, line)
+    for lineno, line in enumerate(split_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        rel, label = _parse_line(split_file, lineno, line, layout.videos_dir)
+        sample_id = sample_id_of(rel)
+        if sample_id in seen:
+            other, first = seen[sample_id]
+            what = f"video {rel!r} already listed" if other == rel else f"{rel!r} has the same sample id as {other!r}"
+            raise ValueError(f"{split_file}:{lineno}: {what} on line {first}")
+        seen[sample_id] = (rel, lineno)
+        entries.append((rel, label, lineno))
+    if not entries:
+        raise ValueError(f"{split_file}: no videos listed")
+    return entries
+
+
+def index_polypdiag(root: str | Path) -> pd.DataFrame:
+    """Manifest of the official PolypDiag layout under ``root``; one row per (split, video).
+
+    ``split`` is ``train`` or ``val`` (the official test set). ``path`` is relative to ``root``,
+    ``label`` 1 = abnormal, and the stream properties come from :func:`probe_video`.
+    """
+    layout = PolypDiagLayout(Path(root))
+    rows: list[dict[str, Any]] = []
+    for split in layout.SPLITS:
+        for rel, label, lineno in read_split(layout, split):
+            video = layout.videos_dir / rel
+            try:
+                info = probe_video(video)
+            except VideoDecodeError as exc:
+                raise VideoDecodeError(f"{layout.split_file(split)}:{lineno}: {exc}") from exc
+            rows.append(
+                {
+                    "split": split,
+                    "sample_id": sample_id_of(rel),
+                    "path": video.relative_to(layout.root).as_posix(),
+                    "label": label,
+                    "num_frames": info.num_frames,
+                    "fps": info.fps,
+                    "height": info.height,
+                    "width": info.width,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def sample_indices(
+    video_frames: int,
+    num_frames: int,
+    sampling: Literal["uniform", "random"] = "uniform",
+    window: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Frame indices of one clip: ``num_frames`` evenly spaced (floor of a linspace) inside a window.
+
+    ``uniform``: the window is the first ``window`` frames (the whole video if ``None``), which is the
+    official single deterministic test view. ``random``: a window of ``window`` frames starting
+    uniformly at random (official training). A video shorter than the window uses all its frames,
+    so indices repeat when it has fewer than ``num_frames``.
+    """
+    if video_frames < 1:
+        raise ValueError(f"video has {video_frames} frames")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 or None, got {window}")
+    length = video_frames if window is None else min(window, video_frames)
+    if sampling == "uniform":
+        start = 0
+    elif sampling == "random":
+        if window is None:
+            raise ValueError("random sampling needs a window length")
+        if rng is None:
+            raise ValueError("random sampling needs an rng")
+        start = int(rng.integers(0, video_frames - length + 1))
+    else:
+        raise ValueError(f"sampling must be 'uniform' or 'random', got {sampling!r}")
+    return start + np.floor(np.linspace(0, length - 1, num_frames)).astype(np.int64)
+
+
+class PolypDiagDataset(Dataset):
+    """Clips of one split of a PolypDiag manifest; decodes only the sampled frames.
+
+    Items are ``dict(frames=uint8 (T, H, W, 3), label=int, sample_id=str, indices=list[int])``;
+    ``transform`` (if given) maps that dict to the returned one. Random sampling draws from an rng
+    seeded by ``(seed, epoch, index)``, so an item is reproducible; call :meth:`set_epoch` to vary it.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        root: str | Path,
+        split: str,
+        num_frames: int = 8,
+        sampling: Literal["uniform", "random"] = "uniform",
+        window: int | None = None,
+        seed: int = 0,
+        transform=None,
+    ) -> None:
+        if split not in PolypDiagLayout.SPLITS:
+            raise ValueError(f"split must be one of {PolypDiagLayout.SPLITS}, got {split!r}")
+        rows = manifest[manifest["split"] == split]
+        if rows.empty:
+            raise ValueError(f"manifest has no rows for split {split!r}")
+        # Validate the arguments once, here, rather than on the first item.
+        sample_indices(1, num_frames, sampling, window, np.random.default_rng(0))
+        self.rows = rows.reset_index(drop=True)
+        self.root = Path(root)
+        self.num_frames, self.sampling, self.window = num_frames, sampling, window
+        self.seed, self.epoch, self.transform = seed, 0, transform
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows.iloc[index]
+        path = self.root / row["path"]
+        with VideoReader(path) as reader:
+            if reader.num_frames != int(row["num_frames"]):
+                raise ValueError(
+                    f"{path}: has {reader.num_frames} frames but the manifest says {row['num_frames']}; re-index"
+                )
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            indices = sample_indices(reader.num_frames, self.num_frames, self.sampling, self.window, rng)
+            frames = reader.get_frames(indices)
+        item = {
+            "frames": torch.from_numpy(np.ascontiguousarray(frames)),
+            "label": int(row["label"]),
+            "sample_id": str(row["sample_id"]),
+            "indices": indices.tolist(),
+        }
+        return self.transform(item) if self.transform is not None else item

@@ -1,0 +1,370 @@
+"""TimeSformer ViT with divided space-time attention, parameter-compatible with Endo-FM's backbone.
+
+Layout and numerics follow the official ``models/timesformer.py`` as described in ENDOFM.md §1:
+per block temporal attention -> spatial attention -> MLP, a CLS token repeated per frame for
+spatial attention and averaged back, LayerNorm eps 1e-6, and ``pos_embed``/``time_embed``
+resized at run time (nearest by default) for any grid and frame count. Parameter names equal the
+official state dict, so the released teacher backbone loads strictly (see ``checkpoint.py``).
+
+Tokens of a clip are ``[CLS] + patches ordered (h, w, t)``: space-major, time-minor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, NamedTuple, overload
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+
+AttentionKind = Literal["sdpa", "explicit"]
+GridInterp = Literal["nearest", "bilinear", "bicubic"]
+TimeInterp = Literal["nearest", "linear"]
+
+#: Size presets. ``vit_base_patch16`` is the official Endo-FM backbone; the patch-8 sizes are for CPU runs.
+PRESETS: dict[str, dict[str, int | float]] = {
+    "vit_base_patch16": dict(
+        img_size=224,
+        num_frames=8,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+        drop_path_rate=0.1,
+    ),
+    "vit_small_patch16": dict(
+        img_size=224,
+        num_frames=8,
+        patch_size=16,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        mlp_ratio=4.0,
+        drop_path_rate=0.1,
+    ),
+    # ~0.6 M parameters: the size measured in CPU_BUDGET.md (2 cores, minutes of pretraining).
+    "vit_tiny_patch8": dict(
+        img_size=64,
+        num_frames=4,
+        patch_size=8,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=4.0,
+        drop_path_rate=0.1,
+    ),
+    # For unit tests only.
+    "vit_micro_patch8": dict(
+        img_size=32,
+        num_frames=4,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        drop_path_rate=0.0,
+    ),
+}
+
+_SIZE_FIELDS = tuple(PRESETS["vit_base_patch16"])
+
+
+@dataclasses.dataclass
+class BackboneConfig:
+    """Backbone settings. Size fields left ``None`` are filled from the preset ``name``.
+
+    ``img_size``/``num_frames`` fix the stored ``pos_embed``/``time_embed`` sizes only; inputs of
+    other sizes are handled by resizing them at run time with ``pos_interp`` (spatial grid) and
+    ``time_interp`` (frames). The official model uses ``nearest`` for both.
+    """
+
+    name: str = "vit_base_patch16"
+    img_size: int | None = None
+    num_frames: int | None = None
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    drop_path_rate: float | None = None
+    pos_interp: GridInterp = "nearest"
+    time_interp: TimeInterp = "nearest"
+    attention: AttentionKind = "sdpa"
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        preset = PRESETS.get(self.name)
+        unset = [f for f in _SIZE_FIELDS if getattr(self, f) is None]
+        if preset is None and unset:
+            raise ValueError(
+                f"backbone {self.name!r} is not a preset ({', '.join(PRESETS)}); "
+                f"a custom backbone must set {', '.join(unset)}"
+            )
+        for f in unset:
+            setattr(self, f, preset[f])
+        for f in ("img_size", "num_frames", "patch_size", "embed_dim", "depth", "num_heads"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        for f, allowed in (("pos_interp", GridInterp), ("time_interp", TimeInterp), ("attention", AttentionKind)):
+            if getattr(self, f) not in allowed.__args__:
+                raise ValueError(f"{f} must be one of {list(allowed.__args__)}, got {getattr(self, f)!r}")
+
+
+class DenseFeatures(NamedTuple):
+    """Normalised outputs for dense heads: ``cls`` (B, C) and ``patches`` (B, T, H/p, W/p, C)."""
+
+    cls: torch.Tensor
+    patches: torch.Tensor
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; ``qkv`` rows are laid out (3, heads, head_dim) as in the original."""
+
+    def __init__(self, dim: int, num_heads: int, attention: AttentionKind = "sdpa") -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.attention = attention
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.attention == "sdpa":
+            # SDPA's default scale is head_dim ** -0.5, the original's scale.
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Divided space-time block: temporal attention, then spatial attention, then MLP (all pre-norm)."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, attention: AttentionKind = "sdpa"
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, attention)
+        self.temporal_norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.temporal_attn = Attention(dim, num_heads, attention)
+        self.temporal_fc = nn.Linear(dim, dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """``x``: (B, 1 + N·T, C) with patches ordered (n, t); returns the same shape."""
+        b, length, c = x.shape
+        t = frames
+        n = (length - 1) // t
+        cls, patches = x[:, :1], x[:, 1:]
+
+        # Temporal attention over the T tokens of each spatial location; no CLS. Like the original,
+        # drop_path here acts on the regrouped batch (B·N), i.e. per location rather than per clip.
+        xt = patches.reshape(b * n, t, c)
+        res = self.drop_path(self.temporal_attn(self.temporal_norm1(xt)))
+        patches = patches + self.temporal_fc(res.reshape(b, n * t, c))
+
+        # Spatial attention per frame, with the block's input CLS repeated for every frame (batch B·T).
+        xs = patches.reshape(b, n, t, c).transpose(1, 2).reshape(b * t, n, c)
+        xs = torch.cat([cls.repeat_interleave(t, dim=0), xs], dim=1)
+        res = self.drop_path(self.attn(self.norm1(xs)))
+        res_cls = res[:, :1].reshape(b, t, c).mean(dim=1, keepdim=True)  # averaged over frames
+        res_patches = res[:, 1:].reshape(b, t, n, c).transpose(1, 2).reshape(b, n * t, c)
+        x = torch.cat([cls + res_cls, patches + res_patches], dim=1)
+
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Per-frame non-overlapping patch projection (Conv2d, kernel = stride = patch size)."""
+
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B·T, 3, H, W) -> (B·T, H/p · W/p, C), patches row-major."""
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimeSformer(nn.Module):
+    """Divided space-time ViT backbone (no classifier head).
+
+    Input (B, 3, T, H, W) for any T >= 1 and H, W multiples of the patch size. ``forward`` returns
+    the CLS embedding after the final LayerNorm (B, C); ``forward_features`` returns all tokens or,
+    with ``dense=True``, the CLS and the patch grid (B, T, H/p, W/p, C).
+    """
+
+    def __init__(self, config: BackboneConfig | None = None) -> None:
+        super().__init__()
+        cfg = config if config is not None else BackboneConfig()
+        self.config = cfg
+        self.patch_size = cfg.patch_size
+        self.embed_dim = self.num_features = cfg.embed_dim
+        self.grid_size = cfg.img_size // cfg.patch_size
+        self.grad_checkpointing = cfg.grad_checkpointing
+
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, cfg.embed_dim))
+        self.time_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.embed_dim))
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear 0 -> rate
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, rate, cfg.attention) for rate in rates
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The original's init: Linear trunc_normal(0.02)/0, LayerNorm 1/0, cls/pos trunc_normal(0.02),
+        ``time_embed`` 0, patch conv left at PyTorch's default, and every ``temporal_fc`` zeroed."""
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        nn.init.zeros_(self.time_embed)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # The original meant to skip block 0 (loop guard `i > 0`), but index 0 is the ModuleList
+        # container, so every block's temporal branch starts as a no-op. Reproduced deliberately.
+        for blk in self.blocks:
+            nn.init.zeros_(blk.temporal_fc.weight)
+            nn.init.zeros_(blk.temporal_fc.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "time_embed"}
+
+    @property
+    def attention(self) -> AttentionKind:
+        return self.blocks[0].attn.attention
+
+    def set_attention(self, kind: AttentionKind) -> None:
+        """Switch every attention layer between SDPA and the explicit softmax path."""
+        if kind not in AttentionKind.__args__:
+            raise ValueError(f"attention must be one of {list(AttentionKind.__args__)}, got {kind!r}")
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.attention = kind
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward (saves activation memory, ~30% more compute)."""
+        self.grad_checkpointing = enable
+
+    def _check_input(self, x: torch.Tensor) -> tuple[int, int, int, int]:
+        p = self.patch_size
+        if x.ndim != 5 or x.shape[1] != 3:
+            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
+        b, _, t, h, w = x.shape
+        if t < 1 or h < p or w < p or h % p or w % p:
+            raise ValueError(
+                f"expected T >= 1 and H, W positive multiples of the patch size {p}, got T={t}, H={h}, W={w}"
+            )
+        return b, t, h // p, w // p
+
+    def interpolate_pos_embed(self, gh: int, gw: int) -> torch.Tensor:
+        """``pos_embed`` for a (gh, gw) patch grid: (1, 1 + gh·gw, C); the CLS slot is kept as is."""
+        if (gh, gw) == (self.grid_size, self.grid_size):
+            return self.pos_embed
+        return resize_pos_embed(self.pos_embed, (gh, gw), self.config.pos_interp)
+
+    def interpolate_time_embed(self, frames: int) -> torch.Tensor:
+        """``time_embed`` for ``frames`` frames: (1, T, C)."""
+        if frames == self.time_embed.shape[1]:
+            return self.time_embed
+        return resize_time_embed(self.time_embed, frames, self.config.time_interp)
+
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        """Embed a clip: (B, 1 + gh·gw·T, C) with patches ordered (h, w, t)."""
+        b, t, gh, gw = self._check_input(x)
+        x = self.patch_embed(x.transpose(1, 2).flatten(0, 1))  # (B·T, N, C)
+        pos = self.interpolate_pos_embed(gh, gw)
+        x = x + pos[:, 1:]
+        n, c = x.shape[1], x.shape[2]
+        x = x.reshape(b, t, n, c).transpose(1, 2) + self.interpolate_time_embed(t).unsqueeze(1)  # (B, N, T, C)
+        cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)  # identical for every frame; no time embedding
+        return torch.cat([cls, x.reshape(b, n * t, c)], dim=1), t, gh, gw
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        x, t, gh, gw = self._tokens(x)
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, t, use_reentrant=False)
+            else:
+                x = blk(x, t)
+        return self.norm(x), t, gh, gw
+
+    @overload
+    def forward_features(self, x: torch.Tensor, dense: Literal[False] = False) -> torch.Tensor: ...
+    @overload
+    def forward_features(self, x: torch.Tensor, dense: Literal[True]) -> DenseFeatures: ...
+
+    def forward_features(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor | DenseFeatures:
+        """All normalised tokens (B, 1 + N·T, C) in (h, w, t) order (the original's ``get_all``),
+        or with ``dense=True`` a :class:`DenseFeatures` of cls (B, C) and patches (B, T, H/p, W/p, C)."""
+        x, t, gh, gw = self._encode(x)
+        if not dense:
+            return x
+        patches = x[:, 1:].reshape(x.shape[0], gh, gw, t, x.shape[-1]).permute(0, 3, 1, 2, 4)
+        return DenseFeatures(cls=x[:, 0], patches=patches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """CLS embedding after the final LayerNorm: (B, C)."""
+        return self._encode(x)[0][:, 0]
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], mode: GridInterp = "nearest") -> torch.Tensor:
+    """Resize the square patch grid of a (1, 1 + g², C) ``pos_embed`` to ``grid``; the CLS slot is kept.
+
+    Returns a new tensor; the input is not modified.
+    """
+    n = pos_embed.shape[1] - 1
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"pos_embed has {n} patch positions, not a square grid")
+    cls, patches = pos_embed[:, :1], pos_embed[:, 1:]
+    if (g, g) != tuple(grid):
+        c = pos_embed.shape[-1]
+        patches = patches.transpose(1, 2).reshape(1, c, g, g)
+        kwargs = {} if mode == "nearest" else {"align_corners": False}
+        patches = F.interpolate(patches, size=tuple(grid), mode=mode, **kwargs).flatten(2).transpose(1, 2)
+    return torch.cat([cls, patches], dim=1)
+
+
+def resize_time_embed(time_embed: torch.Tensor, frames: int, mode: TimeInterp = "nearest") -> torch.Tensor:
+    """Resize a (1, T0, C) ``time_embed`` to ``frames`` along time; returns a new tensor."""
+    if time_embed.shape[1] == frames:
+        return time_embed.clone()
+    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(time_embed.transpose(1, 2), size=frames, mode=mode, **kwargs).transpose(1, 2)
+
+
+def build_backbone(name: str | BackboneConfig = "vit_base_patch16", **overrides) -> TimeSformer:
+    """Build a backbone from a preset name or a :class:`BackboneConfig`, with field overrides."""
+    if isinstance(name, BackboneConfig):
+        cfg = dataclasses.replace(name, **overrides)
+    else:
+        if name not in PRESETS:
+            raise ValueError(f"unknown backbone {name!r}; presets: {', '.join(PRESETS)}")
+        cfg = BackboneConfig(name=name, **overrides)
+    return TimeSformer(cfg)

@@ -1,0 +1,61 @@
+# Config validation, the experiment matrix, and the path helpers every stage uses.
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from endofm.config import to_dict
+from endofm.data.sources import SOURCES, missing_data_message
+from endofm.settings import load_workflow_config
+
+validate(config, schema="../config/schema.yaml")
+# Typed config: fills the defaults of keys left out and checks what the schema cannot express.
+# Rules pass resolved sections as params, so any change of a value reruns the jobs it affects.
+CFG = load_workflow_config(config)
+DATA = CFG.data
+RAW = DATA.raw_dir
+CLIPS = DATA.clips_dir
+BENCH = DATA.benchmarks_dir
+DOWNLOADS = DATA.downloads_dir
+PRETRAIN_SOURCES = DATA.pretrain_sources
+BENCHMARKS = DATA.benchmarks
+SYNTHETIC = DATA.origin == "synthetic"
+LOGS = "results/logs"
+
+
+wildcard_constraints:
+    source="|".join(PRETRAIN_SOURCES),
+
+
+def benchmark_outputs(bench):
+    """Files the index rule of ``bench`` writes."""
+    outputs = [f"{BENCH}/{bench}/manifest.csv", f"{BENCH}/{bench}/manifest.json"]
+    if bench == "kumc":
+        outputs += [f"{BENCH}/kumc/coco_{split}.json" for split in ("train", "val", "test")]
+    return outputs
+
+
+def data_outputs():
+    """Everything the data stage produces: one clip manifest per source, one index per benchmark."""
+    clips = expand(f"{CLIPS}/{{source}}/clips.csv", source=PRETRAIN_SOURCES)
+    return clips + [f for bench in BENCHMARKS for f in benchmark_outputs(bench)]
+
+
+def download_targets():
+    """Sources that get a `download_<name>` rule: open ones with archives, and any given a mirror."""
+    names = {n for n, s in SOURCES.items() if s.access == "open" and s.downloads}
+    return sorted(names | set(DATA.download_overrides))
+
+
+def raw_folder(name):
+    """The raw folder of a source or benchmark. Real data must already be there (downloaded by its
+    explicit `download_<name>` target or placed by hand): otherwise stop before any job runs, saying
+    where to get it and where to put it."""
+    path = f"{RAW}/{name}"
+    if not SYNTHETIC and not Path(path).exists():
+        raise WorkflowError(missing_data_message(name, Path(path)))
+    return path
+
+
+def clip_source_input(wildcards):
+    return raw_folder(wildcards.source)

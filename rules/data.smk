@@ -1,0 +1,69 @@
+# Data stage: raw sources (synthesised, downloaded or placed by hand) -> clips and benchmark manifests.
+
+if SYNTHETIC:
+
+    rule synthesize:
+        output:
+            directory(f"{RAW}/{{name}}"),
+        log:
+            f"{LOGS}/synthesize/{{name}}.log",
+        params:
+            synthetic=to_dict(CFG.synthetic),
+        wildcard_constraints:
+            name="|".join(PRETRAIN_SOURCES + BENCHMARKS),
+        script:
+            "../workflow_scripts/synthesize.py"
+
+else:
+
+    for _name in download_targets():
+
+        rule:
+            # Explicit target only (`snakemake download_<source>`): nothing downloads unless asked.
+            name:
+                f"download_{_name}"
+            output:
+                directory(f"{RAW}/{_name}"),
+            log:
+                f"{LOGS}/download/{_name}.log",
+            params:
+                source=_name,
+                downloads_dir=DOWNLOADS,
+                overrides=to_dict(DATA.download_overrides.get(_name, [])),
+            retries: 2
+            script:
+                "../workflow_scripts/download.py"
+
+
+rule extract_clips:
+    input:
+        clip_source_input,
+    output:
+        manifest=f"{CLIPS}/{{source}}/clips.csv",
+        skipped=f"{CLIPS}/{{source}}/skipped.csv",
+    log:
+        f"{LOGS}/extract_clips/{{source}}.log",
+    benchmark:
+        "results/benchmarks/extract_clips/{source}.tsv"
+    threads: 2
+    params:
+        clips=to_dict(CFG.clips),
+    script:
+        "../workflow_scripts/extract_clips.py"
+
+
+for _bench in BENCHMARKS:
+
+    rule:
+        name:
+            f"index_{_bench}"
+        input:
+            raw_folder(_bench),
+        output:
+            benchmark_outputs(_bench),
+        log:
+            f"{LOGS}/index/{_bench}.log",
+        params:
+            benchmark=_bench,
+        script:
+            "../workflow_scripts/index_benchmark.py"

@@ -1,0 +1,93 @@
+"""Fixtures shared by several test files."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Behaviour:
+    """What the server does; tests mutate it and read the request log."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    fail_first: int = 0  # answer this many requests with 503
+    drop_once_at: int | None = None  # on the next full-body answer, close after this many bytes
+    ignore_range: bool = False
+    log: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    behaviour: Behaviour
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:
+        b = self.server.behaviour
+        rng = self.headers.get("Range")
+        b.log.append((self.path, rng))
+        if b.fail_first > 0:
+            b.fail_first -= 1
+            self.send_error(503, "Service Unavailable")
+            return
+        data = b.files.get(self.path)
+        if data is None:
+            self.send_error(404, "Not Found")
+            return
+        start = 0
+        if rng and not b.ignore_range:
+            m = re.fullmatch(r"bytes=(\d+)-", rng)
+            assert m, rng
+            start = int(m.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if b.drop_once_at is not None:
+            cut, b.drop_once_at = b.drop_once_at, None
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@dataclass
+class LoopbackServer:
+    url: str
+    behaviour: Behaviour
+
+    def url_for(self, path: Path) -> str:
+        """Serve the bytes of ``path`` and return its URL."""
+        self.behaviour.files[f"/{path.name}"] = Path(path).read_bytes()
+        return f"{self.url}/{path.name}"
+
+
+@pytest.fixture
+def http_server() -> Iterator[LoopbackServer]:
+    """An HTTP server on 127.0.0.1 with Range support and scriptable failures (see Behaviour)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.behaviour = Behaviour()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield LoopbackServer(f"http://127.0.0.1:{httpd.server_address[1]}", httpd.behaviour)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

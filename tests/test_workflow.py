@@ -1,0 +1,149 @@
+"""The Snakemake workflow run as a user runs it: the CLI in a subprocess, in a fresh working directory."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+TINY = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
+
+
+def make_workdir(tmp_path: Path, config: dict) -> Path:
+    """A working directory with its own config/config.yaml, as `snakemake --directory` expects."""
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tiny_config(**data_overrides) -> dict:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["data"].update(data_overrides)
+    return config
+
+
+def test_dry_run_plans_the_data_stage(tmp_path):
+    out = snakemake(make_workdir(tmp_path, tiny_config()), "-n", "data").stdout
+    expected = [("synthesize", 6), ("extract_clips", 3), ("index_polypdiag", 1), ("index_cvc12k", 1), ("index_kumc", 1)]
+    for rule, count in expected:
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out)
+
+
+def test_misspelt_key_fails_at_start_naming_it(tmp_path):
+    config = tiny_config()
+    config["clips"]["clip_lenght"] = 8
+    proc = snakemake(make_workdir(tmp_path, config), "-n", "data", check=False)
+    assert proc.returncode != 0
+    assert "clip_lenght" in proc.stdout + proc.stderr
+
+
+def test_typed_check_fails_at_start(tmp_path):
+    proc = snakemake(make_workdir(tmp_path, tiny_config(pretrain_sources=["sun_seg"])), "-n", "data", check=False)
+    assert proc.returncode != 0
+    assert "'sun_seg' is a real source but data.origin is 'synthetic'" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_data_stage_end_to_end(tmp_path):
+    workdir = make_workdir(tmp_path, tiny_config())
+    snakemake(workdir, "--cores", "2", "data")
+    data = TINY["data"]
+    for source in data["pretrain_sources"]:
+        manifest = pd.read_csv(workdir / data["clips_dir"] / source / "clips.csv")
+        assert len(manifest) >= 1 and set(manifest["source"]) == {source}
+        assert (manifest["frames"] >= 1).all()
+        assert all((workdir / data["clips_dir"] / source / p).is_file() for p in manifest["path"])
+        assert min(manifest["width"].min(), manifest["height"].min()) == TINY["clips"]["short_side"]
+        assert (workdir / f"results/logs/extract_clips/{source}.log").is_file()
+    for bench in data["benchmarks"]:
+        assert len(pd.read_csv(workdir / data["benchmarks_dir"] / bench / "manifest.csv")) > 0
+        assert (workdir / f"results/logs/index/{bench}.log").is_file()
+    assert (workdir / data["benchmarks_dir"] / "kumc/coco_val.json").is_file()
+    rerun = snakemake(workdir, "--cores", "2", "data")
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr
+
+
+@pytest.fixture
+def tiny_video_archive(tmp_path):
+    """A zip laid out like an open video source: one top-level folder holding two short mp4s."""
+    import hashlib
+    import zipfile
+
+    import numpy as np
+
+    from endofm.data.video import write_video
+
+    folder = tmp_path / "archive_src"
+    for i, n in enumerate((20, 40)):
+        frames = np.full((n, 32, 48, 3), 40 * (i + 1), dtype=np.uint8)
+        frames[:, :, : (i + 1) * 8] = 200
+        write_video(folder / f"videos/v{i}.mp4", frames, fps=30)
+    archive = tmp_path / "mirror/hyper-kvasir-videos.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(folder.rglob("*.mp4")):
+            zf.write(f, f.relative_to(folder).as_posix())
+    return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def real_config(sources: list[str], benchmarks: list[str], **data) -> dict:
+    config = tiny_config(
+        origin="real",
+        raw_dir="resources/raw",
+        clips_dir="resources/clips",
+        benchmarks_dir="resources/benchmarks",
+        pretrain_sources=sources,
+        benchmarks=benchmarks,
+        **data,
+    )
+    del config["synthetic"]
+    return config
+
+
+def test_missing_gated_source_says_where_to_get_it(tmp_path):
+    workdir = make_workdir(tmp_path, real_config(["sun_seg"], []))
+    proc = snakemake(workdir, "--cores", "1", "data", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "resources/raw/sun_seg" in output and "SUN" in output
+    assert not (workdir / "resources/raw/sun_seg").exists()
+
+
+@pytest.mark.workflow
+def test_download_target_then_data_stage(tmp_path, http_server, tiny_video_archive):
+    """An open source fetched from a loopback mirror by its explicit target, then cut into clips."""
+    archive, digest = tiny_video_archive
+    url = http_server.url_for(archive)
+    overrides = {"hyper_kvasir": [{"url": url, "filename": archive.name, "sha256": digest}]}
+    workdir = make_workdir(tmp_path / "wd", real_config(["hyper_kvasir"], [], download_overrides=overrides))
+    proc = snakemake(workdir, "--cores", "1", "data", check=False)
+    assert proc.returncode != 0, "the data target must not download by itself"
+    snakemake(workdir, "--cores", "1", "download_hyper_kvasir")
+    snakemake(workdir, "--cores", "1", "data")
+    manifest = pd.read_csv(workdir / "resources/clips/hyper_kvasir/clips.csv")
+    assert len(manifest) >= 2 and set(manifest["source"]) == {"hyper_kvasir"}
+
+    bad = {"hyper_kvasir": [{"url": url, "filename": archive.name, "sha256": "0" * 64}]}
+    workdir2 = make_workdir(tmp_path / "wd2", real_config(["hyper_kvasir"], [], download_overrides=bad))
+    proc = snakemake(workdir2, "--cores", "1", "download_hyper_kvasir", check=False)
+    assert proc.returncode != 0
+    assert "sha256" in (proc.stdout + proc.stderr).lower()
+    assert not (workdir2 / "resources/raw/hyper_kvasir").exists()
+    leftovers = [p for p in (workdir2 / "resources/downloads").rglob("*") if p.is_file()]
+    assert leftovers == []
+    shutil.rmtree(workdir2)
