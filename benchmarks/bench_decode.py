@@ -1,7 +1,7 @@
 """Decode throughput for pretraining-style sampling: seek to 8 frames versus decode the whole clip.
 
 Makes a 150-frame H.264 clip like those of ``extract_clips`` (or takes ``--video``), then, for
-several random draws of 8 frame indices, times
+several random draws of 8 frame indices, times (taking turns, medians per draw)
 
 - ``decord-seek``: ``VideoReader(backend="decord").get_frames`` (``get_batch`` seeking);
 - ``pyav-seek``:   ``VideoReader(backend="pyav").get_frames`` (keyframe seek, decode forward);
@@ -81,14 +81,24 @@ def seek(backend: str) -> Callable[[Path, np.ndarray], np.ndarray]:
     return run
 
 
-def time_method(fn: Callable[[Path, np.ndarray], np.ndarray], path: Path, index_sets: list[np.ndarray]) -> float:
-    """Sampled frames per second over all draws (one warm-up call first)."""
-    fn(path, index_sets[0])
-    start = time.perf_counter()
-    frames = 0
-    for indices in index_sets:
-        frames += len(fn(path, indices))
-    return frames / (time.perf_counter() - start)
+def time_methods(
+    methods: dict[str, Callable[[Path, np.ndarray], np.ndarray]], path: Path, index_sets: list[np.ndarray]
+) -> dict[str, float]:
+    """Sampled frames per second of each method, from its median time per draw.
+
+    Methods take turns within each draw (in rotating order), so a busy machine slows them alike.
+    """
+    names = list(methods)
+    for name in names:  # warm-up: imports, caches
+        methods[name](path, index_sets[0])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i, indices in enumerate(index_sets):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            start = time.perf_counter()
+            out = methods[name](path, indices)
+            times[name].append(time.perf_counter() - start)
+            assert len(out) == len(indices)
+    return {name: len(index_sets[0]) / float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         rng = np.random.default_rng(args.seed)
         for pattern in ("global", "local"):
             index_sets = draws(info.num_frames, args.sample, pattern, args.draws, rng)
-            fps = {name: time_method(fn, path, index_sets) for name, fn in methods.items()}
-            print(f"\n{pattern}: {args.sample} frames per draw, {args.draws} draws, sampled frames/s")
+            fps = time_methods(methods, path, index_sets)
+            print(f"\n{pattern}: {args.sample} frames per draw, {args.draws} draws, sampled frames/s (median draw)")
             for name, value in fps.items():
                 print(f"  {name:<12} {value:9.1f}")
             print(f"  ratio decord-seek / pyav-all  {fps['decord-seek'] / fps['pyav-all']:.2f}")

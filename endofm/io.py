@@ -30,7 +30,7 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         os.close(fd)
         tmp = Path(name)
     # mkstemp/mkdtemp create owner-only entries; give the result the permissions of a normal write.
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_UMASK)
     try:
         yield tmp
         if directory:
@@ -47,10 +47,13 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once at import, before any threads
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

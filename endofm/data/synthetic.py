@@ -59,10 +59,10 @@ class SynthConfig:
     width: int = 160  # frame width in pixels (even)
     fps: int = 30  # frame rate written into the videos
     pretrain_videos: int = 30  # videos per pretraining source
-    pretrain_frames: tuple[int, int] = (48, 96)  # min, max frames per pretraining video
+    pretrain_frames: tuple[int, int] = (48, 80)  # min, max frames per pretraining video
     pretrain_polyp_fraction: float = 0.5  # colonoscopy/gastroscopy pretraining videos with polyps
     polypdiag_videos: dict[str, int] = field(default_factory=lambda: {"train": 32, "val": 16})
-    polypdiag_frames: tuple[int, int] = (48, 72)  # min, max frames per PolypDiag video
+    polypdiag_frames: tuple[int, int] = (40, 64)  # min, max frames per PolypDiag video
     polypdiag_abnormal_fraction: float = 0.5  # planned share of videos with polyps in each split
     cvc_sequences: dict[str, int] = field(default_factory=lambda: {"train": 20, "test": 9})
     cvc_sequence_frames: tuple[int, int] = (6, 25)  # min, max frames per CVC sequence (as the official lists)
@@ -239,16 +239,16 @@ _STYLES = {
         mucosa=((0.93, 0.55, 0.42), (0.98, 0.70, 0.55), (0.86, 0.42, 0.34)),
         vessel=(0.62, 0.20, 0.20), vessel_strength=(0.08, 0.22), folds="rugae",
         speed=(0.0, 0.008), spin=0.01, wander=0.35, offcentre=0.6,
-        lumen=(0.25, 0.5), gamma=(1.6, 2.6),
+        lumen=(0.15, 0.35), gamma=(2.0, 3.0),
         fluid=(0.72, 0.72, 0.30), debris=(0.55, 0.45, 0.20), specular=1.0, speckle=1.4,
     ),
     "laparoscopy": _Style(
         tunnel=False, fov="wide",
-        mucosa=((0.98, 0.80, 0.55), (0.62, 0.17, 0.13), (0.90, 0.58, 0.50)),
+        mucosa=((0.98, 0.82, 0.56), (0.72, 0.26, 0.20), (0.92, 0.62, 0.55)),
         vessel=(0.45, 0.08, 0.10), vessel_strength=(0.25, 0.45), folds="none",
         speed=(0.0, 0.003), spin=0.002, wander=0.15, offcentre=0.0,
         lumen=(0.0, 0.0), gamma=(1.0, 1.0),
-        fluid=(0.60, 0.10, 0.08), debris=(0.35, 0.05, 0.05), specular=1.2, speckle=0.8,
+        fluid=(0.60, 0.10, 0.08), debris=(0.35, 0.05, 0.05), specular=0.7, speckle=0.8,
     ),
 }
 
@@ -299,6 +299,17 @@ def _periodic_curve(rng: np.random.Generator, x: np.ndarray, period: float, amp:
     a *= amp / (np.abs(a).sum() + 1e-8)
     ph = rng.uniform(0, 2 * np.pi, harmonics)
     return (a * np.cos(2 * np.pi * np.asarray(x)[..., None] * m / period + ph)).sum(-1)
+
+
+def _atan2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``np.arctan2`` to within 2e-4 rad, several times faster (a minimax polynomial per octant)."""
+    ax, ay = np.abs(x), np.abs(y)
+    t = np.minimum(ax, ay) / np.maximum(np.maximum(ax, ay), 1e-30)
+    t2 = t * t
+    r = (((-0.0464964749 * t2 + 0.15931422) * t2 - 0.327622764) * t2 + 1) * t
+    r = np.where(ay > ax, np.pi / 2 - r, r)
+    r = np.where(x < 0, np.pi - r, r)
+    return np.where(y < 0, -r, r)
 
 
 def _ramp(t: np.ndarray, t0: float, length: float) -> np.ndarray:
@@ -367,7 +378,7 @@ class _TunnelPath:
     shear: np.ndarray
     r_half: np.ndarray  # screen radius where the lumen light falls to 1/2
     gamma: float
-    wobble: np.ndarray  # (LUT,) log-scale of the lumen outline over one turn (an irregular lumen)
+    wobble: np.ndarray  # (2**k,) log-scale of the lumen outline over one turn (an irregular lumen)
     s: float  # canvas px per radian
     v_off: float
     r_min: float
@@ -385,11 +396,11 @@ class _TunnelPath:
         r = np.maximum(np.sqrt(qx * qx + qy * qy), self.r_min)
         log_r = np.log(r)
         phi = self.phi[ti].reshape(shape)
-        ang = np.arctan2(qy, qx) + phi
+        ang = _atan2(qy, qx) + phi
         u = ang * self.s
         v = self.v_off + self.s * (self.depth[ti].reshape(shape) - log_r)
         lut = len(self.wobble)
-        wobble = np.take(self.wobble, (ang * (lut / (2 * np.pi))).astype(np.int64) % lut)
+        wobble = np.take(self.wobble, (ang * (lut / (2 * np.pi))).astype(np.int64) & (lut - 1))
         q = np.exp(self.gamma * (log_r - np.log(self.r_half[ti]).reshape(shape) - wobble))
         return u, v, math.log2(self.s) - log_r * (1 / math.log(2)), q / (1 + q)
 
@@ -507,7 +518,7 @@ def _rgb(colour) -> np.ndarray:
 
 
 _ADENOMA_TINT = _rgb((1.0, 0.66, 0.70))  # adenomatous: redder and darker than the mucosa around it
-_HYPERPLASTIC_COLOUR = _rgb((0.95, 0.80, 0.74))  # hyperplastic: pale, whitish pink
+_HYPERPLASTIC_COLOUR = _rgb((0.92, 0.72, 0.64))  # hyperplastic: pale pink
 
 
 @dataclass(frozen=True)
@@ -548,7 +559,7 @@ class _Canvas:
         else:
             mix1 = 1 / (1 + np.exp(-1.5 * n_low))
             mix2 = np.clip(0.4 * n_mid - 0.25, 0, 1)
-        self.fine = _field(rng, shape, 0.035 * scale, 1.0)
+        self.fine = _field(rng, shape, 0.035 * scale, 0.6)
         base = mucosa[0] * (1 - mix1) + mucosa[1] * mix1
         base = (base * (1 - mix2) + mucosa[2] * mix2) * (1 + 0.015 * self.fine)
         self.base = base  # vessel-free tissue colour: the reference for polyp and patch colours
@@ -561,7 +572,7 @@ class _Canvas:
             vis = vis * (1 - 0.8 * mix1)  # fat hides the vessels
         va = np.clip(rng.uniform(*style.vessel_strength) * vis * vessels, 0, 0.8)
         self.albedo = base * (1 - va) + _rgb(style.vessel) * va
-        self.height = (0.008 * scale) * n_mid + (0.001 * scale) * self.fine
+        self.height = (0.008 * scale) * n_mid
         self.wet = np.clip(0.6 + 0.3 * n_mid, 0.2, 1.0)
         self.glint = np.zeros(shape, np.float32)
         self.alpha = np.zeros(shape, np.float32)
@@ -583,16 +594,16 @@ class _Canvas:
         u = np.arange(w, dtype=np.float32)
         v = rng.uniform(0, 0.5) * s
         while v < h:
-            width = rng.uniform(0.06, 0.11) * s
-            amp = rng.uniform(0.7, 1.3) * width
+            width = rng.uniform(0.07, 0.13) * s
+            amp = rng.uniform(0.6, 1.1) * width
             warp = _periodic_curve(rng, u, w, rng.uniform(0.03, 0.12) * s)
             env = 1 / (1 + np.exp(-4 * (_periodic_curve(rng, u, w, 1.0) + rng.uniform(-0.2, 1.2))))
             lo, hi = max(0, int(v - 0.2 * s - 4 * width)), min(h, int(v + 0.2 * s + 4 * width) + 1)
             if lo < hi:
                 rows = np.arange(lo, hi, dtype=np.float32)[:, None]
                 x = (rows - v - warp[None, :]) / width
-                # Steep far side, gentle near side: the camera looks along the tube.
-                prof = np.exp(-np.where(x > 0, 1.8 * x * x, 0.6 * x * x))
+                # Steeper far side, gentler near side: the camera looks along the tube.
+                prof = np.exp(-np.where(x > 0, 1.2 * x * x, 0.6 * x * x))
                 self.height[lo:hi] += (amp * env[None, :] * prof).astype(np.float32)
             v += rng.uniform(0.35, 0.65) * s
 
@@ -601,14 +612,13 @@ class _Canvas:
         h, w = self.shape
         s = w / (2 * np.pi)
         cols = np.arange(w, dtype=np.float32)[None, :]
-        for u0 in rng.uniform(0, w, rng.integers(5, 10)):
-            width = rng.uniform(0.08, 0.16) * s
-            amp = rng.uniform(0.8, 1.4) * width
-            warp = _smooth(rng, h, rng.uniform(0.1, 0.3) * s, rng.uniform(0.3, 0.8) * s)
-            env = np.clip(0.7 + _smooth(rng, h, 0.8, 0.5 * s), 0, 1)
+        for u0 in rng.uniform(0, w, rng.integers(5, 9)):
+            width = rng.uniform(0.1, 0.2) * s
+            amp = rng.uniform(0.8, 1.3) * width
+            warp = _smooth(rng, h, rng.uniform(0.15, 0.35) * s, rng.uniform(1.0, 2.0) * s)
+            env = np.clip(0.8 + _smooth(rng, h, 0.8, 1.0 * s), 0, 1)
             du = (cols - u0 - warp[:, None] + w / 2) % w - w / 2
             self.height += (amp * env[:, None] * np.exp(-((du / width) ** 2))).astype(np.float32)
-        self.height += (0.03 * s) * np.exp(-((_field(rng, self.shape, 0.8 * s, 0.5) / 0.3) ** 2))
 
     # -- painting in local windows
     def _window(self, cu: float, cv: float, extent: float):
@@ -670,11 +680,11 @@ class _Canvas:
         rim = 1 - 0.3 * contrast * np.exp(-(((d - 1.0) / 0.12) ** 2))
         self.albedo[:, r, c] = (tissue * (1 - alpha) + colour * alpha) * rim
         relief = (0.7 if adenoma else 0.45) * rho * min(1.0, contrast / 0.5)
-        dome = np.clip(1 - d * d, 0, 1) ** rng.uniform(0.5, 1.0)
+        dome = np.clip(1 - d * d, 0, 1) ** rng.uniform(1.2, 2.0)  # sessile to rounder, smooth at the outline
         if adenoma:
             dome = dome * (1 + 0.06 * (self.pattern()[r, c] - 0.5))
         self.height[r, c] += relief * dome
-        self.wet[r, c] = np.maximum(self.wet[r, c], 0.9 * alpha)
+        self.wet[r, c] = np.maximum(self.wet[r, c], (0.9 if adenoma else 0.5) * alpha)
         self.alpha[r, c] = np.maximum(self.alpha[r, c], alpha)
         self.ids[r, c] = np.where(alpha > 0, np.int16(k), self.ids[r, c])
 
@@ -702,7 +712,7 @@ class _Canvas:
         if blob is None:
             return
         (r, c), d = blob
-        self.height[r, c] += rng.uniform(0.3, 0.6) * rho * np.clip(1 - d * d, 0, 1) ** 0.8
+        self.height[r, c] += rng.uniform(0.3, 0.6) * rho * np.clip(1 - d * d, 0, 1) ** 1.5
 
     def add_fluid(self, rng, shape: _Shape, cu, cv, rho) -> None:
         """A shiny pool of residue, bile or blood: tinted, very wet, flattened."""
@@ -741,7 +751,7 @@ class _Canvas:
         ndotl = np.clip((1 - gx * lx - gy * ly) / (np.sqrt(gx * gx + gy * gy + 1) * math.sqrt(lx * lx + ly * ly + 1)),
                         0, 1)
         lap = np.roll(hf, 1, 0) + np.roll(hf, -1, 0) + np.roll(hf, 1, 1) + np.roll(hf, -1, 1) - 4 * hf
-        occlusion = np.clip(1 - 0.3 * np.clip(lap, 0, None), 0.5, 1)
+        occlusion = np.clip(1 - 0.15 * np.clip(lap, 0, None), 0.6, 1)
         shade = (0.3 + 0.8 * ndotl) * occlusion
         glints = np.clip(self.fine - 3.0 + 0.3 * speckle, 0, None) * self.wet * 1.5
         white = specular * (self.wet * ndotl**30 + glints + self.glint)
@@ -768,14 +778,12 @@ def _corners(u: np.ndarray, v: np.ndarray, h: int, w: int, scale: float = 1.0):
 
 
 class _Atlas:
-    """What frames sample from a finished canvas: colour at full and 1/4 resolution, polyp alpha and ids.
+    """What frames sample from a finished canvas: colour at full and half resolution, polyp alpha and ids.
 
-    Colour blends the two levels by the local minification (a two-level mip map) so the finely
-    textured far end of the tube does not alias; alpha and ids are read at full resolution so the
-    labels stay exact. A periodic canvas is unrolled over ``u_range`` so sampling never wraps.
+    Colour blends bilinear reads of the canvas and of a 2x box-filtered copy by the local
+    minification (a two-level mip map), so the finely textured far end of the tube does not alias. Alpha and ids are read at full resolution so the labels stay exact. A periodic
+    canvas is unrolled over ``u_range`` so sampling never wraps.
     """
-
-    BLUR = 4  # downsampling factor of the second colour level
 
     def __init__(self, colour: np.ndarray, alpha: np.ndarray, ids: np.ndarray,
                  u_range: tuple[float, float] | None) -> None:
@@ -783,42 +791,50 @@ class _Atlas:
         self.u0 = 0
         if u_range is not None:
             self.u0 = math.floor(u_range[0]) - 1
-            width = self.BLUR * math.ceil((math.ceil(u_range[1]) + 2 - self.u0) / self.BLUR)
+            width = 2 * math.ceil((math.ceil(u_range[1]) + 2 - self.u0) / 2)
             cols = np.arange(self.u0, self.u0 + width) % w
             colour, alpha, ids = colour[:, :, cols], alpha[:, cols], ids[:, cols]
             w = width
         self.shape = (h, w)
         self.full = np.concatenate([colour, alpha[None]]).reshape(c + 1, -1).astype(np.float32)
-        b = self.BLUR
-        hb, wb = h // b, w // b
-        small = colour[:, : hb * b, : wb * b].reshape(c, hb, b, wb, b).mean(axis=(2, 4))
+        hb, wb = h // 2, w // 2
+        small = colour[:, : 2 * hb, : 2 * wb].reshape(c, hb, 2, wb, 2).mean(axis=(2, 4))
         self.small = small.reshape(c, -1).astype(np.float32)
         self.small_shape = (hb, wb)
-        self.ids = np.ascontiguousarray(ids).reshape(-1)
+        self.id_map = np.ascontiguousarray(ids).reshape(-1)
 
     def sample(self, u: np.ndarray, v: np.ndarray, lod: np.ndarray):
-        """Colour (3, *u.shape), alpha and ids (u.shape) at canvas coordinates (u, v), mip level ``lod``."""
-        shape = u.shape
+        """Colour (3, N) and alpha (N,) at canvas points (u, v) (any shape, N points), mip level ``lod``.
+
+        Also returns the bilinear corners, for :meth:`ids`.
+        """
         u, v = u.reshape(-1) - self.u0, v.reshape(-1)
-        idx, wgt = _corners(u, v, *self.shape)
+        corners, weights = _corners(u, v, *self.shape)
         out = np.zeros((self.full.shape[0], u.size), np.float32)
-        for i, g in zip(idx, wgt, strict=True):
+        for i, g in zip(corners, weights, strict=True):
             for ch in range(out.shape[0]):
                 out[ch] += np.take(self.full[ch], i) * g
-        # A labelled pixel has a neighbour inside its polyp; polyps keep 2 px apart, so the max is that id.
-        ids = np.take(self.ids, idx[0])
-        for i in idx[1:]:
-            np.maximum(ids, np.take(self.ids, i), out=ids)
-        blend = np.clip(lod.reshape(-1) * (1 / math.log2(self.BLUR)), 0, 1)
+        colour = out[:3]
+        blend = np.clip(lod.reshape(-1), 0, 1)
         if blend.any():
-            colour = out[:3]
             colour *= 1 - blend
-            idx, wgt = _corners(u, v, *self.small_shape, 1 / self.BLUR)
-            for i, g in zip(idx, wgt, strict=True):
+            small, weights = _corners(u, v, *self.small_shape, 0.5)
+            for i, g in zip(small, weights, strict=True):
                 g = g * blend
                 for ch in range(3):
                     colour[ch] += np.take(self.small[ch], i) * g
-        return out[:3].reshape((3,) + shape), out[3].reshape(shape), ids.reshape(shape)
+        return colour, out[3], corners
+
+    def ids(self, corners: tuple[np.ndarray, ...], points: np.ndarray) -> np.ndarray:
+        """Polyp ids at ``points`` (flat indices into the sampled points), all of them labelled pixels.
+
+        A labelled pixel has a bilinear neighbour inside its polyp, and polyps keep 2 px apart, so the
+        largest id among the neighbours is the pixel's.
+        """
+        ids = np.take(self.id_map, corners[0][points])
+        for i in corners[1:]:
+            np.maximum(ids, np.take(self.id_map, i[points]), out=ids)
+        return ids
 
 
 # ----------------------------------------------------------------------------------------------
@@ -886,8 +902,8 @@ def _tools(rng, n: int, frame: _Frame, motion: float) -> list[dict]:
     return tools
 
 
-def _draw_tools(img: np.ndarray, tools: list[dict], ti: np.ndarray, frame: _Frame) -> None:
-    """Paint instruments over ``img`` (3, T, H, W) in place, for frames ``ti``."""
+def _draw_tools(img: np.ndarray, tools: list[dict], ti: np.ndarray, frame: _Frame, exposure: np.ndarray) -> None:
+    """Paint instruments over ``img`` (3, T, H, W) in place, for frames ``ti`` with their ``exposure``."""
     for tool in tools:
         ex, ey = tool["entry"]
         d = tool["tip"][ti] - tool["entry"]
@@ -900,6 +916,7 @@ def _draw_tools(img: np.ndarray, tools: list[dict], ti: np.ndarray, frame: _Fram
         grey = tool["grey"] * (0.25 + 0.75 * np.sqrt(np.clip(1 - across * across, 0, 1)))
         grey = grey + 0.6 * np.exp(-(((across + 0.4) / 0.15) ** 2))
         grey = np.where(along > length[:, None, None] - 1.5 * tool["width"], 0.3 * grey, grey)  # dark jaws
+        grey = grey * exposure[:, None, None]
         img[:] = np.where(inside[None], grey[None] * _rgb((0.95, 0.97, 1.0))[..., None], img)
 
 
@@ -1013,37 +1030,42 @@ def render_video(
     atlas = canvas.finish(light_dir, st.speckle, st.specular, u_range)
     tools = _tools(rng, n, frame, motion) if style == "laparoscopy" else []
 
-    exposure = (rng.uniform(1.0, 1.2) * np.exp(_smooth(rng, n, 0.05, 40))).astype(np.float32)
+    exposure = (255 * rng.uniform(1.0, 1.2) * np.exp(_smooth(rng, n, 0.05, 40))).astype(np.float32)
     shifts = path.screen_shift()
-    sigma = np.float32(rng.uniform(0.006, 0.014))
+    # Sensor noise: a small bank of noise frames, each frame reading one at a random offset.
     noise_rng = np.random.default_rng(rng.integers(2**63))
+    bank = noise_rng.standard_normal((3, 4, frame.h * frame.w), dtype=np.float32)
+    bank *= np.float32(255 * rng.uniform(0.006, 0.014))
+    offsets = noise_rng.integers(0, frame.h * frame.w, n)
     frames = np.empty((n, frame.h, frame.w, 3), np.uint8)
-    instances = np.empty((n, frame.h, frame.w), np.int16)
-    optics = frame.vignette * frame.rim
-    fov = frame.fov.astype(np.float32)
+    instances = np.zeros((n, frame.h, frame.w), np.int16)
+    optics = frame.vignette * frame.rim  # zero outside the field of view
+    fov_flat = frame.fov.reshape(-1)
     chunk = 2  # small chunks keep the per-pixel temporaries in cache
     for start in range(0, n, chunk):
         ti = np.arange(start, min(n, start + chunk))
         u, v, lod, light = path.coords(ti, frame.xs, frame.ys)
-        colour, alpha, ids = atlas.sample(u, v, lod)
-        visible = (alpha > 0.5) & frame.fov & (light >= cfg.min_visible_light)
-        instances[ti] = np.where(visible, ids, 0)
-        gain = optics * exposure[ti, None, None]
+        colour, alpha, corners = atlas.sample(u, v, lod)
+        light = light.reshape(-1)
+        labelled = np.flatnonzero((alpha > 0.5) & (light >= cfg.min_visible_light) & np.tile(fov_flat, len(ti)))
+        labels = np.zeros(alpha.shape, np.int16)
+        labels[labelled] = atlas.ids(corners, labelled)
+        instances[ti] = labels.reshape(len(ti), frame.h, frame.w)
         root = np.sqrt(light)
         root4 = np.sqrt(root)
         # Light falls off as light**(0.75, 1, 1.25) per channel: the darker, the redder.
-        img = colour * gain
-        img[0] *= root * root4
-        img[1] *= light
-        img[2] *= light * root4
+        colour *= (optics * exposure[ti, None, None]).reshape(-1)
+        colour[0] *= root * root4
+        colour[1] *= light
+        colour[2] *= light * root4
+        img = colour.reshape(3, len(ti), frame.h, frame.w)
         if tools:
-            _draw_tools(img, tools, ti, frame)
+            _draw_tools(img, tools, ti, frame, exposure[ti])
         for j, t in enumerate(ti):
             if np.hypot(*shifts[t]) > 0.02 * frame.unit:
                 img[:, j] = _motion_blur(img[:, j], 0.8 * shifts[t])
-        img += noise_rng.standard_normal(img.shape, dtype=np.float32) * sigma
-        img *= fov
-        img *= 255
+            img[:, j] += np.roll(bank[:, t % 4], offsets[t], axis=-1).reshape(3, frame.h, frame.w)
+        img *= frame.fov  # exactly black outside the field of view
         img += 0.5
         np.clip(img, 0, 255, out=img)
         frames[ti] = np.moveaxis(img.astype(np.uint8), 0, -1)

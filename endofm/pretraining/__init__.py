@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: multi-view DINO-style objective, EMA teacher and optimisation helpers."""

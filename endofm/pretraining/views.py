@@ -1,0 +1,364 @@
+"""Multi-view spatio-temporal sampling of pretraining clips: the original protocol (ENDOFM.md 3.3, 3.4).
+
+A sample is one clip turned into ``len(global_frames) + len(local_frames)`` views, globals first,
+each a float32 ``(3, T, S, S)`` tensor. Per sample:
+
+1. **Time.** A clip longer than ``max_window`` frames is cut to a random window of that length
+   (the original decoded SAMPLING_RATE x NUM_FRAMES = 256 frames); ``max_len`` is what remains.
+   Global 1 takes ``floor(linspace(0, max_len - margin, T))``, global 2
+   ``floor(linspace(margin, max_len, T))``, each local ``floor(linspace(r, r + w, T))`` with
+   ``w = max_len // local_window_divisor`` and ``r`` uniform in ``[0, max_len - w - 1]``; indices
+   are clamped to the clip, so a clip shorter than ``T`` repeats frames. The linspace is computed
+   exactly in integers (the original's float32 ``torch.linspace`` can land one frame lower where
+   the exact value is an integer).
+2. **Decoding.** The sorted union of every view's indices is read with one ``get_frames`` call.
+3. **Space.** Per view, drawn once and applied to all of its frames: a random resized crop,
+   bicubic resize to ``S``, horizontal flip, colour jitter, grayscale, then ImageNet
+   normalisation of ``[0, 1]`` values. Gaussian blur and solarisation are no-ops in the original
+   and are not applied.
+
+Faithful to the original's ``datasets/transform.py`` (not torchvision's DINO pipeline):
+
+- the crop is the *last* valid one of 10 draws, with a centre-crop fallback; the area fraction is
+  uniform in ``scale`` and the aspect ratio log-uniform in ``ratio``;
+- colour jitter applies brightness (``x * a``), contrast (blend with each frame's mean grey) and
+  saturation (blend with the grey image) in a random order drawn per view; factors are
+  ``1 + U(-s, s)``; hue is not part of the original (``hue = 0``) and, if enabled, runs through
+  torchvision's ``adjust_hue`` on values clamped to ``[0, 1]``;
+- values are not clamped after the resize or the jitter, so they may leave ``[0, 1]`` before
+  normalisation;
+- the grey image weighs R, G, B by ``gray_weights`` = (0.114, 0.587, 0.299): the original's
+  ``grayscale`` assumes BGR channels but receives RGB frames from PyAV, so R and B swap weights.
+
+One deliberate change: the resize is antialiased (``antialias``); the original's
+``F.interpolate(mode="bicubic")`` aliases when a crop shrinks.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import Dataset, default_collate
+
+from endofm.data.clips import MANIFEST_COLUMNS
+from endofm.data.video import VideoReader
+
+#: Draws of the random resized crop before falling back to a centre crop (as the original).
+CROP_ATTEMPTS = 10
+
+
+@dataclass
+class ViewConfig:
+    """How a clip becomes views; the defaults are the paper's (ENDOFM.md 3.3, 3.4)."""
+
+    global_frames: tuple[int, ...] = (8, 16)  # frames of global 1 and global 2
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.4, 1.0)  # crop area as a fraction of the frame
+    local_frames: tuple[int, ...] = (2, 2, 4, 4, 8, 8, 16, 16)
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio (width / height) range
+    max_window: int = 256  # SAMPLING_RATE 32 x NUM_FRAMES 8: longer clips get a random window of this many frames
+    global_margin: int = 5  # global 1 spans [0, max_len - margin], global 2 [margin, max_len]
+    local_window_divisor: int = 8  # locals span a random window of max_len // divisor frames
+    hflip: float = 0.5  # probabilities of the per-view augmentations
+    color_jitter: float = 0.8
+    brightness: float = 0.4  # jitter strengths: factors drawn from 1 +- strength
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.0  # hue shift in [-hue, hue] turns; not in the original
+    grayscale: float = 0.2
+    gray_weights: tuple[float, float, float] = (0.114, 0.587, 0.299)  # R, G, B; ITU-R 601 is (0.299, 0.587, 0.114)
+    antialias: bool = True
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if len(self.global_frames) != 2:
+            raise ValueError(f"global_frames: the protocol has exactly 2 global views, got {len(self.global_frames)}")
+        for name in ("global_frames", "local_frames"):
+            if any(t < 1 for t in getattr(self, name)):
+                raise ValueError(f"{name}: every view needs >= 1 frame, got {getattr(self, name)}")
+        for name in ("global_size", "local_size", "max_window", "local_window_divisor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.global_margin < 0:
+            raise ValueError(f"global_margin must be >= 0, got {self.global_margin}")
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must satisfy 0 < min <= max, got {(lo, hi)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+        for name in ("hflip", "color_jitter", "grayscale"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    @property
+    def views(self) -> list[tuple[int, int, tuple[float, float]]]:
+        """``(frames, size, crop scale)`` of every view: globals, then locals."""
+        return [(t, self.global_size, self.global_scale) for t in self.global_frames] + [
+            (t, self.local_size, self.local_scale) for t in self.local_frames
+        ]
+
+
+def view_shapes(cfg: ViewConfig) -> list[tuple[int, int]]:
+    """``(T, S)`` of every view, in output order."""
+    return [(t, s) for t, s, _ in cfg.views]
+
+
+def _linspace_floor(start: int, end: int, n: int, max_len: int) -> np.ndarray:
+    """``floor(linspace(start, end, n))`` in exact integer arithmetic, clamped to ``[0, max_len - 1]``."""
+    steps = np.arange(n, dtype=np.int64)
+    values = start + (steps * (end - start)) // max(n - 1, 1)
+    return np.clip(values, 0, max_len - 1)
+
+
+def sample_frame_indices(num_frames: int, cfg: ViewConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Frame indices (into the whole clip) of every view, in output order; see the module docstring."""
+    if num_frames < 1:
+        raise ValueError(f"cannot sample views from a clip of {num_frames} frames")
+    offset, max_len = 0, num_frames
+    if num_frames > cfg.max_window:
+        offset, max_len = int(rng.integers(0, num_frames - cfg.max_window + 1)), cfg.max_window
+    g1, g2 = cfg.global_frames
+    out = [
+        _linspace_floor(0, max_len - cfg.global_margin, g1, max_len),
+        _linspace_floor(cfg.global_margin, max_len, g2, max_len),
+    ]
+    width = max_len // cfg.local_window_divisor
+    for t in cfg.local_frames:
+        start = int(rng.integers(0, max(max_len - width, 1)))
+        out.append(_linspace_floor(start, start + width, t, max_len))
+    return [idx + offset for idx in out]
+
+
+def random_resized_crop_params(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """``(top, left, crop_height, crop_width)`` of a random resized crop, as the original draws it.
+
+    Unlike torchvision, which stops at the first valid draw, the original keeps drawing for all
+    :data:`CROP_ATTEMPTS` attempts and uses the *last* valid one; if none fits, it takes a centre
+    crop of the largest box within ``ratio``.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    crop = None
+    for _ in range(CROP_ATTEMPTS):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            crop = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+    if crop is not None:
+        return crop
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _grey(x: torch.Tensor, weights: tuple[float, float, float]) -> torch.Tensor:
+    """Grey image ``(T, H, W)`` of ``(3, T, H, W)`` frames."""
+    return torch.tensordot(torch.tensor(weights, dtype=x.dtype), x, dims=1)
+
+
+def _color_jitter(x: torch.Tensor, cfg: ViewConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation (and hue) in a random order, one factor each for all frames.
+
+    ``x`` is ``(3, T, H, W)`` and is modified in place.
+    """
+    ops = [(name, s) for name in ("brightness", "contrast", "saturation", "hue") if (s := getattr(cfg, name)) > 0]
+    for k in rng.permutation(len(ops)):
+        name, strength = ops[k]
+        if name == "hue":  # (T, 3, H, W) for torchvision, which needs values in [0, 1]
+            shifted = TF.adjust_hue(x.transpose(0, 1).clamp(0, 1), float(rng.uniform(-strength, strength)))
+            x.copy_(shifted.transpose(0, 1))
+            continue
+        a = float(rng.uniform(max(0.0, 1 - strength), 1 + strength))
+        if name == "brightness":
+            x.mul_(a)
+        elif name == "contrast":  # each frame blends with its own mean grey, as the original
+            x.mul_(a).add_(_grey(x, cfg.gray_weights).mean(dim=(1, 2), keepdim=True), alpha=1 - a)
+        else:
+            x.mul_(a).add_(_grey(x, cfg.gray_weights), alpha=1 - a)
+    return x
+
+
+def augment_view(
+    frames: np.ndarray, size: int, scale: tuple[float, float], cfg: ViewConfig, rng: np.random.Generator
+) -> torch.Tensor:
+    """One view from uint8 ``(T, H, W, 3)`` frames: float32 ``(3, T, size, size)``, normalised.
+
+    Crop, flip, jitter and grayscale are drawn once and applied to every frame alike.
+    """
+    top, left, h, w = random_resized_crop_params(frames.shape[1], frames.shape[2], scale, cfg.ratio, rng)
+    crop = torch.from_numpy(frames[:, top : top + h, left : left + w])
+    # Work in (3, T, H, W), the output layout: interpolate treats T as channels, which it resizes
+    # independently, so no transpose is needed afterwards.
+    x = torch.empty((3, *crop.shape[:3]), dtype=torch.float32).copy_(crop.permute(3, 0, 1, 2)).div_(255)
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=cfg.antialias)
+    if rng.random() < cfg.hflip:
+        x = x.flip(-1)
+    if rng.random() < cfg.color_jitter:
+        x = _color_jitter(x, cfg, rng)
+    if rng.random() < cfg.grayscale:
+        x = _grey(x, cfg.gray_weights).expand(3, -1, -1, -1).clone()
+    mean = torch.tensor(cfg.mean, dtype=x.dtype).view(3, 1, 1, 1)
+    std = torch.tensor(cfg.std, dtype=x.dtype).view(3, 1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def load_clip_manifests(paths: Sequence[str | os.PathLike], fraction: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """Concatenate ``clips.csv`` manifests, with ``path`` made absolute (relative to each manifest's folder).
+
+    Adds a ``manifest`` column. ``fraction`` < 1 keeps a deterministic random subset of each
+    manifest (at least one clip each, order kept), seeded by ``seed`` and the manifest's sources,
+    so a manifest keeps the same subset whichever other manifests are loaded with it. A missing or
+    empty manifest, a missing column, a bad frame count, a missing clip file or a clip listed twice
+    raises an error naming it.
+    """
+    if not paths:
+        raise ValueError("no clip manifests given")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    tables = []
+    for manifest in map(Path, paths):
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: clip manifest not found")
+        try:
+            df = pd.read_csv(manifest)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{manifest}: empty clip manifest (expected columns {MANIFEST_COLUMNS})") from None
+        missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"{manifest}: missing column(s) {missing}; expected {MANIFEST_COLUMNS}")
+        if df.empty:
+            raise ValueError(f"{manifest}: no clips listed")
+        frames = pd.to_numeric(df["frames"], errors="coerce")
+        bad = frames.isna() | (frames < 1) | (frames % 1 != 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(
+                f"{manifest} line {row + 2}: frames must be a positive integer, got {str(df['frames'].iloc[row])!r}"
+            )
+        df["frames"] = frames.astype(np.int64)
+        root = os.path.abspath(manifest.parent)  # abspath, not resolve: symlinked corpora keep their names
+        df["path"] = [os.path.normpath(os.path.join(root, p)) for p in df["path"].astype(str)]
+        for line, clip in enumerate(df["path"], start=2):
+            if not os.path.exists(clip):
+                raise FileNotFoundError(f"{manifest} line {line}: clip {clip} not found")
+        df["manifest"] = str(manifest)
+        if fraction < 1:
+            sources = ",".join(sorted(df["source"].astype(str).unique()))
+            rng = np.random.default_rng([seed, zlib.crc32(sources.encode())])
+            keep = max(1, round(fraction * len(df)))
+            df = df.iloc[np.sort(rng.choice(len(df), size=keep, replace=False))]
+        tables.append(df)
+    clips = pd.concat(tables, ignore_index=True)
+    dup = clips["path"].duplicated(keep=False)
+    if dup.any():
+        where = clips.loc[dup, ["path", "manifest"]].drop_duplicates()
+        raise ValueError(f"clip {where['path'].iloc[0]} is listed more than once (in {sorted(set(where['manifest']))})")
+    return clips
+
+
+class MultiViewDataset(Dataset):
+    """Clips as lists of views (see the module docstring); one clip per item.
+
+    Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``, so an item is
+    reproducible in any worker and differs per epoch. Call :meth:`set_epoch` before each epoch;
+    with ``persistent_workers=True`` a DataLoader keeps the workers' copy, so set it before the
+    loader starts or use non-persistent workers.
+    """
+
+    def __init__(self, clips: pd.DataFrame, cfg: ViewConfig, seed: int = 0):
+        if "path" not in clips.columns:
+            raise ValueError(f"clips table needs a 'path' column, got {list(clips.columns)}")
+        if clips.empty:
+            raise ValueError("clips table is empty")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.paths = clips["path"].astype(str).tolist()
+        self.frames = clips["frames"].astype(int).tolist() if "frames" in clips.columns else None
+        self.cfg, self.seed, self.epoch = cfg, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator behind item ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> list[torch.Tensor]:
+        index = operator.index(index)
+        if not 0 <= index < len(self.paths):
+            raise IndexError(f"clip index {index} out of range for {len(self.paths)} clips")
+        rng, path = self.rng(index), self.paths[index]
+        with VideoReader(path) as reader:
+            if self.frames is not None and reader.num_frames != self.frames[index]:
+                raise ValueError(
+                    f"{path}: the manifest lists {self.frames[index]} frames but the file has "
+                    f"{reader.num_frames}; re-run clip extraction"
+                )
+            indices = sample_frame_indices(reader.num_frames, self.cfg, rng)
+            wanted, inverse = np.unique(np.concatenate(indices), return_inverse=True)
+            frames = reader.get_frames(wanted)
+        views = []
+        bounds = np.cumsum([0, *(len(idx) for idx in indices)])
+        for (_, size, scale), lo, hi in zip(self.cfg.views, bounds[:-1], bounds[1:], strict=True):
+            views.append(augment_view(frames[inverse[lo:hi]], size, scale, self.cfg, rng))
+        return views
+
+
+def collate_views(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Stack items' views into one ``(B, 3, T, S, S)`` tensor per view (in shared memory inside workers)."""
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    n = len(batch[0])
+    for k, item in enumerate(batch):
+        if len(item) != n:
+            raise ValueError(f"batch item {k} has {len(item)} views, item 0 has {n}")
+    return [default_collate([item[v] for item in batch]) for v in range(n)]
+
+
+__all__ = [
+    "CROP_ATTEMPTS",
+    "MultiViewDataset",
+    "ViewConfig",
+    "augment_view",
+    "collate_views",
+    "load_clip_manifests",
+    "random_resized_crop_params",
+    "sample_frame_indices",
+    "view_shapes",
+]
