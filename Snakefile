@@ -10,16 +10,24 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/pretrain.smk"
 
 
 rule all:
     default_target: True
     input:
         data_outputs(),
+        pretrain_outputs(),
     localrule: True
 
 
 rule data:
     input:
         data_outputs(),
+    localrule: True
+
+
+rule pretrain:
+    input:
+        pretrain_outputs(),
     localrule: True

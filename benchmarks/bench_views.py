@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.main_threads:
         torch.set_num_threads(args.main_threads)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads in the main process")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s) in the main process")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:
             cfg = CONFIGS[name]

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from endofm.config import ConfigError, from_dict, load_yaml
+from endofm.config import ConfigError, from_dict, load_yaml, to_dict
 from endofm.data.clips import ClipConfig
 from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
+from endofm.pretraining.train import PretrainConfig
 
 
 @dataclass
@@ -50,11 +51,44 @@ class DataConfig:
             raise ConfigError("data.pretrain_sources: at least one source is needed")
 
 
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` applied recursively (mappings merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@dataclass
+class PretrainStage:
+    """Pretraining in the workflow: shared settings, named variants (ablations) as overlays on them."""
+
+    gpus: int = 0
+    settings: PretrainConfig = field(default_factory=PretrainConfig)
+    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+
+    def __post_init__(self) -> None:
+        if self.gpus < 0:
+            raise ConfigError(f"pretrain.gpus must be >= 0, got {self.gpus}")
+        if not self.variants:
+            raise ConfigError("pretrain.variants: at least one variant is needed (e.g. default: {})")
+        for name in self.variants:
+            self.variant(name)  # fail at start, naming the variant, if an overlay is invalid
+
+    def variant(self, name: str) -> PretrainConfig:
+        """The settings of variant ``name``: the shared settings with its overlay applied."""
+        if name not in self.variants:
+            raise ConfigError(f"pretrain.variants: no variant {name!r}; known: {', '.join(self.variants)}")
+        merged = merge(to_dict(self.settings), self.variants[name] or {})
+        return from_dict(PretrainConfig, merged, f"pretrain.variants.{name}")
+
+
 @dataclass
 class WorkflowConfig:
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SynthConfig = field(default_factory=SynthConfig)
     clips: ClipConfig = field(default_factory=ClipConfig)
+    pretrain: PretrainStage = field(default_factory=PretrainStage)
 
 
 def load_workflow_config(config: dict[str, Any] | str | Path) -> WorkflowConfig:

@@ -1,4 +1,5 @@
 # Config validation, the experiment matrix, and the path helpers every stage uses.
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -23,8 +24,14 @@ SYNTHETIC = DATA.origin == "synthetic"
 LOGS = "results/logs"
 
 
+PRETRAIN_METHODS = ["endofm"]
+PRETRAIN_VARIANTS = list(CFG.pretrain.variants)
+
+
 wildcard_constraints:
     source="|".join(PRETRAIN_SOURCES),
+    method="|".join(PRETRAIN_METHODS),
+    variant="|".join(PRETRAIN_VARIANTS),
 
 
 def benchmark_outputs(bench):
@@ -59,3 +66,23 @@ def raw_folder(name):
 
 def clip_source_input(wildcards):
     return raw_folder(wildcards.source)
+
+
+def pretrain_outputs():
+    """The teacher backbone of every pretraining method and variant."""
+    return expand(
+        "results/pretrain/{method}/{variant}/backbone.pt", method=PRETRAIN_METHODS, variant=PRETRAIN_VARIANTS
+    )
+
+
+def pretrain_settings(wildcards):
+    """Resolved settings of one pretraining variant (a params value: any change reruns it)."""
+    return to_dict(CFG.pretrain.variant(wildcards.variant))
+
+
+def launcher(gpus):
+    """The Python launcher of a training job (this interpreter): torchrun with one process per GPU
+    when there are several."""
+    if gpus > 1:
+        return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node={gpus}"
+    return sys.executable

@@ -74,17 +74,35 @@ def test_schema_rejects_misspelt_key():
         jsonschema.validate(data, _schema())
 
 
+def _assert_agree(cls, props: dict, where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    assert set(props["properties"]) == set(fields), where
+    assert props["additionalProperties"] is False, where
+    for name in fields:
+        if dataclasses.is_dataclass(hints[name]):
+            _assert_agree(hints[name], props["properties"][name], f"{where}.{name}")
+
+
 def test_schema_and_dataclasses_agree():
-    """Every schema section lists exactly the fields of its dataclass, so neither can drift."""
+    """Every schema section lists exactly the fields of its dataclass (recursively), so neither can drift."""
     from endofm.settings import WorkflowConfig
 
-    schema = _schema()
-    hints = typing.get_type_hints(WorkflowConfig)
-    assert set(schema["properties"]) == {f.name for f in dataclasses.fields(WorkflowConfig)}
-    for section, props in schema["properties"].items():
-        fields = {f.name for f in dataclasses.fields(hints[section])}
-        assert set(props["properties"]) == fields, section
-        assert props["additionalProperties"] is False
+    _assert_agree(WorkflowConfig, _schema(), "config")
+
+
+def test_pretrain_variants_are_overlays():
+    from endofm.settings import load_workflow_config
+
+    data = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    data["pretrain"]["variants"] = {"default": {}, "no_dm": {"dm_weight": 0.0, "views": {"local_size": 16}}}
+    stage = load_workflow_config(data).pretrain
+    base, ablation = stage.variant("default"), stage.variant("no_dm")
+    assert ablation.dm_weight == 0.0 and ablation.views.local_size == 16
+    assert ablation.views.global_size == base.views.global_size and ablation.epochs == base.epochs
+    data["pretrain"]["variants"]["typo"] = {"dm_wieght": 0.0}
+    with pytest.raises(ConfigError, match=r"pretrain\.variants\.typo: unknown key\(s\) 'dm_wieght'"):
+        load_workflow_config(data)
 
 
 def test_typed_checks_beyond_the_schema():

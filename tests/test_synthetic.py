@@ -19,13 +19,13 @@ from endofm.data.synthetic import (
     SYNTHETIC_NAMES,
     PolypSpec,
     SynthConfig,
+    _voc_xml,
     instance_boxes,
     plan_videos,
     render_video,
     save_preview,
     synthesize,
 )
-from endofm.data.synthetic import _voc_xml
 from endofm.data.video import read_frames
 
 TINY = SynthConfig(
@@ -307,8 +307,16 @@ def test_polyp_free_frame_xml(tmp_path):
 def test_kumc_has_partly_visible_polyps():
     """Half the KUMC videos are cut where the polyp is in view about half the time."""
     cfg = dataclasses.replace(TINY, kumc_frames=(12, 12), kumc_videos={"train": 2, "val": 2, "test": 2})
-    visible = [p.render(cfg).masks.any(axis=(1, 2)).mean() for p in plan_videos("kumc", cfg) if p.partial]
+    partial = [p for p in plan_videos("kumc", cfg) if p.partial]
+    visible = [p.render(cfg).masks.any(axis=(1, 2)).mean() for p in partial]
     assert len(visible) == 3 and min(visible) < 1.0
+    # The cut is a window of the longer clip, rendered identically.
+    plan = partial[0]
+    cut = plan.render(cfg)
+    full = render_video(plan.seed, plan.style, 3 * plan.n_frames, cfg, plan.polyps, motion=plan.motion)
+    starts = [s for s in range(2 * plan.n_frames + 1) if np.array_equal(full.frames[s : s + plan.n_frames], cut.frames)]
+    assert len(starts) == 1
+    np.testing.assert_array_equal(full.instances[starts[0] : starts[0] + plan.n_frames], cut.instances)
 
 
 def test_indexers_read_the_corpus(corpus):

@@ -61,12 +61,12 @@ class SynthConfig:
     pretrain_videos: int = 30  # videos per pretraining source
     pretrain_frames: tuple[int, int] = (48, 80)  # min, max frames per pretraining video
     pretrain_polyp_fraction: float = 0.5  # colonoscopy/gastroscopy pretraining videos with polyps
-    polypdiag_videos: dict[str, int] = field(default_factory=lambda: {"train": 32, "val": 16})
+    polypdiag_videos: dict[str, int] = field(default_factory=lambda: {"train": 32, "val": 16})  # videos per split
     polypdiag_frames: tuple[int, int] = (40, 64)  # min, max frames per PolypDiag video
-    polypdiag_abnormal_fraction: float = 0.5  # planned share of videos with polyps in each split
-    cvc_sequences: dict[str, int] = field(default_factory=lambda: {"train": 20, "test": 9})
+    polypdiag_abnormal_fraction: float = 0.5  # planned share of videos with polyps per split (at least one of each)
+    cvc_sequences: dict[str, int] = field(default_factory=lambda: {"train": 20, "test": 9})  # as the official lists
     cvc_sequence_frames: tuple[int, int] = (6, 25)  # min, max frames per CVC sequence (as the official lists)
-    kumc_videos: dict[str, int] = field(default_factory=lambda: {"train": 8, "val": 4, "test": 4})
+    kumc_videos: dict[str, int] = field(default_factory=lambda: {"train": 8, "val": 4, "test": 4})  # videos per split
     kumc_frames: tuple[int, int] = (40, 64)  # min, max frames per KUMC video
     kumc_unannotated_fraction: float = 0.05  # val/test frames written without an XML (train is flat: all have one)
     polyp_contrast: tuple[float, float] = (0.3, 0.65)  # colour, texture and relief of polyps (0 = invisible)
@@ -98,31 +98,37 @@ class SynthConfig:
                 f"polyp_radius: the smallest polyp ({self.polyp_radius[0]} x {min(self.height, self.width)} px) "
                 "must be at least 1 pixel in radius"
             )
-        for name in ("pretrain_polyp_fraction", "polypdiag_abnormal_fraction", "kumc_unannotated_fraction",
-                     "motion_blur_probability", "min_visible_light"):
+        for name in (
+            "pretrain_polyp_fraction",
+            "polypdiag_abnormal_fraction",
+            "kumc_unannotated_fraction",
+            "motion_blur_probability",
+            "min_visible_light",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.min_visible_light > 0.5:
-            raise ValueError(f"min_visible_light must be <= 0.5 (polyps are placed where light >= 0.5), "
-                             f"got {self.min_visible_light}")
+            raise ValueError(
+                f"min_visible_light must be <= 0.5 (polyps are placed where light >= 0.5), got {self.min_visible_light}"
+            )
         if self.pretrain_videos < 1:
             raise ValueError(f"pretrain_videos must be >= 1, got {self.pretrain_videos}")
         if self.cvc_polyp_scale <= 0:
             raise ValueError(f"cvc_polyp_scale must be > 0, got {self.cvc_polyp_scale}")
         if self.distractor_rate < 0:
             raise ValueError(f"distractor_rate must be >= 0, got {self.distractor_rate}")
-        for name, splits, least in (
-            ("polypdiag_videos", PolypDiagLayout.SPLITS, 2),
-            ("cvc_sequences", ("train", "test"), 1),
-            ("kumc_videos", KUMCLayout.SPLITS, 2),
+        for name, splits, least, why in (
+            ("polypdiag_videos", PolypDiagLayout.SPLITS, 2, "both labels in every split"),
+            ("cvc_sequences", ("train", "test"), 1, "a sequence in every split"),
+            ("kumc_videos", KUMCLayout.SPLITS, 2, "both polyp kinds in every split"),
         ):
             counts = getattr(self, name)
             if sorted(counts) != sorted(splits):
                 raise ValueError(f"{name} must have exactly the keys {list(splits)}, got {sorted(counts)}")
             for split, n in counts.items():
                 if n < least:
-                    raise ValueError(f"{name}[{split!r}] must be >= {least} (both classes in every split), got {n}")
+                    raise ValueError(f"{name}[{split!r}] must be >= {least} ({why}), got {n}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +217,7 @@ class _Style:
     fov: str  # "circle" (clipped by the frame), "octagon" or "wide" (dark corners only)
     mucosa: tuple  # three base colours mixed by low-frequency noise
     vessel: tuple  # vessel colour
-    vessel_strength: tuple[float, float]
+    vessel_strength: tuple[float, float]  # range of the vessels' opacity
     folds: str  # "rings" (haustral folds), "rugae" (gastric folds) or "none"
     speed: tuple[float, float]  # forward speed (log-depth per frame) or pan speed (min side per frame)
     spin: float  # rotation rate, rad per frame
@@ -227,31 +233,60 @@ class _Style:
 
 _STYLES = {
     "colonoscopy": _Style(
-        tunnel=True, fov="circle",
+        tunnel=True,
+        fov="circle",
         mucosa=((0.90, 0.50, 0.40), (0.97, 0.65, 0.52), (0.80, 0.36, 0.30)),
-        vessel=(0.52, 0.10, 0.13), vessel_strength=(0.35, 0.65), folds="rings",
-        speed=(0.004, 0.016), spin=0.006, wander=0.25, offcentre=0.45,
-        lumen=(0.16, 0.32), gamma=(2.6, 4.0),
-        fluid=(0.74, 0.62, 0.26), debris=(0.48, 0.34, 0.12), specular=0.9, speckle=1.0,
+        vessel=(0.52, 0.10, 0.13),
+        vessel_strength=(0.35, 0.65),
+        folds="rings",
+        speed=(0.004, 0.016),
+        spin=0.006,
+        wander=0.25,
+        offcentre=0.45,
+        lumen=(0.16, 0.32),
+        gamma=(2.6, 4.0),
+        fluid=(0.74, 0.62, 0.26),
+        debris=(0.48, 0.34, 0.12),
+        specular=0.9,
+        speckle=1.0,
     ),
     "gastroscopy": _Style(
-        tunnel=True, fov="octagon",
+        tunnel=True,
+        fov="octagon",
         mucosa=((0.93, 0.55, 0.42), (0.98, 0.70, 0.55), (0.86, 0.42, 0.34)),
-        vessel=(0.62, 0.20, 0.20), vessel_strength=(0.08, 0.22), folds="rugae",
-        speed=(0.0, 0.008), spin=0.01, wander=0.35, offcentre=0.6,
-        lumen=(0.15, 0.35), gamma=(2.0, 3.0),
-        fluid=(0.72, 0.72, 0.30), debris=(0.55, 0.45, 0.20), specular=1.0, speckle=1.4,
+        vessel=(0.62, 0.20, 0.20),
+        vessel_strength=(0.08, 0.22),
+        folds="rugae",
+        speed=(0.0, 0.008),
+        spin=0.01,
+        wander=0.35,
+        offcentre=0.6,
+        lumen=(0.15, 0.35),
+        gamma=(2.0, 3.0),
+        fluid=(0.72, 0.72, 0.30),
+        debris=(0.55, 0.45, 0.20),
+        specular=1.0,
+        speckle=1.4,
     ),
     "laparoscopy": _Style(
-        tunnel=False, fov="wide",
+        tunnel=False,
+        fov="wide",
         mucosa=((0.98, 0.82, 0.56), (0.72, 0.26, 0.20), (0.92, 0.62, 0.55)),
-        vessel=(0.45, 0.08, 0.10), vessel_strength=(0.25, 0.45), folds="none",
-        speed=(0.0, 0.003), spin=0.002, wander=0.15, offcentre=0.0,
-        lumen=(0.0, 0.0), gamma=(1.0, 1.0),
-        fluid=(0.60, 0.10, 0.08), debris=(0.35, 0.05, 0.05), specular=0.7, speckle=0.8,
+        vessel=(0.45, 0.08, 0.10),
+        vessel_strength=(0.25, 0.45),
+        folds="none",
+        speed=(0.0, 0.003),
+        spin=0.002,
+        wander=0.15,
+        offcentre=0.0,
+        lumen=(0.0, 0.0),
+        gamma=(1.0, 1.0),
+        fluid=(0.60, 0.10, 0.08),
+        debris=(0.35, 0.05, 0.05),
+        specular=0.7,
+        speckle=0.8,
     ),
 }
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,14 +308,33 @@ def _log_frequencies(shape: tuple[int, int]) -> np.ndarray:
 
 
 def _field(rng: np.random.Generator, shape: tuple[int, int], wavelength: float, octaves: float = 0.6) -> np.ndarray:
-    """Band-limited Gaussian noise (unit std, periodic) with features of about ``wavelength`` px."""
+    """Band-limited Gaussian noise (unit std, periodic) with features of about ``wavelength`` px.
+
+    Smooth fields are made at 1/2 or 1/4 resolution and upsampled (periodically): much cheaper.
+    """
     h, w = shape
-    gain = np.exp((-0.5 / octaves**2) * (_log_frequencies(shape) + math.log2(wavelength)) ** 2)
-    spec = rng.standard_normal((h, w // 2 + 1), dtype=np.float32) + 1j * rng.standard_normal(
-        (h, w // 2 + 1), dtype=np.float32
-    )
-    out = np.fft.irfft2(spec * gain, s=shape).astype(np.float32)
-    return out / (out.std() + 1e-8)
+    step = 4 if wavelength >= 48 else 2 if wavelength >= 24 else 1
+    while step > 1 and (h % step or w % step):
+        step //= 2
+    coarse = (h // step, w // step)
+    gain = np.exp((-0.5 / octaves**2) * (_log_frequencies(coarse) + math.log2(wavelength / step)) ** 2)
+    size = (coarse[0], coarse[1] // 2 + 1)
+    spec = rng.standard_normal(size, dtype=np.float32) + 1j * rng.standard_normal(size, dtype=np.float32)
+    out = np.fft.irfft2(spec * gain, s=coarse).astype(np.float32)
+    out /= out.std() + 1e-8
+    return _upsample(out, step) if step > 1 else out
+
+
+def _upsample(a: np.ndarray, step: int) -> np.ndarray:
+    """Bilinear, periodic upsampling of a 2-D map by an integer factor (pixel centres aligned)."""
+    for axis in (0, 1):
+        n = a.shape[axis]
+        pos = (np.arange(n * step, dtype=np.float32) + 0.5) / step - 0.5
+        i0 = np.floor(pos).astype(np.int64)
+        f = pos - i0
+        lo, hi = np.take(a, i0 % n, axis=axis), np.take(a, (i0 + 1) % n, axis=axis)
+        a = lo + (hi - lo) * (f[:, None] if axis == 0 else f[None, :])
+    return a
 
 
 def _smooth(rng: np.random.Generator, n: int, amp: float, period: float, k: int = 3) -> np.ndarray:
@@ -302,7 +356,7 @@ def _periodic_curve(rng: np.random.Generator, x: np.ndarray, period: float, amp:
 
 
 def _atan2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``np.arctan2`` to within 2e-4 rad, several times faster (a minimax polynomial per octant)."""
+    """``np.arctan2`` to within 2e-4 rad, about twice as fast for float32 (a polynomial per octant)."""
     ax, ay = np.abs(x), np.abs(y)
     t = np.minimum(ax, ay) / np.maximum(np.maximum(ax, ay), 1e-30)
     t2 = t * t
@@ -335,7 +389,6 @@ class _Frame:
     rim: np.ndarray  # (H, W) darkening towards the field-of-view edge
     vignette: np.ndarray  # (H, W)
     radius: float  # field-of-view radius in px (reference length for optics and the lumen)
-    centre: tuple[float, float]
 
 
 def _make_frame(rng: np.random.Generator, style: _Style, cfg: SynthConfig) -> _Frame:
@@ -362,8 +415,17 @@ def _make_frame(rng: np.random.Generator, style: _Style, cfg: SynthConfig) -> _F
     rim = np.clip(inside / (0.05 * unit), 0.0, 1.0) ** 0.6
     d = np.sqrt(dx * dx + dy * dy) / radius
     vignette = 1.0 - rng.uniform(0.25, 0.4) * np.clip(d, 0, 1.3) ** 2.5
-    return _Frame(h, w, unit, xs, ys, fov, rim.astype(np.float32), vignette.astype(np.float32), float(radius),
-                  (float(cx), float(cy)))
+    return _Frame(
+        h,
+        w,
+        unit,
+        xs,
+        ys,
+        fov,
+        rim.astype(np.float32),
+        vignette.astype(np.float32),
+        float(radius),
+    )
 
 
 @dataclass
@@ -405,7 +467,7 @@ class _TunnelPath:
         return u, v, math.log2(self.s) - log_r * (1 / math.log(2)), q / (1 + q)
 
     def screen_shift(self) -> np.ndarray:
-        """(T, 2) screen displacement of the content from the previous frame (for motion blur)."""
+        """(T, 2) screen displacement of the lumen centre since the previous frame (drives motion blur)."""
         return np.diff(np.stack([self.cx, self.cy], 1), axis=0, prepend=[[self.cx[0], self.cy[0]]])
 
 
@@ -424,6 +486,7 @@ class _AffinePath:
     periodic: bool = False
 
     def coords(self, ti: np.ndarray, x: np.ndarray, y: np.ndarray):
+        """Canvas (u, v), log2 canvas px per screen px, and spotlight at frames ``ti`` for points (x, y)."""
         shape = (-1,) + (1,) * np.ndim(x)
         c, s = np.cos(self.phi[ti]).reshape(shape), np.sin(self.phi[ti]).reshape(shape)
         z = self.zoom[ti].reshape(shape)
@@ -433,6 +496,7 @@ class _AffinePath:
         return u, v, np.broadcast_to(-np.log2(z), u.shape), 1.0 / (1.0 + d2)
 
     def screen_shift(self) -> np.ndarray:
+        """(T, 2) screen displacement of the content since the previous frame (drives motion blur)."""
         du = np.diff(self.ux, prepend=self.ux[0])
         dv = np.diff(self.uy, prepend=self.uy[0])
         c, s = np.cos(self.phi), np.sin(self.phi)
@@ -469,7 +533,7 @@ def _tunnel_path(rng, style: _Style, n: int, frame: _Frame, motion: float, jerk)
     # px near the field-of-view edge; the tube length covers every depth the camera sees.
     width = max(32, 8 * round(2 * np.pi * 0.8 * R / 8))
     s = width / (2 * np.pi)
-    r_min = 0.03 * R
+    r_min = 0.05 * R  # nearer the lumen centre everything is dark; the canvas edge row is repeated
     stretch = 1.0 + np.abs(aniso).max() + np.abs(shear).max()
     r_max = (np.hypot(cx, cy).max() + 0.5 * math.hypot(frame.h, frame.w)) * stretch
     pad = 4.0
@@ -477,9 +541,19 @@ def _tunnel_path(rng, style: _Style, n: int, frame: _Frame, motion: float, jerk)
     height = 8 * math.ceil((s * (depth.max() - depth.min() + math.log(r_max / r_min)) + 2 * pad) / 8)
     f32 = np.float32
     return _TunnelPath(
-        cx.astype(f32), cy.astype(f32), depth.astype(f32), phi.astype(f32), aniso.astype(f32), shear.astype(f32),
-        r_half.astype(f32), float(rng.uniform(*style.gamma)), wobble.astype(f32), float(s), float(v_off),
-        float(r_min), (int(height), int(width)),
+        cx.astype(f32),
+        cy.astype(f32),
+        depth.astype(f32),
+        phi.astype(f32),
+        aniso.astype(f32),
+        shear.astype(f32),
+        r_half.astype(f32),
+        float(rng.uniform(*style.gamma)),
+        wobble.astype(f32),
+        float(s),
+        float(v_off),
+        float(r_min),
+        (int(height), int(width)),
     )
 
 
@@ -488,7 +562,11 @@ def _affine_path(rng, style: _Style, n: int, frame: _Frame, motion: float, jerk)
     unit = frame.unit
     period = 70.0
     zoom = rng.uniform(0.9, 1.3) * np.exp(_smooth(rng, n, 0.15 * motion, period))
-    phi = rng.uniform(0, 2 * np.pi) + rng.uniform(-1, 1) * style.spin * motion * t + _smooth(rng, n, 0.15 * motion, period)
+    phi = (
+        rng.uniform(0, 2 * np.pi)
+        + rng.uniform(-1, 1) * style.spin * motion * t
+        + _smooth(rng, n, 0.15 * motion, period)
+    )
     heading = rng.uniform(0, 2 * np.pi)
     speed = rng.uniform(*style.speed) * unit * motion
     ux = speed * np.cos(heading) * t + _smooth(rng, n, style.wander * unit * motion, period)
@@ -505,8 +583,16 @@ def _affine_path(rng, style: _Style, n: int, frame: _Frame, motion: float, jerk)
     height = 8 * math.ceil((uy.max() + reach) / 8)
     width = 8 * math.ceil((ux.max() + reach) / 8)
     f32 = np.float32
-    return _AffinePath(ux.astype(f32), uy.astype(f32), phi.astype(f32), zoom.astype(f32), lx.astype(f32),
-                       ly.astype(f32), float(frame.radius * rng.uniform(1.1, 1.6)), (int(height), int(width)))
+    return _AffinePath(
+        ux.astype(f32),
+        uy.astype(f32),
+        phi.astype(f32),
+        zoom.astype(f32),
+        lx.astype(f32),
+        ly.astype(f32),
+        float(frame.radius * rng.uniform(1.1, 1.6)),
+        (int(height), int(width)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,8 +619,12 @@ class _Shape:
     @classmethod
     def draw(cls, rng: np.random.Generator, lobes: float, elong: float) -> _Shape:
         m = np.arange(2, 6)
-        return cls(float(rng.uniform(0, np.pi)), float(elong),
-                   tuple(lobes * rng.uniform(0.3, 1.0, 4) / (m - 1) ** 0.7), tuple(rng.uniform(0, 2 * np.pi, 4)))
+        return cls(
+            float(rng.uniform(0, np.pi)),
+            float(elong),
+            tuple(lobes * rng.uniform(0.3, 1.0, 4) / (m - 1) ** 0.7),
+            tuple(rng.uniform(0, 2 * np.pi, 4)),
+        )
 
     def reach(self, rho: float, d: float) -> float:
         """Largest distance from the centre at which the normalised radius can still be ``d``."""
@@ -544,8 +634,9 @@ class _Shape:
 class _Canvas:
     """Tissue maps in canvas coordinates: albedo, height, wetness, glints, polyp alpha and ids."""
 
-    def __init__(self, rng: np.random.Generator, style: _Style, shape: tuple[int, int], scale: float,
-                 periodic: bool) -> None:
+    def __init__(
+        self, rng: np.random.Generator, style: _Style, shape: tuple[int, int], scale: float, periodic: bool
+    ) -> None:
         self.shape = shape
         self.scale = scale  # canvas px per min frame side, at the reference viewing distance
         self.periodic = periodic
@@ -608,7 +699,7 @@ class _Canvas:
             v += rng.uniform(0.35, 0.65) * s
 
     def _rugae(self, rng) -> None:
-        """Gastric rugae: thick tortuous ridges along the tube (radial on screen), weaker cross folds."""
+        """Gastric rugae: thick, meandering ridges along the tube (radial on screen)."""
         h, w = self.shape
         s = w / (2 * np.pi)
         cols = np.arange(w, dtype=np.float32)[None, :]
@@ -660,8 +751,9 @@ class _Canvas:
             self._pattern = (0.5 + 0.5 * np.cos(2 * np.pi * 2.2 * n)).astype(np.float32)
         return self._pattern
 
-    def add_polyp(self, rng, k: int, kind: str, shape: _Shape, cu: float, cv: float, rho: float,
-                  contrast: float) -> None:
+    def add_polyp(
+        self, rng, k: int, kind: str, shape: _Shape, cu: float, cv: float, rho: float, contrast: float
+    ) -> None:
         """Polyp ``k``: raised, shaded, textured, with its own colour; alpha and id maps for the labels."""
         adenoma = kind == "adenomatous"
         blob = self._blob(shape, cu, cv, rho, 1.3)
@@ -741,20 +833,24 @@ class _Canvas:
             self.albedo[:, r, c] *= 1 + 0.1 * (d < 1) - 0.25 * ring
             self.glint[r, c] += 0.6 * ring + 1.5 * dot
 
-    def finish(self, light_dir: tuple[float, float], speckle: float, specular: float,
-               u_range: tuple[float, float] | None) -> _Atlas:
+    def finish(
+        self, light_dir: tuple[float, float], speckle: float, specular: float, u_range: tuple[float, float] | None
+    ) -> _Atlas:
         """Shade the albedo with the height field (diffuse, crease occlusion, white speculars)."""
         hf = self.height
         gx = 0.5 * (np.roll(hf, -1, 1) - np.roll(hf, 1, 1)) if self.periodic else np.gradient(hf, axis=1)
         gy = np.gradient(hf, axis=0)
         lx, ly = light_dir
-        ndotl = np.clip((1 - gx * lx - gy * ly) / (np.sqrt(gx * gx + gy * gy + 1) * math.sqrt(lx * lx + ly * ly + 1)),
-                        0, 1)
+        ndotl = np.clip(
+            (1 - gx * lx - gy * ly) / (np.sqrt(gx * gx + gy * gy + 1) * math.sqrt(lx * lx + ly * ly + 1)), 0, 1
+        )
         lap = np.roll(hf, 1, 0) + np.roll(hf, -1, 0) + np.roll(hf, 1, 1) + np.roll(hf, -1, 1) - 4 * hf
         occlusion = np.clip(1 - 0.15 * np.clip(lap, 0, None), 0.6, 1)
         shade = (0.3 + 0.8 * ndotl) * occlusion
         glints = np.clip(self.fine - 3.0 + 0.3 * speckle, 0, None) * self.wet * 1.5
-        white = specular * (self.wet * ndotl**30 + glints + self.glint)
+        n2 = ndotl * ndotl
+        n8 = (n2 * n2) ** 2
+        white = specular * (self.wet * (n8 * n8) * (n8 * n8) + glints + self.glint)  # ndotl**32: tight highlights
         return _Atlas(self.albedo * shade + white, self.alpha, self.ids, u_range if self.periodic else None)
 
 
@@ -781,39 +877,45 @@ class _Atlas:
     """What frames sample from a finished canvas: colour at full and half resolution, polyp alpha and ids.
 
     Colour blends bilinear reads of the canvas and of a 2x box-filtered copy by the local
-    minification (a two-level mip map), so the finely textured far end of the tube does not alias. Alpha and ids are read at full resolution so the labels stay exact. A periodic
-    canvas is unrolled over ``u_range`` so sampling never wraps.
+    minification (a two-level mip map), so the finely textured far end of the tube does not alias.
+    Alpha and ids are read at full resolution so the labels stay exact. A periodic canvas is
+    unrolled over ``u_range`` so sampling never wraps.
     """
 
-    def __init__(self, colour: np.ndarray, alpha: np.ndarray, ids: np.ndarray,
-                 u_range: tuple[float, float] | None) -> None:
+    def __init__(
+        self, colour: np.ndarray, alpha: np.ndarray, ids: np.ndarray, u_range: tuple[float, float] | None
+    ) -> None:
         c, h, w = colour.shape
         self.u0 = 0
         if u_range is not None:
             self.u0 = math.floor(u_range[0]) - 1
             width = 2 * math.ceil((math.ceil(u_range[1]) + 2 - self.u0) / 2)
             cols = np.arange(self.u0, self.u0 + width) % w
-            colour, alpha, ids = colour[:, :, cols], alpha[:, cols], ids[:, cols]
+            colour, alpha, ids = (np.take(a, cols, axis=-1) for a in (colour, alpha, ids))
             w = width
         self.shape = (h, w)
         self.full = np.concatenate([colour, alpha[None]]).reshape(c + 1, -1).astype(np.float32)
         hb, wb = h // 2, w // 2
-        small = colour[:, : 2 * hb, : 2 * wb].reshape(c, hb, 2, wb, 2).mean(axis=(2, 4))
+        a = colour[:, : 2 * hb, : 2 * wb]
+        small = 0.25 * (a[:, 0::2, 0::2] + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2])
         self.small = small.reshape(c, -1).astype(np.float32)
         self.small_shape = (hb, wb)
         self.id_map = np.ascontiguousarray(ids).reshape(-1)
 
-    def sample(self, u: np.ndarray, v: np.ndarray, lod: np.ndarray):
-        """Colour (3, N) and alpha (N,) at canvas points (u, v) (any shape, N points), mip level ``lod``.
+    def sample(self, u: np.ndarray, v: np.ndarray, lod: np.ndarray, colour: bool = True):
+        """Colour (3, N) (None unless ``colour``) and alpha (N,) at canvas points (u, v), mip level ``lod``.
 
-        Also returns the bilinear corners, for :meth:`ids`.
+        Also returns the bilinear corners, for :meth:`ids`. Alpha is the same with or without colour.
         """
         u, v = u.reshape(-1) - self.u0, v.reshape(-1)
         corners, weights = _corners(u, v, *self.shape)
+        channels = range(self.full.shape[0]) if colour else [self.full.shape[0] - 1]
         out = np.zeros((self.full.shape[0], u.size), np.float32)
         for i, g in zip(corners, weights, strict=True):
-            for ch in range(out.shape[0]):
+            for ch in channels:
                 out[ch] += np.take(self.full[ch], i) * g
+        if not colour:
+            return None, out[3], corners
         colour = out[:3]
         blend = np.clip(lod.reshape(-1), 0, 1)
         if blend.any():
@@ -841,8 +943,9 @@ class _Atlas:
 # Placement
 
 
-def _view_point(rng, path, frame: _Frame, n: int, time: float | None, position: tuple[float, float] | None,
-                max_lod: float = np.inf):
+def _view_point(
+    rng, path, frame: _Frame, n: int, time: float | None, position: tuple[float, float] | None, max_lod: float = np.inf
+):
     """A lit point inside the field of view at some frame: ``(t, u, v, canvas px per screen px)``.
 
     ``max_lod`` keeps points off the far end of the tube, where a small screen size means a huge
@@ -892,13 +995,20 @@ def _tools(rng, n: int, frame: _Frame, motion: float) -> list[dict]:
     for _ in range(int(rng.choice([0, 1, 1, 2]))):
         ang = rng.uniform(0, 2 * np.pi)
         tip = rng.uniform(-0.3, 0.3, 2) * frame.unit
-        tools.append({
-            "entry": np.array([np.cos(ang), np.sin(ang)]) * frame.radius * 1.3,
-            "tip": np.stack([tip[0] + _smooth(rng, n, 0.1 * frame.unit * motion, 50),
-                             tip[1] + _smooth(rng, n, 0.1 * frame.unit * motion, 50)], 1),
-            "width": rng.uniform(0.06, 0.09) * frame.unit,
-            "grey": rng.uniform(0.45, 0.65),
-        })
+        tools.append(
+            {
+                "entry": np.array([np.cos(ang), np.sin(ang)]) * frame.radius * 1.3,
+                "tip": np.stack(
+                    [
+                        tip[0] + _smooth(rng, n, 0.1 * frame.unit * motion, 50),
+                        tip[1] + _smooth(rng, n, 0.1 * frame.unit * motion, 50),
+                    ],
+                    1,
+                ),
+                "width": rng.uniform(0.06, 0.09) * frame.unit,
+                "grey": rng.uniform(0.45, 0.65),
+            }
+        )
     return tools
 
 
@@ -932,6 +1042,175 @@ def _motion_blur(img: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return out / taps
 
 
+class _Scene:
+    """One video before rendering: camera path, finished canvas, instruments, exposure and noise.
+
+    Any subset of its frames can be rendered, or only labelled (much cheaper), with identical results.
+    """
+
+    def __init__(
+        self, rng_or_seed, style: str, n_frames: int, cfg: SynthConfig, polyps: Sequence[PolypSpec], motion: float
+    ) -> None:
+        if style not in _STYLES:
+            raise ValueError(f"unknown style {style!r}; expected one of {list(STYLES)}")
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        if motion < 0:
+            raise ValueError(f"motion must be >= 0, got {motion}")
+        polyps = tuple(polyps)
+        for p in polyps:
+            if not isinstance(p, PolypSpec):
+                raise TypeError(f"polyps must be PolypSpec objects, got {type(p).__name__}")
+        rng = np.random.default_rng(rng_or_seed)
+        st = _STYLES[style]
+        self.style, self.cfg, self.kinds = style, cfg, tuple(p.kind for p in polyps)
+        self.frame = frame = _make_frame(rng, st, cfg)
+        n = n_frames
+        jerk = None
+        if n > 4 and rng.random() < cfg.motion_blur_probability:
+            length, ang = rng.uniform(4, 9), rng.uniform(0, 2 * np.pi)
+            jerk = (
+                rng.uniform(0, max(1.0, n - length)),
+                length,
+                rng.uniform(0.25, 0.5) * np.array([np.cos(ang), np.sin(ang)]),
+            )
+        if st.tunnel:
+            path = _tunnel_path(rng, st, n, frame, motion, jerk)
+            scale = path.s / (0.6 * frame.radius) * frame.unit  # canvas px per unit at 0.6 R from the lumen
+            light_dir = (0.25, -0.9)  # light from the camera, i.e. from the near end of the tube
+        else:
+            path = _affine_path(rng, st, n, frame, motion, jerk)
+            scale = frame.unit / float(np.mean(path.zoom))
+            ang = rng.uniform(0, 2 * np.pi)
+            light_dir = (0.35 * math.cos(ang), 0.35 * math.sin(ang))
+        self.path = path
+        canvas = _Canvas(rng, st, path.canvas_shape, scale, path.periodic)
+        period = float(path.canvas_shape[1]) if path.periodic else None
+        placed: list[tuple[float, float, float]] = []
+
+        # Placement stays on the near wall: at least 0.4 R from the lumen centre.
+        max_lod = math.log2(path.s / (0.4 * frame.radius)) if st.tunnel else np.inf
+        max_rho = 0.06 * canvas.shape[1] if st.tunnel else 0.5 * frame.unit
+        for k, spec in enumerate(polyps, start=1):
+            radius = spec.radius if spec.radius is not None else rng.uniform(*cfg.polyp_radius)
+            contrast = spec.contrast if spec.contrast is not None else rng.uniform(*cfg.polyp_contrast)
+            adenoma = spec.kind == "adenomatous"
+            shape = _Shape.draw(
+                rng, rng.uniform(0.06, 0.16) if adenoma else rng.uniform(0.0, 0.05), rng.uniform(0, 0.35)
+            )
+            for attempt in range(100):
+                # After 50 failures the requested time is dropped: anywhere in the clip beats nowhere.
+                time = spec.time if attempt < 50 else None
+                _, u, v, ppx = _view_point(rng, path, frame, n, time, spec.position, max_lod)
+                rho = min(radius * frame.unit * ppx, max_rho)
+                reach = shape.reach(rho, 1.0)
+                if _free(placed, u, v, reach, period):
+                    break
+            else:
+                raise RuntimeError(
+                    f"cannot place polyp {k} of {len(polyps)} without overlap; use fewer or smaller polyps"
+                )
+            placed.append((u, v, reach))
+            canvas.add_polyp(rng, k, spec.kind, shape, u, v, rho, contrast)
+
+        rate = cfg.distractor_rate
+        counts = {
+            "red": rng.poisson(0.6 * rate),
+            "pale": rng.poisson(0.6 * rate),
+            "bump": rng.poisson(0.8 * rate),
+            "debris": rng.poisson(0.4 * rate),
+            "bubbles": rng.poisson(0.6 * rate) if st.tunnel else 0,
+            "fluid": rng.poisson(0.3 * rate),
+        }
+        for what, count in counts.items():
+            for _ in range(count):
+                _, u, v, ppx = _view_point(rng, path, frame, n, None, None, max_lod)
+                rho = min(rng.uniform(*cfg.polyp_radius) * rng.uniform(0.7, 1.5) * frame.unit * ppx, max_rho)
+                if what == "bubbles":
+                    canvas.add_bubbles(rng, u, v, 0.35 * rho)
+                    continue
+                if what == "fluid":
+                    shape, rho = _Shape.draw(rng, 0.3, rng.uniform(0.2, 1.0)), 2 * rho
+                else:
+                    shape = _Shape.draw(rng, rng.uniform(0.0, 0.25), rng.uniform(0.0, 0.8))
+                reach = shape.reach(rho, 1.3)
+                if not _free(placed, u, v, reach, period):
+                    continue
+                placed.append((u, v, reach))
+                if what == "bump":
+                    canvas.add_bump(rng, shape, u, v, rho)
+                elif what == "fluid":
+                    canvas.add_fluid(rng, shape, u, v, rho)
+                else:
+                    canvas.add_patch(rng, shape, u, v, rho, rng.uniform(*cfg.polyp_contrast) * 1.2, what)
+        u_range = (
+            ((-np.pi + float(path.phi.min())) * path.s, (np.pi + float(path.phi.max())) * path.s) if st.tunnel else None
+        )
+        self.atlas = canvas.finish(light_dir, st.speckle, st.specular, u_range)
+        self.tools = _tools(rng, n, frame, motion) if style == "laparoscopy" else []
+        self.exposure = (255 * rng.uniform(1.0, 1.2) * np.exp(_smooth(rng, n, 0.05, 40))).astype(np.float32)
+        self.shifts = path.screen_shift()
+        # Sensor noise: a small bank of noise frames, each frame reading one at a random offset.
+        noise_rng = np.random.default_rng(rng.integers(2**63))
+        self.noise = noise_rng.standard_normal((3, 4, frame.h * frame.w), dtype=np.float32)
+        self.noise *= np.float32(255 * rng.uniform(0.006, 0.014))
+        self.noise_offsets = noise_rng.integers(0, frame.h * frame.w, n)
+
+    CHUNK = 2  # frames per step: small chunks keep the per-pixel temporaries in cache
+
+    def _chunk(self, ti: np.ndarray, colour: bool):
+        """Labels (T, H, W) of frames ``ti``, and their colour (3, T, H, W) in 0..255 if asked."""
+        frame = self.frame
+        u, v, lod, light = self.path.coords(ti, frame.xs, frame.ys)
+        rgb, alpha, corners = self.atlas.sample(u, v, lod, colour)
+        light = light.reshape(-1)
+        labelled = np.flatnonzero(
+            (alpha > 0.5) & (light >= self.cfg.min_visible_light) & np.tile(frame.fov.reshape(-1), len(ti))
+        )
+        labels = np.zeros(alpha.shape, np.int16)
+        labels[labelled] = self.atlas.ids(corners, labelled)
+        labels = labels.reshape(len(ti), frame.h, frame.w)
+        if not colour:
+            return labels, None
+        root = np.sqrt(light)
+        root4 = np.sqrt(root)
+        # Light falls off as light**(0.75, 1, 1.25) per channel: the darker, the redder.
+        rgb *= (frame.vignette * frame.rim * self.exposure[ti, None, None]).reshape(-1)
+        rgb[0] *= root * root4
+        rgb[1] *= light
+        rgb[2] *= light * root4
+        img = rgb.reshape(3, len(ti), frame.h, frame.w)
+        if self.tools:
+            _draw_tools(img, self.tools, ti, frame, self.exposure[ti])
+        for j, t in enumerate(ti):
+            if np.hypot(*self.shifts[t]) > 0.02 * frame.unit:
+                img[:, j] = _motion_blur(img[:, j], 0.8 * self.shifts[t])
+            img[:, j] += np.roll(self.noise[:, t % 4], self.noise_offsets[t], axis=-1).reshape(3, frame.h, frame.w)
+        img *= frame.fov  # exactly black outside the field of view
+        img += 0.5
+        np.clip(img, 0, 255, out=img)
+        return labels, img.astype(np.uint8)
+
+    def labels(self, frames: range) -> np.ndarray:
+        """Instance maps (T, H, W) of ``frames`` without rendering colour."""
+        out = np.empty((len(frames), self.frame.h, self.frame.w), np.int16)
+        for i in range(0, len(frames), self.CHUNK):
+            ti = np.asarray(frames[i : i + self.CHUNK])
+            out[i : i + len(ti)] = self._chunk(ti, colour=False)[0]
+        return out
+
+    def render(self, frames: range) -> RenderedVideo:
+        h, w = self.frame.h, self.frame.w
+        images = np.empty((len(frames), h, w, 3), np.uint8)
+        instances = np.empty((len(frames), h, w), np.int16)
+        for i in range(0, len(frames), self.CHUNK):
+            ti = np.asarray(frames[i : i + self.CHUNK])
+            labels, img = self._chunk(ti, colour=True)
+            instances[i : i + len(ti)] = labels
+            images[i : i + len(ti)] = np.moveaxis(img, 0, -1)
+        return RenderedVideo(images, instances, self.kinds, self.style, self.frame.fov.copy())
+
+
 def render_video(
     rng_or_seed: np.random.Generator | int | Sequence[int],
     style: str,
@@ -947,129 +1226,7 @@ def render_video(
     inspections use a slow camera). Distractors (flat red or pale patches, tissue bumps, debris,
     bubbles, fluid) are drawn for every video alike, with or without polyps.
     """
-    if style not in _STYLES:
-        raise ValueError(f"unknown style {style!r}; expected one of {list(STYLES)}")
-    if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-    if motion < 0:
-        raise ValueError(f"motion must be >= 0, got {motion}")
-    polyps = tuple(polyps)
-    for p in polyps:
-        if not isinstance(p, PolypSpec):
-            raise TypeError(f"polyps must be PolypSpec objects, got {type(p).__name__}")
-    rng = np.random.default_rng(rng_or_seed)
-    st = _STYLES[style]
-    frame = _make_frame(rng, st, cfg)
-    n = n_frames
-    jerk = None
-    if n > 4 and rng.random() < cfg.motion_blur_probability:
-        length, ang = rng.uniform(4, 9), rng.uniform(0, 2 * np.pi)
-        jerk = (rng.uniform(0, max(1.0, n - length)), length, rng.uniform(0.25, 0.5) * np.array([np.cos(ang), np.sin(ang)]))
-    if st.tunnel:
-        path = _tunnel_path(rng, st, n, frame, motion, jerk)
-        scale = path.s / (0.6 * frame.radius) * frame.unit  # canvas px per unit at 0.6 R from the lumen
-        light_dir = (0.25, -0.9)  # light from the camera, i.e. from the near end of the tube
-    else:
-        path = _affine_path(rng, st, n, frame, motion, jerk)
-        scale = frame.unit / float(np.mean(path.zoom))
-        ang = rng.uniform(0, 2 * np.pi)
-        light_dir = (0.35 * math.cos(ang), 0.35 * math.sin(ang))
-    canvas = _Canvas(rng, st, path.canvas_shape, scale, path.periodic)
-    period = float(path.canvas_shape[1]) if path.periodic else None
-    placed: list[tuple[float, float, float]] = []
-
-    # Placement stays on the near wall: at least 0.4 R from the lumen centre.
-    max_lod = math.log2(path.s / (0.4 * frame.radius)) if st.tunnel else np.inf
-    max_rho = 0.06 * canvas.shape[1] if st.tunnel else 0.5 * frame.unit
-    for k, spec in enumerate(polyps, start=1):
-        radius = spec.radius if spec.radius is not None else rng.uniform(*cfg.polyp_radius)
-        contrast = spec.contrast if spec.contrast is not None else rng.uniform(*cfg.polyp_contrast)
-        adenoma = spec.kind == "adenomatous"
-        shape = _Shape.draw(rng, rng.uniform(0.06, 0.16) if adenoma else rng.uniform(0.0, 0.05), rng.uniform(0, 0.35))
-        for attempt in range(100):
-            # After 50 failures the requested time is dropped: anywhere in the clip is better than nowhere.
-            time = spec.time if attempt < 50 else None
-            _, u, v, ppx = _view_point(rng, path, frame, n, time, spec.position, max_lod)
-            rho = min(radius * frame.unit * ppx, max_rho)
-            reach = shape.reach(rho, 1.0)
-            if _free(placed, u, v, reach, period):
-                break
-        else:
-            raise RuntimeError(f"cannot place polyp {k} of {len(polyps)} without overlap; use fewer or smaller polyps")
-        placed.append((u, v, reach))
-        canvas.add_polyp(rng, k, spec.kind, shape, u, v, rho, contrast)
-
-    rate = cfg.distractor_rate
-    counts = {
-        "red": rng.poisson(0.6 * rate), "pale": rng.poisson(0.6 * rate), "bump": rng.poisson(0.8 * rate),
-        "debris": rng.poisson(0.4 * rate), "bubbles": rng.poisson(0.6 * rate) if st.tunnel else 0,
-        "fluid": rng.poisson(0.3 * rate),
-    }
-    for what, count in counts.items():
-        for _ in range(count):
-            _, u, v, ppx = _view_point(rng, path, frame, n, None, None, max_lod)
-            rho = min(rng.uniform(*cfg.polyp_radius) * rng.uniform(0.7, 1.5) * frame.unit * ppx, max_rho)
-            if what == "bubbles":
-                canvas.add_bubbles(rng, u, v, 0.35 * rho)
-                continue
-            if what == "fluid":
-                shape, rho = _Shape.draw(rng, 0.3, rng.uniform(0.2, 1.0)), 2 * rho
-            else:
-                shape = _Shape.draw(rng, rng.uniform(0.0, 0.25), rng.uniform(0.0, 0.8))
-            reach = shape.reach(rho, 1.3)
-            if not _free(placed, u, v, reach, period):
-                continue
-            placed.append((u, v, reach))
-            if what == "bump":
-                canvas.add_bump(rng, shape, u, v, rho)
-            elif what == "fluid":
-                canvas.add_fluid(rng, shape, u, v, rho)
-            else:
-                canvas.add_patch(rng, shape, u, v, rho, rng.uniform(*cfg.polyp_contrast) * 1.2, what)
-    u_range = ((-np.pi + float(path.phi.min())) * path.s, (np.pi + float(path.phi.max())) * path.s) if st.tunnel else None
-    atlas = canvas.finish(light_dir, st.speckle, st.specular, u_range)
-    tools = _tools(rng, n, frame, motion) if style == "laparoscopy" else []
-
-    exposure = (255 * rng.uniform(1.0, 1.2) * np.exp(_smooth(rng, n, 0.05, 40))).astype(np.float32)
-    shifts = path.screen_shift()
-    # Sensor noise: a small bank of noise frames, each frame reading one at a random offset.
-    noise_rng = np.random.default_rng(rng.integers(2**63))
-    bank = noise_rng.standard_normal((3, 4, frame.h * frame.w), dtype=np.float32)
-    bank *= np.float32(255 * rng.uniform(0.006, 0.014))
-    offsets = noise_rng.integers(0, frame.h * frame.w, n)
-    frames = np.empty((n, frame.h, frame.w, 3), np.uint8)
-    instances = np.zeros((n, frame.h, frame.w), np.int16)
-    optics = frame.vignette * frame.rim  # zero outside the field of view
-    fov_flat = frame.fov.reshape(-1)
-    chunk = 2  # small chunks keep the per-pixel temporaries in cache
-    for start in range(0, n, chunk):
-        ti = np.arange(start, min(n, start + chunk))
-        u, v, lod, light = path.coords(ti, frame.xs, frame.ys)
-        colour, alpha, corners = atlas.sample(u, v, lod)
-        light = light.reshape(-1)
-        labelled = np.flatnonzero((alpha > 0.5) & (light >= cfg.min_visible_light) & np.tile(fov_flat, len(ti)))
-        labels = np.zeros(alpha.shape, np.int16)
-        labels[labelled] = atlas.ids(corners, labelled)
-        instances[ti] = labels.reshape(len(ti), frame.h, frame.w)
-        root = np.sqrt(light)
-        root4 = np.sqrt(root)
-        # Light falls off as light**(0.75, 1, 1.25) per channel: the darker, the redder.
-        colour *= (optics * exposure[ti, None, None]).reshape(-1)
-        colour[0] *= root * root4
-        colour[1] *= light
-        colour[2] *= light * root4
-        img = colour.reshape(3, len(ti), frame.h, frame.w)
-        if tools:
-            _draw_tools(img, tools, ti, frame, exposure[ti])
-        for j, t in enumerate(ti):
-            if np.hypot(*shifts[t]) > 0.02 * frame.unit:
-                img[:, j] = _motion_blur(img[:, j], 0.8 * shifts[t])
-            img[:, j] += np.roll(bank[:, t % 4], offsets[t], axis=-1).reshape(3, frame.h, frame.w)
-        img *= frame.fov  # exactly black outside the field of view
-        img += 0.5
-        np.clip(img, 0, 255, out=img)
-        frames[ti] = np.moveaxis(img.astype(np.uint8), 0, -1)
-    return RenderedVideo(frames, instances, tuple(s.kind for s in polyps), style, frame.fov.copy())
+    return _Scene(rng_or_seed, style, n_frames, cfg, polyps, motion).render(range(n_frames))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1094,10 +1251,10 @@ class VideoPlan:
         if not self.partial:
             return render_video(self.seed, self.style, self.n_frames, cfg, self.polyps, motion=self.motion)
         n = self.n_frames
-        video = render_video(self.seed, self.style, 3 * n, cfg, self.polyps, motion=self.motion)
-        seen = np.concatenate([[0], np.cumsum(video.instances.any(axis=(1, 2)))])
+        scene = _Scene(self.seed, self.style, 3 * n, cfg, self.polyps, self.motion)
+        seen = np.concatenate([[0], np.cumsum(scene.labels(range(3 * n)).any(axis=(1, 2)))])
         start = int(np.argmin(np.abs((seen[n:] - seen[:-n]) / n - 0.5)))  # window closest to half in view
-        return video.window(start, start + n)
+        return scene.render(range(start, start + n))
 
 
 def _check_name(name: str) -> None:
@@ -1120,8 +1277,11 @@ def plan_videos(name: str, cfg: SynthConfig) -> list[VideoPlan]:
         return tuple(PolypSpec(kind or str(rng.choice(POLYP_KINDS))) for _ in range(count))
 
     def add(video: str, split: str | None, style: str, n: int, polyps=(), motion=1.0, unannotated=(), partial=False):
-        plans.append(VideoPlan(video, split, (cfg.seed, key, len(plans)), style, n, tuple(polyps), motion,
-                               tuple(unannotated), partial))
+        plans.append(
+            VideoPlan(
+                video, split, (cfg.seed, key, len(plans)), style, n, tuple(polyps), motion, tuple(unannotated), partial
+            )
+        )
 
     if name in PRETRAIN_SOURCES:
         style, prefix, _ = _PRETRAIN_FORMAT[name]
@@ -1143,8 +1303,12 @@ def plan_videos(name: str, cfg: SynthConfig) -> list[VideoPlan]:
             for _ in range(cfg.cvc_sequences[split]):
                 n = frames(cfg.cvc_sequence_frames)
                 radius = min(0.5, rng.uniform(*cfg.polyp_radius) * cfg.cvc_polyp_scale)
-                spec = PolypSpec(str(rng.choice(POLYP_KINDS)), radius=radius, time=0.5,
-                                 position=(rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65)))
+                spec = PolypSpec(
+                    str(rng.choice(POLYP_KINDS)),
+                    radius=radius,
+                    time=0.5,
+                    position=(rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65)),
+                )
                 add(f"seq_{len(plans) + 1:03d}", split, "colonoscopy", n, (spec,), rng.uniform(0.2, 0.45))
     else:  # kumc: one polyp kind per video, both kinds in every split, half the videos with polyp-free frames
         for split in KUMCLayout.SPLITS:
@@ -1152,15 +1316,36 @@ def plan_videos(name: str, cfg: SynthConfig) -> list[VideoPlan]:
             kinds = [POLYP_KINDS[i % 2] for i in range(count)]
             for i, j in enumerate(rng.permutation(count)):
                 n = frames(cfg.kumc_frames)
-                skip = () if split in KUMCLayout.FLAT_SPLITS else np.flatnonzero(rng.random(n) < cfg.kumc_unannotated_fraction)
+                skip = (
+                    ()
+                    if split in KUMCLayout.FLAT_SPLITS
+                    else np.flatnonzero(rng.random(n) < cfg.kumc_unannotated_fraction)
+                )
                 if i % 2:
-                    add(str(len(plans) + 1), split, "colonoscopy", n, random_polyps(kinds[j]), rng.uniform(0.6, 1.2),
-                        (int(t) for t in skip))
+                    add(
+                        str(len(plans) + 1),
+                        split,
+                        "colonoscopy",
+                        n,
+                        random_polyps(kinds[j]),
+                        rng.uniform(0.6, 1.2),
+                        (int(t) for t in skip),
+                    )
                 else:  # the polyp sits at the border of the view mid-clip: the camera brings it in or out
                     angle = rng.uniform(0, 2 * np.pi)
-                    edge = PolypSpec(kinds[j], time=0.5, position=(0.5 + 0.42 * np.cos(angle), 0.5 + 0.42 * np.sin(angle)))
-                    add(str(len(plans) + 1), split, "colonoscopy", n, (edge,), rng.uniform(1.0, 1.5),
-                        (int(t) for t in skip), partial=True)
+                    edge = PolypSpec(
+                        kinds[j], time=0.5, position=(0.5 + 0.42 * np.cos(angle), 0.5 + 0.42 * np.sin(angle))
+                    )
+                    add(
+                        str(len(plans) + 1),
+                        split,
+                        "colonoscopy",
+                        n,
+                        (edge,),
+                        rng.uniform(1.0, 1.5),
+                        (int(t) for t in skip),
+                        partial=True,
+                    )
     return plans
 
 
@@ -1205,8 +1390,10 @@ def _write_polypdiag(out: Path, videos, cfg: SynthConfig) -> None:
     for split, rows in lines.items():
         labels = {row.rsplit(",", 1)[1] for row in rows}
         if labels != {"0", "1"}:
-            raise RuntimeError(f"polypdiag: split {split!r} has only label(s) {sorted(labels)}; "
-                               "change synthetic.seed or the polyp settings")
+            raise RuntimeError(
+                f"polypdiag: split {split!r} has only label(s) {sorted(labels)}; "
+                "change synthetic.seed or the polyp settings"
+            )
         layout.split_file(split).parent.mkdir(parents=True, exist_ok=True)
         layout.split_file(split).write_text("\n".join(rows) + "\n")
 
@@ -1254,8 +1441,9 @@ def _write_kumc(out: Path, videos) -> None:
             xml.write_text(_voc_xml(plan.name, image.name, w, h, boxes))
     for split, seen in classes.items():
         if seen != set(layout.CLASSES):
-            raise RuntimeError(f"kumc: split {split!r} has boxes of {sorted(seen)} only; "
-                               f"change synthetic.seed or the polyp settings")
+            raise RuntimeError(
+                f"kumc: split {split!r} has boxes of {sorted(seen)} only; change synthetic.seed or the polyp settings"
+            )
 
 
 def synthesize(name: str, out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> Path:
@@ -1305,7 +1493,8 @@ def save_preview(path: str | Path, cfg: SynthConfig | None = None, seed: int = 0
         cells = []
         for j in range(cols):
             style = ("colonoscopy", "gastroscopy")[j % 2]
-            video = render_video([seed, 200 + 10 * i + j], style, 9, cfg, [PolypSpec(kind, time=0.5)])
+            spec = PolypSpec(kind, time=0.5, position=(0.3 + 0.1 * j, 0.6 - 0.05 * j))
+            video = render_video([seed, 200 + 10 * i + j], style, 9, cfg, [spec])
             cells.append((video.frames[4], video.masks[4], video.boxes(4)))
         rows.append((f"{kind} (raw)", [(f, None, []) for f, _, _ in cells]))
         rows.append((f"{kind} (labels)", cells))
@@ -1316,7 +1505,9 @@ def save_preview(path: str | Path, cfg: SynthConfig | None = None, seed: int = 0
             if mask is not None and mask.any():
                 ax.contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
             for _, kind, x0, y0, x1, y1 in boxes:
-                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color="yellow", lw=0.8))
+                ax.add_patch(
+                    Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color="yellow", lw=0.8)
+                )
                 ax.text(x0, y0 - 2, kind, color="yellow", fontsize=6)
             ax.set_xticks([])
             ax.set_yticks([])

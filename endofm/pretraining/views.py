@@ -48,7 +48,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset, default_collate
 
 from endofm.data.clips import MANIFEST_COLUMNS
@@ -196,6 +195,8 @@ def _color_jitter(x: torch.Tensor, cfg: ViewConfig, rng: np.random.Generator) ->
     for k in rng.permutation(len(ops)):
         name, strength = ops[k]
         if name == "hue":  # (T, 3, H, W) for torchvision, which needs values in [0, 1]
+            import torchvision.transforms.v2.functional as TF  # seconds to import; hue is off by default
+
             shifted = TF.adjust_hue(x.transpose(0, 1).clamp(0, 1), float(rng.uniform(-strength, strength)))
             x.copy_(shifted.transpose(0, 1))
             continue
@@ -273,18 +274,21 @@ def load_clip_manifests(paths: Sequence[str | os.PathLike], fraction: float = 1.
             if not os.path.exists(clip):
                 raise FileNotFoundError(f"{manifest} line {line}: clip {clip} not found")
         df["manifest"] = str(manifest)
-        if fraction < 1:
-            sources = ",".join(sorted(df["source"].astype(str).unique()))
-            rng = np.random.default_rng([seed, zlib.crc32(sources.encode())])
-            keep = max(1, round(fraction * len(df)))
-            df = df.iloc[np.sort(rng.choice(len(df), size=keep, replace=False))]
         tables.append(df)
-    clips = pd.concat(tables, ignore_index=True)
-    dup = clips["path"].duplicated(keep=False)
+    everything = pd.concat(tables, ignore_index=True)
+    dup = everything["path"].duplicated(keep=False)
     if dup.any():
-        where = clips.loc[dup, ["path", "manifest"]].drop_duplicates()
+        where = everything.loc[dup, ["path", "manifest"]]
         raise ValueError(f"clip {where['path'].iloc[0]} is listed more than once (in {sorted(set(where['manifest']))})")
-    return clips
+    if fraction == 1:
+        return everything
+    kept = []
+    for df in tables:
+        sources = ",".join(sorted(df["source"].astype(str).unique()))
+        rng = np.random.default_rng([seed, zlib.crc32(sources.encode())])
+        keep = max(1, round(fraction * len(df)))
+        kept.append(df.iloc[np.sort(rng.choice(len(df), size=keep, replace=False))])
+    return pd.concat(kept, ignore_index=True)
 
 
 class MultiViewDataset(Dataset):
