@@ -80,6 +80,45 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(fetch_source(args.source, raw_root / args.source, Path(cfg.data.downloads_dir), overrides=overrides))
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    from endofm.data.layouts import FRAME_GLOB
+    from endofm.data.sources import find_videos
+    from endofm.features import extract_features, load_pretrained_backbone, save_features
+
+    videos: list[Path] = []
+    for path in args.videos:
+        found = find_videos(path) if path.is_dir() and not any(path.glob(FRAME_GLOB)) else [path]
+        if not found:
+            raise FileNotFoundError(f"{path}: no video files or frame folders found")
+        videos += found
+    model = load_pretrained_backbone(args.checkpoint, args.backbone)
+    table = extract_features(
+        model,
+        videos,
+        clip_frames=args.clip_frames,
+        frame_step=args.frame_step,
+        stride=args.stride,
+        size=args.size,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(f"{len(table)} clips from {len(videos)} videos -> {save_features(table, args.out)}")
+
+
+def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
+    import torch
+
+    from endofm.io import atomic_path
+    from endofm.models.checkpoint import _read, from_official, load_checkpoint, save_checkpoint, to_official
+
+    if args.to == "official":
+        with atomic_path(args.output) as tmp:
+            torch.save(to_official(load_checkpoint(args.input)), tmp)
+    else:
+        save_checkpoint(args.output, **from_official(_read(args.input)))
+    print(args.output)
+
+
 def cmd_sources(args: argparse.Namespace) -> None:
     from endofm.data.sources import registry_markdown
 
@@ -131,12 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("sources", cmd_sources, "List the known pretraining sources and benchmarks with access and licence.")
+
+    # Listed for --help; main() hands its arguments to the training entry point unparsed.
+    sub.add_parser("pretrain", help="Endo-FM self-supervised pretraining (= python -m endofm.pretraining.train).")
+
+    p = add("features", cmd_features, "Per-clip CLS embeddings of videos from a pretrained checkpoint (ours or official).")
+    p.add_argument("checkpoint", type=Path, help="our checkpoint.pt/backbone.pt or the official endo_fm.pth")
+    p.add_argument("videos", type=Path, nargs="+", help="video files, frame folders, or folders searched for them")
+    p.add_argument("--out", type=Path, required=True, help="output .npz (video, start_frame, embedding) or .parquet")
+    p.add_argument("--backbone", help="backbone preset for files without a config (default: vit_base_patch16)")
+    p.add_argument("--clip-frames", type=int, default=8, help="frames per clip (default 8, as the paper)")
+    p.add_argument("--frame-step", type=int, default=1, help="take every n-th frame inside a clip")
+    p.add_argument("--stride", type=int, default=8, help="a clip starts every this many frames")
+    p.add_argument("--size", type=int, default=224, help="short side resize + centre crop (default 224)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+    p = add("convert-checkpoint", cmd_convert_checkpoint, "Convert a pretraining checkpoint between our and the official layout.")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--to", choices=["official", "ours"], required=True, help="layout of the output file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from endofm.logs import setup_logging
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pretrain"]:
+        from endofm.pretraining.train import main as pretrain_main
+
+        return pretrain_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:

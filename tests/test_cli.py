@@ -10,6 +10,7 @@ from endofm.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/configs/tiny.yaml"
+COMMANDS = ["synth", "extract-clips", "index", "download", "sources", "pretrain", "features", "convert-checkpoint"]
 
 
 def test_help_lists_every_command(capsys):
@@ -17,11 +18,11 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ["synth", "extract-clips", "index", "download", "sources"]:
+    for command in COMMANDS:
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["synth", "extract-clips", "index", "download", "sources"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_each_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -61,3 +62,18 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 def test_parser_rejects_unknown_benchmark():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["index", "kvasir"])
+
+
+def test_convert_checkpoint_round_trip(tmp_path):
+    import torch
+
+    from endofm.models.checkpoint import load_checkpoint, save_checkpoint
+
+    teacher = {"backbone.cls_token": torch.randn(1, 1, 4), "head.last_layer.parametrizations.weight.original0": torch.ones(3, 1)}
+    ours = save_checkpoint(tmp_path / "ours.pt", epoch=3, teacher=teacher, center=torch.zeros(1, 3))
+    assert main(["convert-checkpoint", str(ours), str(tmp_path / "official.pth"), "--to", "official"]) == 0
+    official = torch.load(tmp_path / "official.pth", weights_only=True)
+    assert "head.last_layer.weight_g" in official["teacher"] and official["dino_loss"]["center"].shape == (1, 3)
+    assert main(["convert-checkpoint", str(tmp_path / "official.pth"), str(tmp_path / "back.pt"), "--to", "ours"]) == 0
+    back = load_checkpoint(tmp_path / "back.pt")
+    assert back["epoch"] == 3 and torch.equal(back["teacher"]["backbone.cls_token"], teacher["backbone.cls_token"])

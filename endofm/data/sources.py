@@ -439,13 +439,26 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def find_videos(folder: Path, layout: Literal["videos", "frames", "any"] = "any") -> list[Path]:
+    """Video files (suffix in ``VIDEO_EXTENSIONS``) and/or frame folders (holding ``FRAME_GLOB`` files)
+    at any depth under ``folder``, sorted. Hidden entries and ``__MACOSX`` (archive and atomic-write
+    debris) are not data and are not listed."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not _ignored(d)]
+        files = [f for f in files if not _ignored(f)]
+        if layout in ("videos", "any"):
+            found.extend(Path(root) / f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
+        if layout in ("frames", "any") and any(fnmatch.fnmatchcase(f, FRAME_GLOB) for f in files):
+            found.append(Path(root))
+    return sorted(found)
+
+
 def list_source_videos(source: Source | str, raw_dir: Path) -> list[Path]:
     """The videos of a pretraining source's raw folder, sorted: video files, or frame folders.
 
-    ``videos`` layout: every file (any depth) whose suffix is in ``VIDEO_EXTENSIONS``. ``frames``:
-    every folder (any depth) holding files matching ``FRAME_GLOB``. Hidden entries and ``__MACOSX``
-    (archive and atomic-write debris) are not data and are not listed. Benchmarks are indexed, not
-    clipped, so they raise ``ValueError``; a missing or empty folder raises ``FileNotFoundError``.
+    See :func:`find_videos` for what counts. Benchmarks are indexed, not clipped, so they raise
+    ``ValueError``; a missing or empty folder raises ``FileNotFoundError``.
     """
     source = _resolve(source)
     raw_dir = Path(raw_dir)
@@ -455,14 +468,7 @@ def list_source_videos(source: Source | str, raw_dir: Path) -> list[Path]:
         )
     if not raw_dir.is_dir():
         raise FileNotFoundError(missing_data_message(source, raw_dir))
-    found: list[Path] = []
-    for root, dirs, files in os.walk(raw_dir, followlinks=True):
-        dirs[:] = [d for d in dirs if not _ignored(d)]
-        files = [f for f in files if not _ignored(f)]
-        if source.layout == "videos":
-            found.extend(Path(root) / f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
-        elif any(fnmatch.fnmatchcase(f, FRAME_GLOB) for f in files):
-            found.append(Path(root))
+    found = find_videos(raw_dir, source.layout)
     if not found:
         raise FileNotFoundError(
             f"{raw_dir}: no videos of source {source.name!r} ({source.layout} layout) found; expected "

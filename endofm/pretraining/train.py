@@ -411,9 +411,9 @@ class _Pretraining:
         """One optimiser step at global iteration ``self.step``; returns the rank-averaged statistics."""
         it, cfg, device = self.step, self.cfg, self.info.device
         for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = self.lr[it]
+            group["lr"] = float(self.lr[it])
             if i == 0:  # only the first group is decayed
-                group["weight_decay"] = self.wd[it]
+                group["weight_decay"] = float(self.wd[it])
         views = [v.to(device, non_blocking=True) for v in views]
         with autocast(self.precision, device):
             with torch.no_grad():
