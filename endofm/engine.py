@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from endofm.io import atomic_path, write_csv
-from endofm.models.checkpoint import load_checkpoint, save_checkpoint
+from endofm.models.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -411,8 +411,6 @@ def load_training_checkpoint(out_dir: str | os.PathLike) -> dict[str, Any] | Non
 
 def gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
     """Every rank's :func:`~endofm.models.checkpoint.capture_rng_state`, in rank order (collective)."""
-    from endofm.models.checkpoint import capture_rng_state
-
     state = capture_rng_state()
     if not info.distributed:
         return [state]
@@ -424,8 +422,6 @@ def gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
 def restore_rng_states(states: Sequence[Mapping[str, Any]], info: DistInfo) -> bool:
     """Restore this rank's generators from :func:`gather_rng_states`' list. Returns False (restoring
     nothing) when the list was saved by a different number of processes."""
-    from endofm.models.checkpoint import restore_rng_state
-
     if len(states) != info.world_size:
         return False
     restore_rng_state(states[info.rank])

@@ -26,6 +26,7 @@ def job_log(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TQDM_MININTERVAL", "5")  # a progress line every 5 s, not every frame, in a log file
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)

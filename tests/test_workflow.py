@@ -59,9 +59,11 @@ def test_typed_check_fails_at_start(tmp_path):
 
 
 @pytest.mark.workflow
-def test_data_stage_end_to_end(tmp_path):
+def test_whole_workflow_end_to_end(tmp_path):
+    """`snakemake all` on the tiny config: data stage, then pretraining; a rerun has nothing to do,
+    and a changed pretraining setting reruns pretraining only."""
     workdir = make_workdir(tmp_path, tiny_config())
-    snakemake(workdir, "--cores", "2", "data")
+    snakemake(workdir, "--cores", "2", "all")
     data = TINY["data"]
     for source in data["pretrain_sources"]:
         manifest = pd.read_csv(workdir / data["clips_dir"] / source / "clips.csv")
@@ -74,8 +76,25 @@ def test_data_stage_end_to_end(tmp_path):
         assert len(pd.read_csv(workdir / data["benchmarks_dir"] / bench / "manifest.csv")) > 0
         assert (workdir / f"results/logs/index/{bench}.log").is_file()
     assert (workdir / data["benchmarks_dir"] / "kumc/coco_val.json").is_file()
-    rerun = snakemake(workdir, "--cores", "2", "data")
+
+    run = workdir / "results/pretrain/endofm/default"
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].tolist() == list(range(TINY["pretrain"]["settings"]["epochs"]))
+    assert metrics["loss"].notna().all()
+    assert (run / "checkpoint.pt").is_file() and (workdir / "results/logs/pretrain/endofm/default.log").is_file()
+    from endofm.features import load_pretrained_backbone
+
+    model = load_pretrained_backbone(run / "backbone.pt", "vit_micro_patch8")
+    assert model.config.embed_dim == 32
+
+    rerun = snakemake(workdir, "--cores", "2", "all")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+
+    changed = tiny_config()
+    changed["pretrain"]["settings"]["lr"] = 0.001
+    plan = snakemake(make_workdir(tmp_path, changed), "-n", "all").stdout
+    jobs = {line.split()[0] for line in plan.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert {"pretrain_config", "pretrain_model"} <= jobs and not jobs & {"synthesize", "extract_clips"}, plan
 
 
 @pytest.fixture
@@ -147,3 +166,10 @@ def test_download_target_then_data_stage(tmp_path, http_server, tiny_video_archi
     leftovers = [p for p in (workdir2 / "resources/downloads").rglob("*") if p.is_file()]
     assert leftovers == []
     shutil.rmtree(workdir2)
+
+
+def test_slurm_profile_plans_the_workflow(tmp_path):
+    """The shipped profile parses and schedules every job through the SLURM executor (dry run, no sbatch)."""
+    proc = snakemake(make_workdir(tmp_path, tiny_config()), "--profile", str(ROOT / "slurm"), "-n", "all")
+    out = proc.stdout + proc.stderr
+    assert "pretrain_model" in out and "extract_clips" in out

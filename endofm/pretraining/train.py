@@ -34,6 +34,7 @@ import importlib.metadata
 import itertools
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,7 @@ import yaml
 
 from endofm.config import ConfigError, from_dict, load_yaml, to_dict
 from endofm.engine import (
+    CHECKPOINT_NAME,
     DistInfo,
     EpochMeter,
     MetricsLog,
@@ -92,6 +94,9 @@ log = logging.getLogger(__name__)
 METRICS_NAME = "metrics.csv"
 CONFIG_NAME = "config.yaml"
 BACKBONE_NAME = "backbone.pt"
+SUPERSEDED_NAME = "superseded"
+
+OnConfigChange = Literal["error", "restart"]
 
 #: Settings that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every", "device", "precision", "init_checkpoint"})
@@ -248,21 +253,41 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _check_resume(saved: Mapping[str, Any], cfg: PretrainConfig, path: Path) -> None:
-    now, before = to_dict(cfg), saved.get("config", {})
+def _resume_problem(ckpt: Mapping[str, Any], cfg: PretrainConfig, spe: int, path: Path) -> Exception | None:
+    """Why ``ckpt`` cannot be continued by this run (other settings, or a position that does not map
+    onto ``spe`` steps per epoch), or None."""
+    now, before = to_dict(cfg), ckpt.get("config", {})
     changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         detail = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ConfigError(
-            f"{path}: cannot resume with different settings ({detail}); restore them or use a new output folder"
+        return ConfigError(
+            f"{path}: cannot resume with different settings ({detail}); restore them, use a new output folder "
+            "or restart (--on-config-change restart)"
         )
+    epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+    saved_spe = int(ckpt.get("extra", {}).get("steps_per_epoch", spe))
+    skip = step - epoch * saved_spe
+    if skip and saved_spe != spe:
+        return CheckpointError(
+            f"{path}: was written part-way through epoch {epoch} with {saved_spe} steps per epoch, but this run "
+            f"has {spe} (other data, batch size or process count); it can only resume with the same"
+        )
+    if not 0 <= skip < saved_spe and epoch < cfg.epochs:
+        return CheckpointError(f"{path}: step {step} does not fall in epoch {epoch} of {saved_spe} steps")
+    return None
 
 
 class _Pretraining:
     """One pretraining run: the state the loop shares, set up by ``__init__``, driven by :meth:`run`."""
 
     def __init__(
-        self, cfg: PretrainConfig, clip_manifests: Sequence[Path], out_dir: Path, workers: int | None, info: DistInfo
+        self,
+        cfg: PretrainConfig,
+        clip_manifests: Sequence[Path],
+        out_dir: Path,
+        workers: int | None,
+        info: DistInfo,
+        on_config_change: OnConfigChange,
     ) -> None:
         self.cfg, self.out_dir, self.info = cfg, out_dir, info
         self.precision = resolve_precision(cfg.precision, info.device)
@@ -313,20 +338,25 @@ class _Pretraining:
         self.momentum = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, spe)
 
         self.start_epoch, self.step, self.skip, self.meter_state = 0, 0, 0, None
-        self._resume()
+        self._resume(on_config_change)
 
     @property
     def student_module(self) -> MultiViewModel:
         return unwrap(self.student)
 
-    def _resume(self) -> None:
+    def _resume(self, on_config_change: OnConfigChange) -> None:
         info, spe = self.info, self.steps_per_epoch
         ckpt = load_training_checkpoint(self.out_dir)
+        path = checkpoint_path(self.out_dir)
+        problem = None if ckpt is None else _resume_problem(ckpt, self.cfg, spe, path)
+        if problem is not None:
+            if on_config_change == "error":
+                raise problem
+            self._supersede(problem)
+            ckpt = None
         if ckpt is None:
             seed_everything(self.cfg.seed, info.rank)
             return
-        path = checkpoint_path(self.out_dir)
-        _check_resume(ckpt, self.cfg, path)
         self.student_module.load_state_dict(ckpt["student"])
         self.teacher.load_state_dict(ckpt["teacher"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -335,15 +365,17 @@ class _Pretraining:
         self.loss.center.copy_(ckpt["center"])
         extra = ckpt.get("extra", {})
         self.start_epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        self.skip = self.step - self.start_epoch * spe
-        if self.skip and extra.get("steps_per_epoch") != spe:
-            raise CheckpointError(
-                f"{path}: was written part-way through epoch {self.start_epoch} with "
-                f"{extra.get('steps_per_epoch')} steps per epoch, but this run has {spe} "
-                "(other data, batch size or process count); it can only resume with the same"
+        saved_spe = int(extra.get("steps_per_epoch", spe))
+        self.skip = self.step - self.start_epoch * saved_spe  # checked by _resume_problem
+        if saved_spe != spe:
+            log.warning(
+                "%s: %d steps per epoch before, %d now; the schedules continue from epoch %d",
+                path,
+                saved_spe,
+                spe,
+                self.start_epoch,
             )
-        if not 0 <= self.skip < spe and self.start_epoch < self.cfg.epochs:
-            raise CheckpointError(f"{path}: step {self.step} does not fall in epoch {self.start_epoch} of {spe} steps")
+            self.step = self.start_epoch * spe
         self.meter_state = extra.get("epoch_meter") if self.skip else None
         if extra.get("world_size", info.world_size) != info.world_size:
             log.warning(
@@ -355,6 +387,21 @@ class _Pretraining:
             )
         if not restore_rng_states(extra.get("rng_all_ranks", [ckpt["rng"]]), info):
             seed_everything(self.cfg.seed + self.step, info.rank)
+
+    def _supersede(self, problem: Exception) -> None:
+        """Move the previous run's files into ``out_dir/superseded/`` (replacing an older one) to start afresh."""
+        target = self.out_dir / SUPERSEDED_NAME
+        barrier(self.info)  # every rank has read the old checkpoint
+        if self.info.is_main:
+            log.warning("%s; restarting from scratch, the previous run moves to %s", problem, target)
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, BACKBONE_NAME):
+                if (self.out_dir / name).exists():
+                    os.replace(self.out_dir / name, target / name)
+            for numbered in self.out_dir.glob("checkpoint_*.pt"):
+                os.replace(numbered, target / numbered.name)
+        barrier(self.info)
 
     def _save(self, epoch: int, meter: EpochMeter | None, epoch_end: bool) -> Path:
         rng = gather_rng_states(self.info)
@@ -498,7 +545,8 @@ class _Pretraining:
     def _preempted(self, preempt: PreemptionHandler, epoch: int, path: Path) -> Preempted:
         name = signal.Signals(preempt.received).name if preempt.received is not None else "a signal on another rank"
         message = f"stopped by {name} at epoch {epoch}, step {self.step}; {path} written, rerun to resume"
-        log.warning("%s", message)
+        if self.info.is_main:
+            log.warning("%s", message)
         return Preempted(message)
 
 
@@ -507,17 +555,21 @@ def pretrain(
     clip_manifests: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     workers: int | None = None,
+    on_config_change: OnConfigChange = "error",
 ) -> Path:
     """Pretrain as ``cfg`` says on the clips of ``clip_manifests`` (``clips.csv`` files); returns
     ``out_dir/checkpoint.pt``. Resumes from that file when present. Under torchrun every process
     calls this; outside it, one process trains alone. ``workers`` overrides ``cfg.num_workers``.
+    When the checkpoint there cannot be continued (other settings, or written part-way through an
+    epoch for other data), ``on_config_change="error"`` raises and ``"restart"`` moves the previous
+    run's files into ``out_dir/superseded/`` and starts afresh.
 
     Raises :class:`~endofm.engine.Preempted` (a ``SystemExit`` with status 75) after writing a
     checkpoint on SIGTERM/SIGUSR1, and :class:`~endofm.engine.NonFiniteLossError` on a NaN/inf loss.
     """
     out_dir = Path(out_dir)
     with distributed_session(cfg.device) as info:
-        return _Pretraining(cfg, [Path(p) for p in clip_manifests], out_dir, workers, info).run()
+        return _Pretraining(cfg, [Path(p) for p in clip_manifests], out_dir, workers, info, on_config_change).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -529,10 +581,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clips", type=Path, nargs="+", required=True, help="clips.csv manifests")
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds a checkpoint)")
     parser.add_argument("--workers", type=int, default=None, help="data-loading workers per process")
+    parser.add_argument(
+        "--on-config-change",
+        choices=["error", "restart"],
+        default="error",
+        help="when the checkpoint in --out cannot be continued with these settings: fail (default), or move "
+        "the previous run to OUT/superseded/ and start afresh",
+    )
     args = parser.parse_args(argv)
     setup_logging(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     cfg = load_pretrain_config(args.config)
-    pretrain(cfg, args.clips, args.out, workers=args.workers)
+    pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change)
     return 0
 
 
