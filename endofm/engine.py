@@ -552,37 +552,53 @@ class EpochMeter:
 class MetricsLog:
     """A CSV with one row per epoch (column ``epoch``, 0-based), rewritten atomically at each append.
 
-    Opened for a run that resumes at ``start_epoch``, it keeps the rows of earlier epochs and drops
-    later ones (written before an interruption, they will be recomputed). Disabled on ranks > 0.
+    A resumed run passes ``start_epoch`` and the ``history`` of rows saved in its checkpoint
+    (:attr:`rows`); the file is rebuilt from them, so it survives being deleted in between (Snakemake
+    deletes the outputs of a job it reruns). Without a history the existing file's rows are used.
+    Rows of epochs >= ``start_epoch``, written before an interruption, are dropped to be recomputed.
+    With ``enabled=False`` (ranks > 0) rows are kept in memory only.
     """
 
-    def __init__(self, path: str | os.PathLike, start_epoch: int = 0, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        start_epoch: int = 0,
+        enabled: bool = True,
+        history: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.enabled = enabled
-        self.rows: list[dict[str, Any]] = []
-        if not enabled or not self.path.exists():
-            return
+        rows = [dict(r) for r in history] if history is not None else self._read()
+        for i, row in enumerate(rows):
+            if "epoch" not in row:
+                raise ValueError(f"{self.path}: metrics row {i} has no 'epoch' (keys: {sorted(row)})")
+        self.rows = [{k: v.item() if isinstance(v, np.generic) else v for k, v in r.items()} for r in rows]
+        self.rows = [r for r in self.rows if r["epoch"] < start_epoch]
+        if len(self.rows) < len(rows):
+            log.info("%s: dropping %d row(s) of epochs >= %d", self.path, len(rows) - len(self.rows), start_epoch)
+        if enabled and (history is not None or len(self.rows) < len(rows)):
+            self._write()
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.enabled or not self.path.exists():
+            return []
         try:
             frame = pd.read_csv(self.path)
         except pd.errors.EmptyDataError:
-            frame = pd.DataFrame()
+            return []
         if len(frame) and "epoch" not in frame.columns:
             raise ValueError(f"{self.path}: metrics log has no 'epoch' column (columns: {list(frame.columns)})")
-        if len(frame):
-            kept = frame[frame["epoch"] < start_epoch]
-            self.rows = kept.to_dict("records")
-            if len(kept) < len(frame):
-                log.info(
-                    "%s: dropping %d row(s) of epochs >= %d to be recomputed",
-                    self.path,
-                    len(frame) - len(kept),
-                    start_epoch,
-                )
-                write_csv(self.path, kept)
+        return frame.to_dict("records")
+
+    def _write(self) -> None:
+        if self.rows:
+            write_csv(self.path, pd.DataFrame(self.rows))
+        else:
+            self.path.unlink(missing_ok=True)
 
     def append(self, row: Mapping[str, Any]) -> None:
         if "epoch" not in row:
             raise ValueError(f"{self.path}: a metrics row needs an 'epoch' value, got {sorted(row)}")
         self.rows.append(dict(row))
         if self.enabled:
-            write_csv(self.path, pd.DataFrame(self.rows))
+            self._write()

@@ -257,10 +257,23 @@ def test_metrics_log_appends_and_continues_after_resume(tmp_path):
     assert not (tmp_path / "other.csv").exists()
 
 
+def test_metrics_log_rebuilds_a_deleted_file_from_the_checkpoint_history(tmp_path):
+    path = tmp_path / "metrics.csv"
+    history = [{"epoch": np.int64(0), "loss": np.float32(2.0)}, {"epoch": 1, "loss": 1.5}, {"epoch": 2, "loss": 1.0}]
+    log = MetricsLog(path, start_epoch=2, history=history)
+    assert log.rows == [{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.5}]
+    assert all(type(v) in (int, float) for row in log.rows for v in row.values())  # plain, for the checkpoint
+    assert pd.read_csv(path)["loss"].tolist() == [2.0, 1.5]
+    MetricsLog(path, start_epoch=0, history=[])
+    assert not path.exists()
+
+
 def test_metrics_log_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("loss\n1.0\n")
     with pytest.raises(ValueError, match="bad.csv: metrics log has no 'epoch' column"):
         MetricsLog(tmp_path / "bad.csv", start_epoch=1)
+    with pytest.raises(ValueError, match="metrics row 0 has no 'epoch'"):
+        MetricsLog(tmp_path / "m.csv", history=[{"loss": 1.0}])
     with pytest.raises(ValueError, match="needs an 'epoch' value"):
         MetricsLog(tmp_path / "m.csv").append({"loss": 1.0})
 

@@ -30,13 +30,7 @@ MAGNITUDE = "last_layer.parametrizations.weight.original0"  # legacy name: last_
 DIRECTION = "last_layer.parametrizations.weight.original1"  # legacy name: last_layer.weight_v
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The micro models are too small to gain from threads; one avoids oversubscription on shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_head(seed: int = 0, **kwargs) -> DINOHead:

@@ -43,13 +43,7 @@ STEM_SHAPES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The micro models are too small to gain from threads; one avoids oversubscription on shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def micro(seed: int = 0, **overrides) -> TimeSformer:

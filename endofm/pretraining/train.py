@@ -14,6 +14,7 @@ Outputs in ``out_dir``:
   weights, optimiser, centre, every rank's RNG, the data order and the schedules' position are restored,
   also part-way through an epoch.
 - ``metrics.csv``: one row per epoch (means over its steps; lr, wd and momentum at its last step).
+  The checkpoint carries the rows too, and a resumed run rebuilds the file from them.
 - ``config.yaml``: the resolved settings (a ``pretrain:`` section this module reads back) and the run.
 - ``backbone.pt``: written once training is complete, the teacher backbone alone as
   ``{"teacher": {"backbone.<name>": tensor}}``, the layout of the released ``endo_fm.pth`` that the
@@ -24,7 +25,9 @@ Command line (one process, or under ``torchrun --nproc_per_node N``)::
     python -m endofm.pretraining.train --config X.yaml --clips a/clips.csv b/clips.csv --out DIR [--workers N]
 
 A run stopped by SIGTERM/SIGUSR1 writes its checkpoint and exits with status
-:data:`~endofm.engine.PREEMPTED_EXIT_CODE` (75); rerunning the command resumes it.
+:data:`~endofm.engine.PREEMPTED_EXIT_CODE` (75; under torchrun each worker does, and torchrun itself
+exits 1); rerunning the command resumes it. With ``--on-config-change restart`` a checkpoint that
+cannot be continued (other settings) is moved to ``out_dir/superseded/`` and training starts afresh.
 """
 
 from __future__ import annotations
@@ -337,7 +340,7 @@ class _Pretraining:
         self.wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, spe)
         self.momentum = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, spe)
 
-        self.start_epoch, self.step, self.skip, self.meter_state = 0, 0, 0, None
+        self.start_epoch, self.step, self.skip, self.meter_state, self.history = 0, 0, 0, None, None
         self._resume(on_config_change)
 
     @property
@@ -377,6 +380,7 @@ class _Pretraining:
             )
             self.step = self.start_epoch * spe
         self.meter_state = extra.get("epoch_meter") if self.skip else None
+        self.history = extra.get("metrics")
         if extra.get("world_size", info.world_size) != info.world_size:
             log.warning(
                 "%s: written by %d process(es), resumed by %d: the global batch and data order change, so the "
@@ -410,6 +414,7 @@ class _Pretraining:
             "world_size": self.info.world_size,
             "global_batch": self.global_batch,
             "rng_all_ranks": rng,
+            "metrics": self.metrics.rows,  # metrics.csv is rebuilt from these on resume
         }
         if meter is not None:
             extra["epoch_meter"] = meter.state_dict()
@@ -498,7 +503,9 @@ class _Pretraining:
             self.start_epoch,
             cfg.epochs - 1,
         )
-        metrics = MetricsLog(self.out_dir / METRICS_NAME, start_epoch=self.start_epoch, enabled=info.is_main)
+        self.metrics = MetricsLog(
+            self.out_dir / METRICS_NAME, start_epoch=self.start_epoch, enabled=info.is_main, history=self.history
+        )
         with PreemptionHandler() as preempt:
             for epoch in range(self.start_epoch, cfg.epochs):
                 skip = self.skip if epoch == self.start_epoch else 0
@@ -521,7 +528,7 @@ class _Pretraining:
                     raise self._preempted(preempt, epoch, path)
                 last = self.step - 1
                 summary = meter.summary()
-                metrics.append(
+                self.metrics.append(
                     {
                         "epoch": epoch,
                         **{k: summary[k] for k in ("loss", "cv", "dm")},
