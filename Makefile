@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup  ## run the whole workflow on the built-in synthetic corpus (CPU, minutes)
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) all
+	$(VENV)/bin/snakemake all --cores $(CORES) --configfile $(CONFIG)
 
 test: setup  ## unit tests + one end-to-end workflow run on the tiny config
 	$(PY) -m pytest
@@ -30,7 +30,7 @@ test-fast: setup  ## unit tests only
 
 lint: setup  ## ruff + snakemake --lint
 	$(VENV)/bin/ruff check endofm tests benchmarks workflow_scripts
-	$(VENV)/bin/snakemake --lint --configfile $(CONFIG)
+	$(VENV)/bin/snakemake --lint --configfile=$(CONFIG)
 
 clean:  ## remove generated results and resources (keeps .venv)
 	rm -rf results resources .snakemake

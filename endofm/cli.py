@@ -109,13 +109,19 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
     import torch
 
     from endofm.io import atomic_path
-    from endofm.models.checkpoint import _read, from_official, load_checkpoint, save_checkpoint, to_official
+    from endofm.models.checkpoint import (
+        from_official,
+        load_checkpoint,
+        read_checkpoint_file,
+        save_checkpoint,
+        to_official,
+    )
 
     if args.to == "official":
         with atomic_path(args.output) as tmp:
             torch.save(to_official(load_checkpoint(args.input)), tmp)
     else:
-        save_checkpoint(args.output, **from_official(_read(args.input)))
+        save_checkpoint(args.output, **from_official(read_checkpoint_file(args.input)))
     print(args.output)
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from endofm.config import from_dict
 from endofm.data.video import VideoReader
 from endofm.io import atomic_path
-from endofm.models.checkpoint import FORMAT, _read, load_backbone
+from endofm.models.checkpoint import FORMAT, load_backbone, read_checkpoint_file
 from endofm.models.vit import BackboneConfig, TimeSformer, build_backbone
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def load_pretrained_backbone(
     Our checkpoints carry their backbone config; an official file needs ``backbone`` (default:
     ``vit_base_patch16``, the released Endo-FM). A string names a preset.
     """
-    ckpt = _read(checkpoint)
+    ckpt = read_checkpoint_file(checkpoint)
     if isinstance(backbone, str):
         backbone = BackboneConfig(name=backbone)
     if backbone is None:

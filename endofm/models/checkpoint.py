@@ -99,7 +99,7 @@ def _names(keys: list[str]) -> str:
     return shown + (f", ... and {len(keys) - _MAX_NAMED} more" if len(keys) > _MAX_NAMED else "")
 
 
-def _read(path: str | os.PathLike, trusted: bool = False) -> Any:
+def read_checkpoint_file(path: str | os.PathLike, trusted: bool = False) -> Any:
     """``torch.load`` on CPU. Without ``trusted`` only tensors, containers and ``argparse.Namespace``
     (the official ``args``) are unpickled."""
     path = Path(path)
@@ -128,7 +128,7 @@ def _read(path: str | os.PathLike, trusted: bool = False) -> Any:
 def _open(path_or_dict: str | os.PathLike | Mapping[str, Any], trusted: bool) -> tuple[Mapping[str, Any], str]:
     if isinstance(path_or_dict, Mapping):
         return path_or_dict, "<dict>"
-    ckpt = _read(path_or_dict, trusted)
+    ckpt = read_checkpoint_file(path_or_dict, trusted)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path_or_dict}: expected a dict at the top level, got {type(ckpt).__name__}")
     return ckpt, str(path_or_dict)
@@ -337,7 +337,7 @@ def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` onto the CPU."""
-    ckpt = _read(path, trusted)
+    ckpt = read_checkpoint_file(path, trusted)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not an endofm checkpoint (no format tag {FORMAT!r}); "

@@ -215,9 +215,9 @@ def build_model(cfg: PretrainConfig) -> MultiViewModel:
 def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike) -> None:
     """Load backbone and head strictly from an initial checkpoint (SVT's flat ``{backbone.*, head.*}``,
     an official or our pretraining checkpoint (its teacher), ...). A missing head is an error."""
-    from endofm.models.checkpoint import _read  # the one reader with clear errors for corrupt or unsafe files
+    from endofm.models.checkpoint import read_checkpoint_file
 
-    raw = _read(path)
+    raw = read_checkpoint_file(path)
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path}: expected a dict at the top level, got {type(raw).__name__}")
     load_backbone(model.backbone, raw, which="teacher", strict=True)
