@@ -11,6 +11,8 @@ if SYNTHETIC:
             synthetic=to_dict(CFG.synthetic),
         wildcard_constraints:
             name="|".join(PRETRAIN_SOURCES + BENCHMARKS),
+        conda:
+            "../envs/endofm.yaml"
         script:
             "../workflow_scripts/synthesize.py"
 
@@ -31,6 +33,8 @@ else:
                 downloads_dir=DOWNLOADS,
                 overrides=to_dict(DATA.download_overrides.get(_name, [])),
             retries: 2
+            conda:
+                "../envs/endofm.yaml"
             script:
                 "../workflow_scripts/download.py"
 
@@ -48,6 +52,8 @@ rule extract_clips:
     threads: 2
     params:
         clips=to_dict(CFG.clips),
+    conda:
+        "../envs/endofm.yaml"
     script:
         "../workflow_scripts/extract_clips.py"
 
@@ -65,5 +71,7 @@ for _bench in BENCHMARKS:
             f"{LOGS}/index/{_bench}.log",
         params:
             benchmark=_bench,
+        conda:
+            "../envs/endofm.yaml"
         script:
             "../workflow_scripts/index_benchmark.py"

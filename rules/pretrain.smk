@@ -11,6 +11,8 @@ rule pretrain_config:
     params:
         settings=pretrain_settings,
     localrule: True
+    conda:
+        "../envs/endofm.yaml"
     script:
         "../workflow_scripts/write_pretrain_config.py"
 
@@ -32,6 +34,8 @@ rule pretrain_model:
     params:
         launcher=launcher(CFG.pretrain.gpus),
         run_dir=subpath(output.backbone, parent=True),
+    conda:
+        "../envs/endofm.yaml"
     shell:
         "{params.launcher} -m endofm.pretraining.train --config {input.config} --clips {input.clips}"
         " --out {params.run_dir} --workers {threads} --on-config-change restart > {log} 2>&1"
