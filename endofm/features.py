@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from endofm.config import from_dict
-from endofm.data.video import VideoReader
+from endofm.data.video import VideoReader, resize_short_side
 from endofm.io import atomic_path
 from endofm.models.checkpoint import FORMAT, load_backbone, read_checkpoint_file
 from endofm.models.vit import BackboneConfig, TimeSformer, build_backbone
@@ -84,15 +83,11 @@ def _clips(
 
 def preprocess(frames: np.ndarray, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (3, T, size, size) float: short side to ``size``, centre crop, normalise."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[..., top : top + size, left : left + size]
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    return x.permute(1, 0, 2, 3).contiguous()
+    frames = resize_short_side(frames, size)
+    h, w = frames.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    x = torch.from_numpy(frames[:, top : top + size, left : left + size]).permute(3, 0, 1, 2).float().div_(255)
+    return (x - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
 
 
 @torch.inference_mode()

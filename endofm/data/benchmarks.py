@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from endofm.data.cvc import index_cvc
-from endofm.data.kumc import CLASS_IDS, index_kumc, to_coco
-from endofm.data.polypdiag import LABELS, index_polypdiag
+from endofm.data import cvc, kumc, polypdiag
+from endofm.data.kumc import to_coco
 from endofm.io import write_csv, write_json
 
-BENCHMARKS: dict[str, Callable[[Path], pd.DataFrame]] = {
-    "polypdiag": index_polypdiag,
-    "cvc12k": index_cvc,
-    "kumc": index_kumc,
+#: Per benchmark: the indexer of its raw layout, and the summary of one split of its manifest.
+BENCHMARKS: dict[str, tuple[Callable[[Path], pd.DataFrame], Callable[[pd.DataFrame], dict[str, Any]]]] = {
+    "polypdiag": (polypdiag.index_polypdiag, polypdiag.summarize_split),
+    "cvc12k": (cvc.index_cvc, cvc.summarize_split),
+    "kumc": (kumc.index_kumc, kumc.summarize_split),
 }
 
 NOTES = {
@@ -40,36 +39,6 @@ NOTES = {
 }
 
 
-def _summary(benchmark: str, manifest: pd.DataFrame) -> dict[str, Any]:
-    splits: dict[str, Any] = {}
-    for split, rows in manifest.groupby("split", sort=False):
-        if benchmark == "polypdiag":
-            counts = rows["label"].value_counts()
-            splits[split] = {
-                "videos": len(rows),
-                "labels": {name: int(counts.get(label, 0)) for label, name in LABELS.items()},
-                "frames": int(rows["num_frames"].sum()),
-            }
-        elif benchmark == "cvc12k":
-            splits[split] = {
-                "sequences": int(rows["sequence"].nunique()),
-                "frames": len(rows),
-                "frames_with_polyp": int((rows["polyp_pixels"] > 0).sum()),
-                "frames_in_other_split": int(rows["overlaps_other_split"].sum()),
-            }
-        else:
-            annotated = rows[rows["annotated"]]
-            labels = [label for labels in annotated["labels"] for label in json.loads(labels)]
-            splits[split] = {
-                "videos": int(rows["video"].nunique()),
-                "frames": len(rows),
-                "annotated_frames": len(annotated),
-                "polyp_free_frames": int((annotated["labels"] == "[]").sum()),
-                "boxes": {name: labels.count(i) for name, i in CLASS_IDS.items()},
-            }
-    return {"splits": splits}
-
-
 def build_manifest(benchmark: str, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Index ``raw_dir`` as ``benchmark`` and write ``out_dir/manifest.csv`` and ``manifest.json``.
 
@@ -81,9 +50,10 @@ def build_manifest(benchmark: str, raw_dir: Path, out_dir: Path) -> dict[str, An
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: raw {benchmark} folder not found")
-    manifest = BENCHMARKS[benchmark](raw_dir)
+    index, summarize_split = BENCHMARKS[benchmark]
+    manifest = index(raw_dir)
     summary: dict[str, Any] = {"benchmark": benchmark, "raw_dir": str(raw_dir), "rows": len(manifest)}
-    summary.update(_summary(benchmark, manifest))
+    summary["splits"] = {split: summarize_split(rows) for split, rows in manifest.groupby("split", sort=False)}
     summary["notes"] = NOTES[benchmark]
     files = ["manifest.csv"]
     (out_dir / "manifest.json").unlink(missing_ok=True)  # no summary may describe a half-updated folder

@@ -225,3 +225,13 @@ class CVCSequenceDataset(Dataset):
             "sequence": name,
         }
         return self.transform(item) if self.transform is not None else item
+
+
+def summarize_split(rows: pd.DataFrame) -> dict[str, Any]:
+    """Counts of one split of the manifest, for ``manifest.json``."""
+    return {
+        "sequences": int(rows["sequence"].nunique()),
+        "frames": len(rows),
+        "frames_with_polyp": int((rows["polyp_pixels"] > 0).sum()),
+        "frames_in_other_split": int(rows["overlaps_other_split"].sum()),
+    }

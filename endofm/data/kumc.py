@@ -302,3 +302,16 @@ class KUMCDataset(Dataset):
             "indices": indices,
         }
         return self.transform(item) if self.transform is not None else item
+
+
+def summarize_split(rows: pd.DataFrame) -> dict[str, Any]:
+    """Counts of one split of the manifest, for ``manifest.json``."""
+    annotated = rows[rows["annotated"]]
+    labels = [label for labels in annotated["labels"] for label in json.loads(labels)]
+    return {
+        "videos": int(rows["video"].nunique()),
+        "frames": len(rows),
+        "annotated_frames": len(annotated),
+        "polyp_free_frames": int((annotated["labels"] == "[]").sum()),
+        "boxes": {name: labels.count(i) for name, i in CLASS_IDS.items()},
+    }

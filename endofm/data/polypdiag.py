@@ -186,3 +186,13 @@ class PolypDiagDataset(Dataset):
             "indices": indices.tolist(),
         }
         return self.transform(item) if self.transform is not None else item
+
+
+def summarize_split(rows: pd.DataFrame) -> dict[str, Any]:
+    """Counts of one split of the manifest, for ``manifest.json``."""
+    counts = rows["label"].value_counts()
+    return {
+        "videos": len(rows),
+        "labels": {name: int(counts.get(label, 0)) for label, name in LABELS.items()},
+        "frames": int(rows["num_frames"].sum()),
+    }

@@ -79,7 +79,7 @@ from endofm.engine import (
 )
 from endofm.io import atomic_path, write_text
 from endofm.logs import setup_logging
-from endofm.models.checkpoint import CheckpointError, legacy_to_parametrized, load_backbone
+from endofm.models.checkpoint import CheckpointError, legacy_to_parametrized, load_backbone, read_checkpoint_file
 from endofm.models.heads import DINOHead
 from endofm.models.vit import BackboneConfig, build_backbone
 from endofm.pretraining.objective import (
@@ -215,8 +215,6 @@ def build_model(cfg: PretrainConfig) -> MultiViewModel:
 def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike) -> None:
     """Load backbone and head strictly from an initial checkpoint (SVT's flat ``{backbone.*, head.*}``,
     an official or our pretraining checkpoint (its teacher), ...). A missing head is an error."""
-    from endofm.models.checkpoint import read_checkpoint_file
-
     raw = read_checkpoint_file(path)
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path}: expected a dict at the top level, got {type(raw).__name__}")
