@@ -5,7 +5,7 @@
   process. :func:`wrap_ddp`/:func:`unwrap`, :func:`barrier`, :func:`reduce_mean`, :func:`any_rank`.
 - **Numerics**: :func:`resolve_precision`, :func:`autocast`, :func:`grad_scaler` (bf16 autocast on
   CUDA by default, fp16 + GradScaler on request, fp32 on CPU); :func:`seed_everything`;
-  :func:`cosine_schedule` (DINO's per-iteration schedule).
+  :func:`cosine_schedule` (DINO's per-iteration schedule) and :func:`lr_schedule` (fine-tuning's).
 - **Data**: :func:`build_loader` over a :class:`ResumableSampler`; :func:`set_loader_epoch` makes an
   epoch's order and worker seeds a function of (seed, epoch, rank) only, and can skip the batches a
   pre-empted run already consumed, so a resumed run sees exactly the batches the uninterrupted one would.
@@ -261,6 +261,48 @@ def cosine_schedule(
     i = np.arange(total - warmup)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * i / max(len(i), 1)))
     return np.concatenate([ramp, cosine])
+
+
+def lr_schedule(
+    kind: Literal["cosine", "poly", "step", "constant"],
+    base: float,
+    epochs: int,
+    steps_per_epoch: int,
+    *,
+    warmup_epochs: float = 0,
+    final: float = 0.0,
+    power: float = 0.9,
+    milestones: Sequence[float] = (),
+    gamma: float = 0.1,
+) -> np.ndarray:
+    """A per-iteration learning rate for fine-tuning, ``epochs · steps_per_epoch`` values.
+
+    After a linear warm-up from 0 over ``round(warmup_epochs · steps_per_epoch)`` iterations:
+    ``cosine`` is :func:`cosine_schedule` to ``final``; ``poly`` is ``base · (1 - i/n)^power``
+    (TransUNet's); ``step`` multiplies by ``gamma`` at each milestone, given as fractions of the run
+    (STFT's 64k/80k/88k of 96k are 2/3, 5/6, 11/12); ``constant`` keeps ``base``.
+    """
+    if epochs < 1 or steps_per_epoch < 1:
+        raise ValueError(f"lr_schedule: epochs and steps_per_epoch must be >= 1, got {epochs} and {steps_per_epoch}")
+    if kind == "cosine":
+        return cosine_schedule(base, final, epochs, steps_per_epoch, warmup_epochs)
+    if not 0 <= warmup_epochs <= epochs:
+        raise ValueError(f"lr_schedule: warmup_epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
+    total = epochs * steps_per_epoch
+    i = np.arange(total, dtype=np.float64)
+    if kind == "poly":
+        lr = base * (1.0 - i / total) ** power
+    elif kind == "step":
+        if any(not 0 < m < 1 for m in milestones):
+            raise ValueError(f"lr_schedule: step milestones are fractions in (0, 1), got {list(milestones)}")
+        lr = base * gamma ** np.searchsorted(np.sort(np.asarray(milestones, dtype=np.float64)) * total, i, "right")
+    elif kind == "constant":
+        lr = np.full(total, float(base))
+    else:
+        raise ValueError(f"lr_schedule: kind must be cosine, poly, step or constant, got {kind!r}")
+    warmup = round(warmup_epochs * steps_per_epoch)
+    lr[:warmup] *= np.linspace(0.0, 1.0, warmup + 1)[1:] if warmup else 1.0
+    return lr
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -18,15 +18,14 @@ import torch
 from tqdm import tqdm
 
 from endofm.config import from_dict
-from endofm.data.video import VideoReader, resize_short_side
+from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
+from endofm.data.video import VideoReader
 from endofm.io import atomic_path
 from endofm.models.checkpoint import FORMAT, load_backbone, read_checkpoint_file
 from endofm.models.vit import BackboneConfig, TimeSformer, build_backbone
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_pretrained_backbone(
@@ -83,11 +82,7 @@ def _clips(
 
 def preprocess(frames: np.ndarray, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (3, T, size, size) float: short side to ``size``, centre crop, normalise."""
-    frames = resize_short_side(frames, size)
-    h, w = frames.shape[1:3]
-    top, left = (h - size) // 2, (w - size) // 2
-    x = torch.from_numpy(frames[:, top : top + size, left : left + size]).permute(3, 0, 1, 2).float().div_(255)
-    return (x - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+    return ClipTransform(size, size, "center", mean=mean, std=std)(frames)
 
 
 @torch.inference_mode()

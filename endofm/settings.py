@@ -15,7 +15,11 @@ from endofm.config import ConfigError, from_dict, load_yaml, to_dict
 from endofm.data.clips import ClipConfig
 from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
+from endofm.models.vit import BackboneConfig
 from endofm.pretraining.train import PretrainConfig
+from endofm.tasks.classify import ClassifyConfig
+from endofm.tasks.finetune import MODES, RunSpec
+from endofm.tasks.protocols import PROTOCOLS
 
 
 @dataclass
@@ -84,11 +88,110 @@ class PretrainStage:
 
 
 @dataclass
+class ExternalCheckpoint:
+    """A backbone from a file (the released ``endo_fm.pth`` or any layout
+    :mod:`endofm.models.checkpoint` reads) fine-tuned as a method of its own."""
+
+    path: str
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+
+@dataclass
+class FinetuneStage:
+    """Fine-tuning and evaluation in the workflow: the experiment matrix and each benchmark's settings.
+
+    Methods: ``endofm`` fine-tunes the backbone of every pretraining variant in ``variants``;
+    ``scratch`` a randomly initialised backbone of the same size (variant ``none``); every name in
+    ``checkpoints`` a backbone from that file (variant ``external``).
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["endofm", "scratch"])
+    variants: list[str] = field(default_factory=lambda: ["default"])
+    checkpoints: dict[str, ExternalCheckpoint] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    protocols: list[str] = field(default_factory=lambda: ["paper", "clean"])
+    modes: list[str] = field(default_factory=lambda: ["full", "frozen"])
+    gpus: int = 0
+    polypdiag: ClassifyConfig = field(default_factory=ClassifyConfig)
+
+    def __post_init__(self) -> None:
+        builtin = {"endofm", "scratch"}
+        for name in self.methods:
+            if name not in builtin | set(self.checkpoints):
+                raise ConfigError(
+                    f"finetune.methods: {name!r} is neither endofm, scratch nor a name in finetune.checkpoints"
+                )
+        clash = builtin & set(self.checkpoints)
+        if clash:
+            raise ConfigError(f"finetune.checkpoints: {sorted(clash)} are reserved method names")
+        for key, allowed in (("protocols", PROTOCOLS), ("modes", MODES)):
+            bad = [v for v in getattr(self, key) if v not in allowed]
+            if bad or not getattr(self, key):
+                raise ConfigError(f"finetune.{key}: {bad or 'empty'}; allowed: {', '.join(allowed)}")
+        if not self.seeds:
+            raise ConfigError("finetune.seeds: at least one seed is needed")
+        if self.gpus not in (0, 1):
+            raise ConfigError(f"finetune.gpus must be 0 or 1 (one job per GPU), got {self.gpus}")
+
+    def task(self, benchmark: str) -> Any:
+        """The settings of ``benchmark``."""
+        return getattr(self, benchmark)
+
+    def method_variants(self, method: str) -> list[str]:
+        """The variants a method runs with: pretraining variants for ``endofm``, ``none`` for
+        ``scratch``, ``external`` for a checkpoint file."""
+        if method == "endofm":
+            return list(self.variants)
+        return ["none"] if method == "scratch" else ["external"]
+
+
+@dataclass
 class WorkflowConfig:
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SynthConfig = field(default_factory=SynthConfig)
     clips: ClipConfig = field(default_factory=ClipConfig)
     pretrain: PretrainStage = field(default_factory=PretrainStage)
+    finetune: FinetuneStage = field(default_factory=FinetuneStage)
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.finetune.variants if v not in self.pretrain.variants]
+        if "endofm" in self.finetune.methods and not self.finetune.variants:
+            raise ConfigError("finetune.variants: method endofm needs at least one pretraining variant")
+        if unknown and "endofm" in self.finetune.methods:
+            raise ConfigError(
+                f"finetune.variants: {unknown} are not pretraining variants ({', '.join(self.pretrain.variants)})"
+            )
+
+
+def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
+    """Every run of the matrix: benchmark × method (× its variants) × protocol × mode × seed."""
+    ft = cfg.finetune
+    return [
+        RunSpec(bench, method, variant, protocol, mode, seed)
+        for bench in cfg.data.benchmarks
+        for method in ft.methods
+        for variant in ft.method_variants(method)
+        for protocol in ft.protocols
+        for mode in ft.modes
+        for seed in ft.seeds
+    ]
+
+
+def run_backbone(cfg: WorkflowConfig, method: str, variant: str) -> tuple[BackboneConfig, str | None]:
+    """The backbone settings a fine-tuning run builds, and the checkpoint it loads (None: random init).
+
+    ``endofm`` loads its pretraining variant's ``backbone.pt``; ``scratch`` uses the default
+    pretraining variant's architecture, so both compare like for like.
+    """
+    if method == "endofm":
+        return cfg.pretrain.variant(variant).backbone, f"results/pretrain/endofm/{variant}/backbone.pt"
+    if method == "scratch":
+        reference = "default" if "default" in cfg.pretrain.variants else next(iter(cfg.pretrain.variants))
+        return cfg.pretrain.variant(reference).backbone, None
+    if method in cfg.finetune.checkpoints:
+        external = cfg.finetune.checkpoints[method]
+        return external.backbone, external.path
+    raise ConfigError(f"unknown fine-tuning method {method!r}")
 
 
 def load_workflow_config(config: dict[str, Any] | str | Path) -> WorkflowConfig:

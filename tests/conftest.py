@@ -102,3 +102,37 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class TinyBenchmark:
+    """A synthesized benchmark in its official layout (``raw``) and its index (``manifest``)."""
+
+    name: str
+    raw: Path
+    manifest: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmarks(tmp_path_factory) -> dict[str, TinyBenchmark]:
+    """The three benchmarks of the built-in corpus at test size (48×64 frames), synthesized and indexed once."""
+    from endofm.data.benchmarks import build_manifest
+    from endofm.data.synthetic import SynthConfig, synthesize
+
+    cfg = SynthConfig(
+        height=48,
+        width=64,
+        polypdiag_videos={"train": 8, "val": 4},
+        polypdiag_frames=(16, 24),
+        cvc_sequences={"train": 4, "test": 2},
+        cvc_sequence_frames=(3, 5),
+        kumc_videos={"train": 2, "val": 2, "test": 2},
+        kumc_frames=(8, 12),
+    )
+    root = tmp_path_factory.mktemp("tiny_benchmarks")
+    out = {}
+    for name in ("polypdiag", "cvc12k", "kumc"):
+        raw = synthesize(name, root / "raw" / name, cfg, progress=False)
+        build_manifest(name, raw, root / "index" / name)
+        out[name] = TinyBenchmark(name, raw, root / "index" / name / "manifest.csv")
+    return out

@@ -288,3 +288,20 @@ def test_epoch_meter_state_survives_a_round_trip():
     assert summary["loss"] == 3.0 and summary["cv"] == 2.0 and summary["steps"] == 2
     assert summary["seconds"] >= state["seconds"] > 0  # time before the checkpoint counts
     assert summary["items_per_s"] == pytest.approx(8 / summary["seconds"])
+
+
+def test_lr_schedules():
+    from endofm.engine import lr_schedule
+
+    poly = lr_schedule("poly", 1.0, 2, 5, power=0.9)
+    assert len(poly) == 10 and poly[0] == 1.0 and poly[5] == pytest.approx(0.5**0.9)
+    step = lr_schedule("step", 1.0, 4, 3, milestones=[0.5, 0.75], gamma=0.5)
+    assert step.tolist() == [1.0] * 6 + [0.5] * 3 + [0.25] * 3
+    warm = lr_schedule("constant", 2.0, 2, 4, warmup_epochs=1)
+    assert warm.tolist() == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0]
+    cosine = lr_schedule("cosine", 1.0, 2, 5, final=0.1)
+    assert cosine[0] == 1.0 and cosine[-1] > 0.1 and np.all(np.diff(cosine) <= 0)
+    with pytest.raises(ValueError, match="milestones"):
+        lr_schedule("step", 1.0, 2, 2, milestones=[1.5])
+    with pytest.raises(ValueError, match="kind"):
+        lr_schedule("linear", 1.0, 2, 2)

@@ -459,3 +459,34 @@ def test_ema_update_unwraps_a_data_parallel_student():
     ema_update(teacher, student, 0.0)
     assert torch.equal(teacher.lin.weight, student.module.lin.weight)
     ema_update(nn.DataParallel(teacher), student, 1.0)  # a wrapped teacher works too
+
+
+def test_batch_entropy_tells_the_collapses_apart():
+    loss = EndoFMLoss(8, 2, 3, teacher_temp=0.1)
+    same = torch.zeros(8, 8)
+    same[:, 3] = 5.0  # every row on one prototype: both entropies near 0
+    out = loss(torch.randn(12, 8), same, 0, update_center=False)
+    assert out["batch_entropy"].item() < 1e-3 and out["teacher_entropy"].item() < 1e-3
+    spread = torch.full((8, 8), -5.0)
+    spread[torch.arange(8), torch.arange(8)] = 5.0  # one prototype per row: sharp rows, a spread batch
+    out = loss(torch.randn(12, 8), spread, 0, update_center=False)
+    assert out["teacher_entropy"].item() < 1e-3
+    assert out["batch_entropy"].item() == pytest.approx(math.log(8), rel=1e-4)
+
+
+def test_sinkhorn_targets_are_equipartitioned_and_sharpen_like_softmax():
+    from endofm.pretraining.objective import sinkhorn_knopp
+
+    torch.manual_seed(0)
+    teacher = torch.randn(16, 6)
+    q = sinkhorn_knopp(teacher, 0.5, iterations=200)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(16))
+    torch.testing.assert_close(q.sum(dim=0), torch.full((6,), 16 / 6), rtol=1e-3, atol=1e-3)
+    # a batch that already is balanced is left as the plain softmax
+    balanced = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    torch.testing.assert_close(sinkhorn_knopp(balanced, 1.0, 3), balanced.softmax(dim=1))
+    loss = EndoFMLoss(6, 2, 3, centering="sinkhorn", teacher_temp=0.5)
+    out = loss(torch.randn(24, 6), teacher, 0)
+    assert out["batch_entropy"].item() == pytest.approx(math.log(6), abs=0.05)
+    with pytest.raises(ValueError, match="centering"):
+        EndoFMLoss(6, 2, 3, centering="mean")

@@ -113,7 +113,7 @@ def assert_same_run(a: Path, b: Path, teacher_atol: float = 0.0, student_atol: f
             assert torch.equal(value, cb["optimizer"]["state"][i][name]), f"optimizer state {i} {name}"
 
 
-METRICS = ["loss", "cv", "dm", "lr", "wd", "momentum", "teacher_entropy", "center_norm", "steps"]
+METRICS = ["loss", "cv", "dm", "lr", "wd", "momentum", "teacher_entropy", "batch_entropy", "center_norm", "steps"]
 
 
 # ---------------------------------------------------------------- outputs and settings

@@ -131,10 +131,22 @@ def sample_indices(
     return start + np.floor(np.linspace(0, length - 1, num_frames)).astype(np.int64)
 
 
+def clip_windows(video_frames: int, num_frames: int, window: int | None, clips: int) -> np.ndarray:
+    """(clips, num_frames) indices: ``clips`` windows of ``window`` frames with evenly spaced starts
+    from the first to the last possible one, each sampled as :func:`sample_indices` does (multi-clip testing)."""
+    if clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    first = sample_indices(video_frames, num_frames, "uniform", window)
+    length = video_frames if window is None else min(window, video_frames)
+    starts = np.floor(np.linspace(0, video_frames - length, clips)).astype(np.int64)
+    return starts[:, None] + first[None, :]
+
+
 class PolypDiagDataset(Dataset):
     """Clips of one split of a PolypDiag manifest; decodes only the sampled frames.
 
-    Items are ``dict(frames=uint8 (T, H, W, 3), label=int, sample_id=str, indices=list[int])``;
+    Items are ``dict(frames=uint8 (T, H, W, 3), label=int, sample_id=str, indices=list[int])``; with
+    ``clips`` > 1 (uniform sampling) ``frames`` is (clips, T, H, W, 3) from :func:`clip_windows`;
     ``transform`` (if given) maps that dict to the returned one. Random sampling draws from an rng
     seeded by ``(seed, epoch, index)``, so an item is reproducible; call :meth:`set_epoch` to vary it.
     """
@@ -149,6 +161,7 @@ class PolypDiagDataset(Dataset):
         window: int | None = None,
         seed: int = 0,
         transform=None,
+        clips: int = 1,
     ) -> None:
         if split not in PolypDiagLayout.SPLITS:
             raise ValueError(f"split must be one of {PolypDiagLayout.SPLITS}, got {split!r}")
@@ -157,6 +170,9 @@ class PolypDiagDataset(Dataset):
             raise ValueError(f"manifest has no rows for split {split!r}")
         # Validate the arguments once, here, rather than on the first item.
         sample_indices(1, num_frames, sampling, window, np.random.default_rng(0))
+        if clips < 1 or (clips > 1 and sampling != "uniform"):
+            raise ValueError(f"clips must be >= 1 (more than 1 only with uniform sampling), got {clips}")
+        self.clips = clips
         self.rows = rows.reset_index(drop=True)
         self.root = Path(root)
         self.num_frames, self.sampling, self.window = num_frames, sampling, window
@@ -177,8 +193,13 @@ class PolypDiagDataset(Dataset):
                     f"{path}: has {reader.num_frames} frames but the manifest says {row['num_frames']}; re-index"
                 )
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            indices = sample_indices(reader.num_frames, self.num_frames, self.sampling, self.window, rng)
+            if self.clips == 1:
+                indices = sample_indices(reader.num_frames, self.num_frames, self.sampling, self.window, rng)
+            else:
+                indices = clip_windows(reader.num_frames, self.num_frames, self.window, self.clips).reshape(-1)
             frames = reader.get_frames(indices)
+            if self.clips > 1:
+                frames = frames.reshape(self.clips, self.num_frames, *frames.shape[1:])
         item = {
             "frames": torch.from_numpy(np.ascontiguousarray(frames)),
             "label": int(row["label"]),

@@ -23,6 +23,7 @@ import os
 import pickle
 import random
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -312,12 +313,18 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions of Python, endofm, torch and NumPy, recorded with every checkpoint and run."""
     try:
         endofm_version = importlib.metadata.version("endofm")
     except importlib.metadata.PackageNotFoundError:
         endofm_version = "unknown"
-    return {"endofm": endofm_version, "torch": str(torch.__version__), "numpy": str(np.__version__)}
+    return {
+        "python": sys.version.split()[0],
+        "endofm": endofm_version,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+    }
 
 
 def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
@@ -328,7 +335,7 @@ def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
         raise ValueError(f"save_checkpoint: unknown key(s) {unknown}; expected some of {list(CHECKPOINT_KEYS)}")
     if state.get("format", FORMAT) != FORMAT or state.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ValueError(f"save_checkpoint: format {state.get('format')!r} v{state.get('format_version')} is not ours")
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions()}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": package_versions()}
     payload.update({k: state[k] for k in CHECKPOINT_KEYS if k in state})
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

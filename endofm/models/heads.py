@@ -69,3 +69,33 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1, p=2)
         return self.last_layer(x)
+
+
+class VideoClassifier(nn.Module):
+    """Backbone CLS embedding -> ``head`` Linear(embed_dim, num_classes): the original PolypDiag model
+    (``LinearClassifier`` with weights N(0, 0.01), bias 0, on the last block's normalised CLS).
+
+    ``forward`` takes (B, 3, T, H, W) and returns logits (B, num_classes); a (B, K, 3, T, H, W) input
+    (K test clips per video) returns the K clips' logits as (B, K, num_classes).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 2) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"VideoClassifier: num_classes must be >= 2, got {num_classes}")
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.embed_dim, num_classes)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if video.ndim == 6:
+            b, k = video.shape[:2]
+            return self.head(self.backbone(video.flatten(0, 1))).view(b, k, -1)
+        return self.head(self.backbone(video))
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())

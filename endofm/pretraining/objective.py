@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -94,6 +95,36 @@ def teacher_temperature_schedule(warmup: float, final: float, warmup_epochs: int
     return np.concatenate([np.linspace(warmup, final, warmup_epochs), np.full(epochs - warmup_epochs, final)])
 
 
+Centering = Literal["center", "sinkhorn"]
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """Teacher targets by Sinkhorn-Knopp (SwAV, DINOv2's alternative to the centre): ``exp(t/τ)``
+    normalised alternately so that every prototype gets an equal share of the batch (across all ranks)
+    and every row sums to 1. Returns (rows, K) probabilities. Equipartition within the batch rules
+    out both collapses, which small-batch runs need (the running centre of the original cannot stop
+    a uniform collapse when the batch is tiny)."""
+    logits = teacher.float() / temperature
+    q = (logits - logits.max()).exp().t()  # (K, rows); a global shift cancels in the normalisations
+    rows = torch.tensor(q.shape[1], device=q.device, dtype=q.dtype)
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.all_reduce(rows)
+    k = q.shape[0]
+    total = q.sum()
+    if distributed:
+        dist.all_reduce(total)
+    q /= total
+    for _ in range(iterations):
+        per_prototype = q.sum(dim=1, keepdim=True)
+        if distributed:
+            dist.all_reduce(per_prototype)
+        q /= per_prototype * k
+        q /= q.sum(dim=0, keepdim=True) * rows
+    return (q * rows).t()
+
+
 class EndoFMLoss(nn.Module):
     """Multi-view self-distillation loss with a teacher centre (state dict: ``center`` [1, out_dim]).
 
@@ -127,8 +158,15 @@ class EndoFMLoss(nn.Module):
         center_momentum: float = 0.9,
         cv_weight: float = 1.0,
         dm_weight: float = 1.0,
+        centering: Centering = "center",
+        sinkhorn_iterations: int = 3,
     ) -> None:
         super().__init__()
+        if centering not in ("center", "sinkhorn"):
+            raise ValueError(f"EndoFMLoss: centering must be 'center' or 'sinkhorn', got {centering!r}")
+        if sinkhorn_iterations < 1:
+            raise ValueError(f"EndoFMLoss: sinkhorn_iterations must be >= 1, got {sinkhorn_iterations}")
+        self.centering, self.sinkhorn_iterations = centering, int(sinkhorn_iterations)
         if out_dim < 1:
             raise ValueError(f"EndoFMLoss: out_dim must be >= 1, got {out_dim}")
         if not 1 <= n_global <= n_views:
@@ -188,15 +226,21 @@ class EndoFMLoss(nn.Module):
         Returns ``loss`` (with gradient), and detached: ``dm``/``cv`` (mean of their own terms, NaN
         when there are none), ``teacher_entropy`` (mean entropy of the teacher distributions, nats;
         it falls towards 0 on collapse to one prototype and rises to log(out_dim) on a uniform
-        collapse), ``center_norm`` (after the update), and ``teacher_temp`` (float).
+        collapse), ``batch_entropy`` (entropy of the batch-mean teacher distribution: how many
+        prototypes the batch uses; healthy training keeps it well above ``teacher_entropy``, and the two
+        meet on either collapse), ``center_norm`` (after the update), and ``teacher_temp`` (float).
         """
         batch = self._batch_size(student_out, teacher_out)
         tau_t = self.teacher_temp(epoch)
         g, v, k = self.n_global, self.n_views, self.out_dim
         with torch.autocast(device_type=student_out.device.type, enabled=False):
             teacher = teacher_out.detach().float()
-            log_p = F.log_softmax((teacher - self.center) / tau_t, dim=-1)
-            p = log_p.exp()
+            if self.centering == "sinkhorn":
+                p = sinkhorn_knopp(teacher, tau_t, self.sinkhorn_iterations)
+                log_p = p.clamp_min(1e-30).log()
+            else:
+                log_p = F.log_softmax((teacher - self.center) / tau_t, dim=-1)
+                p = log_p.exp()
             log_q = F.log_softmax(student_out.float() / self.student_temp, dim=-1)
             # ce[q, s]: batch mean of the cross-entropy from teacher view q to student view s.
             ce = -torch.einsum("gbk,vbk->gv", p.view(g, batch, k), log_q.view(v, batch, k)) / batch
@@ -207,6 +251,8 @@ class EndoFMLoss(nn.Module):
             dm_sum, cv_sum = (ce * dm_mask).sum(), (ce * cv_mask).sum()
             loss = (self.dm_weight * dm_sum + self.cv_weight * cv_sum) / self._norm
             teacher_entropy = -(p * log_p).sum(dim=-1).mean()
+            p_mean = p.mean(dim=0)
+            batch_entropy = -(p_mean * p_mean.clamp_min(1e-30).log()).sum()
             if update_center:
                 self.update_center(teacher)
         nan = torch.tensor(math.nan, device=ce.device)
@@ -215,6 +261,7 @@ class EndoFMLoss(nn.Module):
             "dm": (dm_sum / self.n_dm_terms).detach() if self.n_dm_terms else nan,
             "cv": (cv_sum / self.n_cv_terms).detach() if self.n_cv_terms else nan,
             "teacher_entropy": teacher_entropy.detach(),
+            "batch_entropy": batch_entropy.detach(),
             "center_norm": self.center.norm().detach(),
             "teacher_temp": tau_t,
         }

@@ -33,7 +33,6 @@ cannot be continued (other settings) is moved to ``out_dir/superseded/`` and tra
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import itertools
 import logging
 import os
@@ -45,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import yaml
 
@@ -79,7 +77,13 @@ from endofm.engine import (
 )
 from endofm.io import atomic_path, write_text
 from endofm.logs import setup_logging
-from endofm.models.checkpoint import CheckpointError, legacy_to_parametrized, load_backbone, read_checkpoint_file
+from endofm.models.checkpoint import (
+    CheckpointError,
+    legacy_to_parametrized,
+    load_backbone,
+    package_versions,
+    read_checkpoint_file,
+)
 from endofm.models.heads import DINOHead
 from endofm.models.vit import BackboneConfig, build_backbone
 from endofm.pretraining.objective import (
@@ -136,6 +140,10 @@ class PretrainConfig:
     warmup_teacher_temp_epochs: int = 0
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    # "center": the original's running centre; "sinkhorn": Sinkhorn-Knopp equipartition of the teacher
+    # targets over the batch (DINOv2's option), which keeps small-batch CPU runs from collapsing.
+    centering: Literal["center", "sinkhorn"] = "center"
+    sinkhorn_iterations: int = 3
     cv_weight: float = 1.0
     dm_weight: float = 1.0
     # The original never puts its teacher in eval mode, so stochastic depth is active in it too;
@@ -245,15 +253,6 @@ def export_backbone(teacher: MultiViewModel, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "torch": str(torch.__version__), "numpy": str(np.__version__)}
-    try:
-        out["endofm"] = importlib.metadata.version("endofm")
-    except importlib.metadata.PackageNotFoundError:
-        out["endofm"] = "unknown"
-    return out
-
-
 def _resume_problem(ckpt: Mapping[str, Any], cfg: PretrainConfig, spe: int, path: Path) -> Exception | None:
     """Why ``ckpt`` cannot be continued by this run (other settings, or a position that does not map
     onto ``spe`` steps per epoch), or None."""
@@ -328,6 +327,8 @@ class _Pretraining:
             center_momentum=cfg.center_momentum,
             cv_weight=cfg.cv_weight,
             dm_weight=cfg.dm_weight,
+            centering=cfg.centering,
+            sinkhorn_iterations=cfg.sinkhorn_iterations,
         ).to(info.device)
         self.optimizer = torch.optim.AdamW(param_groups(student))
         self.scaler = grad_scaler(self.precision, info.device)
@@ -449,7 +450,7 @@ class _Pretraining:
             "start_epoch": self.start_epoch,
             "start_step": self.step,
             "parameters": sum(p.numel() for p in self.student_module.parameters()),
-            "versions": _versions(),
+            "versions": package_versions(),
         }
         text = "# Resolved pretraining settings; `pretrain:` can be passed back with --config.\n"
         write_text(
@@ -470,7 +471,9 @@ class _Pretraining:
                 teacher_out = self.teacher(views[: cfg.n_global])
             student_out = self.student(views)
         out = self.loss(student_out, teacher_out, epoch)
-        stats = reduce_mean({k: out[k] for k in ("loss", "cv", "dm", "teacher_entropy", "center_norm")}, self.info)
+        stats = reduce_mean(
+            {k: out[k] for k in ("loss", "cv", "dm", "teacher_entropy", "batch_entropy", "center_norm")}, self.info
+        )
         check_finite(stats["loss"], epoch=epoch, step=it, checkpoint=checkpoint_path(self.out_dir))
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -533,7 +536,10 @@ class _Pretraining:
                         "lr": float(self.lr[last]),
                         "wd": float(self.wd[last]),
                         "momentum": float(self.momentum[last]),
-                        **{k: summary[k] for k in ("teacher_entropy", "center_norm", "steps", "seconds")},
+                        **{
+                            k: summary[k]
+                            for k in ("teacher_entropy", "batch_entropy", "center_norm", "steps", "seconds")
+                        },
                         "clips_per_s": summary["items_per_s"],
                     }
                 )

@@ -1,0 +1,326 @@
+"""PolypDiag video classification (normal vs abnormal; ENDOFM.md §4.1).
+
+Full fine-tuning (:class:`ClassifyTask` in :func:`endofm.tasks.finetune.run_finetune`): a linear head
+on the CLS embedding, the whole backbone trained, the official sampling and normalisation. The
+frozen-backbone read-outs (:func:`run_probe`): a logistic-regression probe on the CLS, one on the CLS
+with mean- and max-pooled patch tokens (the headline frozen number), and a weighted k-NN on the CLS
+(DINO's evaluation). Predictions are ``predictions.csv`` (sample_id, label, prob_0, prob_1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from endofm.data.polypdiag import PolypDiagDataset
+from endofm.data.transforms import KINETICS_MEAN, KINETICS_STD, ClipTransform, torch_rng
+from endofm.engine import resolve_device, seed_everything
+from endofm.io import write_csv, write_json
+from endofm.metrics import classification_metrics
+from endofm.models.checkpoint import package_versions, save_checkpoint
+from endofm.models.heads import VideoClassifier
+from endofm.models.vit import TimeSformer
+from endofm.tasks.finetune import MODEL_NAME, RUN_NAME, OptimConfig, RunSpec, Task, TrainConfig, config_hash
+from endofm.tasks.protocols import ProtocolSplits
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.csv"
+#: Frozen read-outs: file name per read-out; ``predictions.csv`` is the headline (pooled linear probe).
+READOUTS = {"linear_pooled": PREDICTIONS, "linear_cls": "predictions_linear_cls.csv", "knn": "predictions_knn.csv"}
+
+
+@dataclass
+class ProbeConfig:
+    """Frozen-backbone read-outs: logistic regression over ``c_grid`` (picked on the selection split
+    by F1), and a k-NN vote over the ``knn_k`` most cosine-similar training clips weighted by
+    ``exp(similarity / knn_temperature)`` (DINO's)."""
+
+    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.c_grid or min(self.c_grid) <= 0:
+            raise ValueError(f"c_grid must be positive values, got {self.c_grid}")
+        if self.knn_k < 1 or self.knn_temperature <= 0 or self.batch_size < 1:
+            raise ValueError("knn_k and batch_size must be >= 1 and knn_temperature > 0")
+
+
+def _official_train() -> TrainConfig:
+    # 20 epochs; SGD momentum 0.9, wd 0; lr 0.001 × batch/256; cosine; batch 4 (ENDOFM.md §4.1).
+    return TrainConfig(epochs=20, batch_size=4, optim=OptimConfig(name="sgd", lr=1e-3, batch_scaled=True))
+
+
+@dataclass
+class ClassifyConfig:
+    """PolypDiag settings; the defaults are the official recipe (ENDOFM.md §4.1).
+
+    Training: a random ``window``-frame window, ``num_frames`` uniformly inside it, short side drawn
+    from ``train_short_side``, a random ``crop_size`` crop, horizontal flip. Testing: the first window,
+    short side ``test_short_side``, a crop at ``test_crop`` (the original's ``top_left``: its spatial
+    index 0); ``test_clips`` > 1 averages the softmax over evenly spaced windows (clean-protocol option).
+    """
+
+    num_frames: int = 8
+    window: int = 256
+    train_short_side: list[int] = field(default_factory=lambda: [256, 320])
+    crop_size: int = 224
+    test_short_side: int = 224
+    test_crop: Literal["top_left", "center"] = "top_left"
+    test_clips: int = 1
+    hflip: float = 0.5
+    mean: list[float] = field(default_factory=lambda: list(KINETICS_MEAN))
+    std: list[float] = field(default_factory=lambda: list(KINETICS_STD))
+    num_classes: int = 2
+    train: TrainConfig = field(default_factory=_official_train)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.window < 1 or self.test_clips < 1:
+            raise ValueError("num_frames, window and test_clips must be >= 1")
+        ClipTransform(self.train_short_side, self.crop_size)  # validates the sizes
+        ClipTransform(self.test_short_side, self.crop_size)
+
+
+class _Transformed(Dataset):
+    """Items of a PolypDiagDataset as (video tensor, label, index)."""
+
+    def __init__(self, dataset: PolypDiagDataset, transform: ClipTransform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        item = self.dataset[index]
+        rng = torch_rng() if self.transform.random else None
+        frames = item["frames"].numpy()
+        if frames.ndim == 5:  # several test clips
+            video = torch.stack([self.transform(clip, rng) for clip in frames])
+        else:
+            video = self.transform(frames, rng)
+        return video, item["label"], index
+
+
+def clip_dataset(
+    cfg: ClassifyConfig, splits: ProtocolSplits, root: Path, role: str, seed: int = 0, test_view: bool = False
+) -> _Transformed:
+    """The (video, label, index) dataset of ``role``: random training views for ``train`` (unless
+    ``test_view``), the deterministic test view otherwise."""
+    part = getattr(splits, role)
+    if role == "train" and not test_view:
+        base = PolypDiagDataset(part.rows, root, part.split, cfg.num_frames, "random", cfg.window, seed)
+        transform = ClipTransform(cfg.train_short_side, cfg.crop_size, "random", cfg.hflip, cfg.mean, cfg.std)
+    else:
+        base = PolypDiagDataset(
+            part.rows, root, part.split, cfg.num_frames, "uniform", cfg.window, clips=cfg.test_clips
+        )
+        transform = ClipTransform(cfg.test_short_side, cfg.crop_size, cfg.test_crop, 0.0, cfg.mean, cfg.std)
+    return _Transformed(base, transform)
+
+
+def _frame(dataset: _Transformed, probs: np.ndarray) -> pd.DataFrame:
+    rows = dataset.dataset.rows
+    return pd.DataFrame(
+        {
+            "sample_id": rows["sample_id"].astype(str).to_numpy(),
+            "label": rows["label"].astype(int).to_numpy(),
+            **{f"prob_{k}": probs[:, k] for k in range(probs.shape[1])},
+        }
+    )
+
+
+def _scores(frame: pd.DataFrame) -> dict[str, float]:
+    return classification_metrics(frame["label"].to_numpy(), frame[["prob_0", "prob_1"]].to_numpy())
+
+
+class ClassifyTask(Task):
+    """Full fine-tuning of :class:`~endofm.models.heads.VideoClassifier` with cross-entropy."""
+
+    benchmark: ClassVar[str] = "polypdiag"
+    selection_metric: ClassVar[str] = "f1"
+
+    def __init__(self, cfg: ClassifyConfig, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
+        super().__init__(splits, root, seed)
+        self.cfg = cfg
+        self._eval = {role: clip_dataset(cfg, splits, self.root, role) for role in ("select", "test")}
+
+    def build_model(self, backbone: TimeSformer) -> nn.Module:
+        return VideoClassifier(backbone, self.cfg.num_classes)
+
+    def train_dataset(self) -> Dataset:
+        return clip_dataset(self.cfg, self.splits, self.root, "train", self.seed)
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        video, label, _ = batch
+        return F.cross_entropy(model(video.to(device)), label.to(device))
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, role: str, device: torch.device) -> pd.DataFrame:
+        dataset = self._eval[role]
+        loader = DataLoader(dataset, batch_size=self.cfg.train.batch_size, num_workers=self.cfg.train.num_workers)
+        probs = []
+        for video, _, _ in loader:
+            p = model(video.to(device)).float().softmax(dim=-1)
+            probs.append((p.mean(dim=1) if p.ndim == 3 else p).cpu())  # average over test clips
+        return _frame(dataset, torch.cat(probs).numpy())
+
+    def score(self, predictions: pd.DataFrame, role: str) -> dict[str, float]:
+        return _scores(predictions)
+
+    def save_predictions(self, predictions: pd.DataFrame, out_dir: Path) -> list[str]:
+        write_csv(out_dir / PREDICTIONS, predictions)
+        return [PREDICTIONS]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Frozen-backbone read-outs
+
+
+@torch.no_grad()
+def clip_features(backbone: TimeSformer, dataset: _Transformed, device: torch.device, batch_size: int) -> dict:
+    """Per video: ``cls`` (N, C) and ``pooled`` (N, 3C) = [CLS, mean, max of the patch tokens],
+    averaged over test clips. Returns the two arrays and the labels."""
+    loader = DataLoader(dataset, batch_size=batch_size)
+    cls, pooled, labels = [], [], []
+    for video, label, _ in tqdm(loader, desc="features", mininterval=5, leave=False):
+        video = video.to(device)
+        clips = video.shape[1] if video.ndim == 6 else 1
+        feats = backbone.forward_features(video.flatten(0, 1) if video.ndim == 6 else video, dense=True)
+        patches = feats.patches.flatten(1, 3)
+        both = torch.cat([feats.cls, patches.mean(dim=1), patches.amax(dim=1)], dim=1)
+        cls.append(feats.cls.view(len(label), clips, -1).mean(dim=1).float().cpu())
+        pooled.append(both.view(len(label), clips, -1).mean(dim=1).float().cpu())
+        labels.append(label)
+    return {"cls": torch.cat(cls).numpy(), "pooled": torch.cat(pooled).numpy(), "labels": torch.cat(labels).numpy()}
+
+
+def linear_probe(
+    train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[str, np.ndarray], select_y: np.ndarray, c_grid, seed: int
+) -> tuple[dict[str, np.ndarray], float]:
+    """Standardised logistic regression; C picked by F1 on ``eval_sets['select']`` (ties: smaller C).
+    Returns the class probabilities of every eval set under the chosen C, and that C."""
+    scaler = StandardScaler().fit(train_x)
+    best: tuple[float, float, Any] | None = None
+    for c in sorted(c_grid):
+        model = LogisticRegression(C=c, max_iter=5000, random_state=seed).fit(scaler.transform(train_x), train_y)
+        f1 = classification_metrics(select_y, model.predict_proba(scaler.transform(eval_sets["select"])))["f1"]
+        if best is None or f1 > best[0]:
+            best = (f1, c, model)
+    _, c, model = best
+    return {name: model.predict_proba(scaler.transform(x)) for name, x in eval_sets.items()}, c
+
+
+def knn_predict(
+    train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, k: int, temperature: float, num_classes: int = 2
+) -> np.ndarray:
+    """DINO's weighted k-NN on L2-normalised features: the k most similar training rows vote with
+    weight ``exp(cosine / temperature)``; returns normalised votes per class (N, num_classes)."""
+    train = F.normalize(torch.as_tensor(train_x, dtype=torch.float64), dim=1)
+    query = F.normalize(torch.as_tensor(x, dtype=torch.float64), dim=1)
+    sim, idx = (query @ train.T).topk(min(k, len(train)), dim=1)
+    weights = (sim / temperature).exp()
+    votes = torch.zeros(len(query), num_classes, dtype=torch.float64)
+    votes.scatter_add_(1, torch.as_tensor(train_y, dtype=torch.int64)[idx], weights)
+    return (votes / votes.sum(dim=1, keepdim=True)).numpy()
+
+
+def run_probe(
+    cfg: ClassifyConfig,
+    splits: ProtocolSplits,
+    root: str | Path,
+    spec: RunSpec,
+    backbone: TimeSformer,
+    out_dir: str | Path,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The frozen-backbone run: features of every split once (test views, no augmentation), then the
+    read-outs; writes the three prediction files, ``model.pt`` (the pooled probe as a Linear layer
+    over standardised features) and ``run.json`` like :func:`~endofm.tasks.finetune.run_finetune`."""
+    if spec.mode != "frozen":
+        raise ValueError(f"run_probe is the frozen mode, got mode {spec.mode!r}")
+    out_dir, root, started = Path(out_dir), Path(root), time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(spec.seed)
+    device = resolve_device(cfg.train.device)
+    backbone = backbone.to(device).eval()
+    # Every split is seen through the test view: fixed features, no augmentation.
+    test_dataset = clip_dataset(cfg, splits, root, "test")
+    feats = {
+        role: clip_features(
+            backbone, clip_dataset(cfg, splits, root, role, test_view=True), device, cfg.probe.batch_size
+        )
+        for role in ("train", "select", "test")
+    }
+    train, select_y = feats["train"], feats["select"]["labels"]
+    files, chosen = {}, {}
+    for name, key in (("linear_pooled", "pooled"), ("linear_cls", "cls")):
+        evals = {role: feats[role][key] for role in ("select", "test")}
+        probs, chosen[name] = linear_probe(train[key], train["labels"], evals, select_y, cfg.probe.c_grid, spec.seed)
+        files[name] = _frame(test_dataset, probs["test"])
+    knn = knn_predict(train["cls"], train["labels"], feats["test"]["cls"], cfg.probe.knn_k, cfg.probe.knn_temperature)
+    files["knn"] = _frame(test_dataset, knn)
+    for name, frame in files.items():
+        write_csv(out_dir / READOUTS[name], frame)
+    save_checkpoint(out_dir / MODEL_NAME, config=dict(settings), extra={"spec": asdict(spec), "probe_c": chosen})
+    record = {
+        **asdict(spec),
+        "splits": splits.summary(),
+        "selection": {"metric": "f1", "epoch": None, "probe_c": chosen},
+        "test_split": splits.test.split,
+        "predictions": [READOUTS[name] for name in files],
+        "config_hash": config_hash(settings),
+        "versions": package_versions(),
+        "device": str(device),
+        "wall_seconds": time.time() - started,
+    }
+    write_json(out_dir / RUN_NAME, record)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _read_predictions(path: Path, truth: pd.Series) -> dict[str, float]:
+    frame = pd.read_csv(path, dtype={"sample_id": str})
+    missing = sorted(set(truth.index) - set(frame["sample_id"]))
+    extra = sorted(set(frame["sample_id"]) - set(truth.index))
+    if missing or extra:
+        raise ValueError(f"{path}: predictions do not match the test split (missing {missing[:5]}, extra {extra[:5]})")
+    return classification_metrics(truth.loc[frame["sample_id"]].to_numpy(), frame[["prob_0", "prob_1"]].to_numpy())
+
+
+def evaluate_classification(run_dir: str | Path, test_rows: pd.DataFrame, **_: Any) -> dict[str, Any]:
+    """Metrics of a run's ``predictions.csv`` against ``test_rows`` (the manifest rows of its test
+    split) as ``metrics``; a frozen run's read-outs (:data:`READOUTS`) also as ``readouts``."""
+    run_dir = Path(run_dir)
+    truth = test_rows.set_index(test_rows["sample_id"].astype(str))["label"].astype(int)
+    if not (run_dir / PREDICTIONS).exists():
+        raise FileNotFoundError(f"{run_dir / PREDICTIONS}: no predictions")
+    out: dict[str, Any] = {"metrics": _read_predictions(run_dir / PREDICTIONS, truth)}
+    extra = {name: file for name, file in READOUTS.items() if file != PREDICTIONS and (run_dir / file).exists()}
+    if extra:
+        out["readouts"] = {
+            name: out["metrics"] if file == PREDICTIONS else _read_predictions(run_dir / file, truth)
+            for name, file in READOUTS.items()
+        }
+    return out

@@ -1,0 +1,381 @@
+"""The fine-tuning loop every benchmark shares, built from :mod:`endofm.engine`'s pieces.
+
+A benchmark is a :class:`Task` (datasets, model, loss, prediction, scoring, prediction files); this
+module owns the rest: optimiser and per-iteration schedule, full or frozen-backbone training,
+evaluation on the protocol's selection split, keeping the best epoch, resuming after pre-emption,
+and the outputs of a run in ``out_dir``:
+
+- ``model.pt``: the selected epoch's model (our checkpoint format, ``student`` = model state dict);
+- the task's prediction files for the protocol's test split, made by that model;
+- ``history.csv``: one row per epoch (training loss, lr, selection metrics);
+- ``run.json``: what :mod:`endofm.tasks.evaluate` needs besides the predictions: the run's identity
+  (benchmark, method, variant, protocol, mode, seed), the splits, the selected epoch, a hash of the
+  settings, package versions and wall time.
+
+Under the ``paper`` protocol the selection split *is* the test split (the original's model
+selection on test); ``clean`` selects on validation and predicts the test split once.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from endofm.engine import (
+    MetricsLog,
+    Precision,
+    Preempted,
+    PreemptionHandler,
+    autocast,
+    build_loader,
+    check_finite,
+    checkpoint_path,
+    distributed_session,
+    load_training_checkpoint,
+    lr_schedule,
+    progress,
+    resolve_precision,
+    save_training_checkpoint,
+    seed_everything,
+    set_loader_epoch,
+)
+from endofm.io import write_json
+from endofm.models.checkpoint import capture_rng_state, package_versions, restore_rng_state, save_checkpoint
+from endofm.models.vit import TimeSformer
+from endofm.tasks.protocols import ProtocolSplits
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["full", "frozen"]
+MODES: tuple[str, ...] = ("full", "frozen")
+MODEL_NAME = "model.pt"
+HISTORY_NAME = "history.csv"
+RUN_NAME = "run.json"
+_BEST_NAME = "best.pt"
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (see :func:`endofm.engine.lr_schedule`)."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 1e-3
+    batch_scaled: bool = False  # lr × batch_size / 256, as the original PolypDiag recipe
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    bias_weight_decay: bool = True  # False: biases and norm weights are not decayed
+    schedule: Literal["cosine", "poly", "step", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0  # cosine's final value
+    poly_power: float = 0.9
+    milestones: list[float] = field(default_factory=list)  # step: fractions of the run
+    gamma: float = 0.1  # step: factor at each milestone
+    backbone_lr_scale: float = 1.0  # backbone lr = lr × this (full fine-tuning)
+    clip_grad: float = 0.0  # global gradient norm; 0 disables
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "momentum", "weight_decay", "min_lr", "warmup_epochs", "clip_grad", "backbone_lr_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr == 0:
+            raise ValueError("lr must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    """The loop's settings; each task's config holds one with its recipe's defaults."""
+
+    epochs: int = 20
+    batch_size: int = 4
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval_every: int = 1  # epochs between evaluations on the selection split (the last is always evaluated)
+    val_fraction: float = 0.2  # clean protocol: share of training videos held out for validation
+    num_workers: int = 2
+    device: str = "auto"
+    precision: Precision = "auto"
+    max_steps_per_epoch: int | None = None  # cap for tests and demos
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Which run this is: one cell of the experiment matrix."""
+
+    benchmark: str
+    method: str
+    variant: str
+    protocol: str
+    mode: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def path(self) -> str:
+        """The run's place under ``results/finetune/`` (a folder) and ``results/metrics/`` (+ ``.json``)."""
+        return f"{self.benchmark}/{self.method}/{self.variant}/{self.protocol}/{self.mode}/seed{self.seed}"
+
+
+class Task(abc.ABC):
+    """One benchmark's part of fine-tuning. ``score`` returns floats; ``selection_metric`` names the
+    one (higher is better) that picks the epoch. Models expose ``backbone`` (the video ViT),
+    ``backbone_parameters()`` and ``head_parameters()``."""
+
+    benchmark: ClassVar[str]
+    selection_metric: ClassVar[str]
+
+    def __init__(self, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
+        if splits.benchmark != self.benchmark:
+            raise ValueError(f"{type(self).__name__} needs {self.benchmark} splits, got {splits.benchmark}")
+        self.splits, self.root, self.seed = splits, Path(root), seed
+
+    @abc.abstractmethod
+    def build_model(self, backbone: TimeSformer) -> nn.Module: ...
+
+    @abc.abstractmethod
+    def train_dataset(self) -> Dataset: ...
+
+    def collate(self, items: list[Any]) -> Any:
+        return default_collate(items)
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def predict(self, model: nn.Module, role: Literal["select", "test"], device: torch.device) -> Any: ...
+
+    @abc.abstractmethod
+    def score(self, predictions: Any, role: Literal["select", "test"]) -> dict[str, float]: ...
+
+    @abc.abstractmethod
+    def save_predictions(self, predictions: Any, out_dir: Path) -> list[str]:
+        """Write the test predictions into ``out_dir``; returns the file names."""
+
+
+def config_hash(settings: Mapping[str, Any]) -> str:
+    """A short, stable hash of a run's settings (key order does not matter)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _param_groups(model: nn.Module, optim: OptimConfig, frozen: bool) -> list[dict[str, Any]]:
+    backbone = {id(p) for p in model.backbone_parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        in_backbone = id(p) in backbone
+        decay = optim.bias_weight_decay or not (name.endswith(".bias") or p.ndim == 1)
+        groups.setdefault((in_backbone, decay), []).append(p)
+    out = []
+    for (in_backbone, decay), params in sorted(groups.items()):
+        scale = optim.backbone_lr_scale if in_backbone else 1.0
+        out.append({"params": params, "lr_scale": scale, "weight_decay": optim.weight_decay if decay else 0.0})
+    if not out:
+        raise ValueError("the model has no trainable parameters" + (" outside the frozen backbone" if frozen else ""))
+    return out
+
+
+def _optimizer(groups: list[dict[str, Any]], optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=optim.lr)
+    raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {optim.name!r}")
+
+
+def set_trainable(model: nn.Module, mode: str) -> None:
+    """``frozen``: the backbone's parameters stop requiring gradients; ``full``: every parameter trains."""
+    backbone = {id(p) for p in model.backbone_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(mode == "full" or id(p) not in backbone)
+
+
+def train_mode(model: nn.Module, mode: str) -> None:
+    """Training mode; a frozen backbone stays in eval mode (no stochastic depth in fixed features)."""
+    model.train()
+    if mode == "frozen":
+        model.backbone.eval()
+
+
+def run_finetune(
+    task: Task,
+    cfg: TrainConfig,
+    spec: RunSpec,
+    backbone: TimeSformer,
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Fine-tune ``backbone`` on ``task`` as ``cfg`` says and write the run's outputs (module docstring).
+
+    ``settings`` is the run's resolved configuration (plain data); it is hashed, stored in ``model.pt``
+    and must be unchanged for a pre-empted run to resume from ``out_dir/checkpoint.pt``. Returns the
+    ``run.json`` record.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    digest = config_hash(settings)
+    with distributed_session(cfg.device) as info:
+        if info.distributed:
+            raise RuntimeError("fine-tuning runs as one process per job; launch it without torchrun")
+        device = info.device
+        precision = resolve_precision(cfg.precision, device)
+        seed_everything(spec.seed)
+        model = task.build_model(backbone).to(device)
+        set_trainable(model, spec.mode)
+        optimizer = _optimizer(_param_groups(model, cfg.optim, spec.mode == "frozen"), cfg.optim)
+        loader = build_loader(
+            task.train_dataset(),
+            cfg.batch_size,
+            info,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            seed=spec.seed,
+            collate_fn=task.collate,
+        )
+        spe = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+        base_lr = cfg.optim.lr * (cfg.batch_size / 256 if cfg.optim.batch_scaled else 1.0)
+        lrs = lr_schedule(
+            cfg.optim.schedule,
+            base_lr,
+            cfg.epochs,
+            spe,
+            warmup_epochs=cfg.optim.warmup_epochs,
+            final=cfg.optim.min_lr,
+            power=cfg.optim.poly_power,
+            milestones=cfg.optim.milestones,
+            gamma=cfg.optim.gamma,
+        )
+
+        start_epoch, step, best = 0, 0, {"epoch": -1, "value": -math.inf, "scores": {}}
+        history = None
+        ckpt = load_training_checkpoint(out_dir)
+        if ckpt is not None:
+            saved = (ckpt.get("extra") or {}).get("config_hash")
+            if saved != digest:
+                raise RuntimeError(
+                    f"{checkpoint_path(out_dir)} was written with other settings (hash {saved}, now {digest}); "
+                    "delete it to start afresh"
+                )
+            model.load_state_dict(ckpt["student"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+            best, history = ckpt["extra"]["best"], ckpt["extra"]["history"]
+            restore_rng_state(ckpt["rng"])
+        metrics = MetricsLog(out_dir / HISTORY_NAME, start_epoch, history=history or [])
+        log.info(
+            "%s %s/%s %s %s seed %d on %s (%s): %d epochs x %d steps, batch %d, lr %.3g; settings %s",
+            spec.benchmark, spec.method, spec.variant, spec.protocol, spec.mode, spec.seed,
+            device, precision, cfg.epochs, spe, cfg.batch_size, base_lr, digest,
+        )  # fmt: skip
+
+        with PreemptionHandler() as preempt:
+            for epoch in range(start_epoch, cfg.epochs):
+                train_mode(model, spec.mode)
+                set_loader_epoch(loader, epoch)
+                losses, t0 = [], time.perf_counter()
+                bar = progress(itertools.islice(loader, spe), info, total=spe, desc=f"epoch {epoch}/{cfg.epochs}")
+                for batch in bar:
+                    for group in optimizer.param_groups:
+                        group["lr"] = float(lrs[step]) * group["lr_scale"]
+                    with autocast(precision, device):
+                        loss = task.loss(model, batch, device)
+                    check_finite(loss.item(), epoch=epoch, step=step, checkpoint=checkpoint_path(out_dir))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.optim.clip_grad > 0:
+                        nn.utils.clip_grad_norm_(
+                            [p for p in model.parameters() if p.requires_grad], cfg.optim.clip_grad
+                        )
+                    optimizer.step()
+                    losses.append(loss.item())
+                    step += 1
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                bar.close()
+                row: dict[str, Any] = {
+                    "epoch": epoch,
+                    "loss": sum(losses) / len(losses),
+                    "lr": float(lrs[step - 1]),
+                    "seconds": time.perf_counter() - t0,
+                }
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    model.eval()
+                    scores = task.score(task.predict(model, "select", device), "select")
+                    row.update({f"select_{k}": v for k, v in scores.items()})
+                    value = scores[task.selection_metric]
+                    if value > best["value"] or best["epoch"] < 0:
+                        best = {"epoch": epoch, "value": float(value), "scores": scores}
+                        save_checkpoint(out_dir / _BEST_NAME, epoch=epoch + 1, student=model.state_dict())
+                    log.info("epoch %d: loss %.4f, select %s %.4f", epoch, row["loss"], task.selection_metric, value)
+                metrics.append(row)
+                save_training_checkpoint(
+                    out_dir,
+                    info,
+                    epoch=epoch + 1,
+                    step=step,
+                    student=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    rng=capture_rng_state(),
+                    extra={"config_hash": digest, "best": best, "history": metrics.rows},
+                )
+                if preempt.should_stop(info) and epoch + 1 < cfg.epochs:
+                    raise Preempted(
+                        f"stopped at epoch {epoch + 1}; {checkpoint_path(out_dir)} written, rerun to resume"
+                    )
+
+        state = torch.load(out_dir / _BEST_NAME, map_location="cpu", weights_only=True)["student"]
+        model.load_state_dict(state)
+        model.eval()
+        files = task.save_predictions(task.predict(model, "test", device), out_dir)
+        save_checkpoint(
+            out_dir / MODEL_NAME,
+            config=dict(settings),
+            epoch=best["epoch"] + 1,
+            step=step,
+            student=model.state_dict(),
+            extra={"spec": asdict(spec), "selected_epoch": best["epoch"]},
+        )
+    record = {
+        **asdict(spec),
+        "splits": task.splits.summary(),
+        "selection": {"metric": task.selection_metric, "epoch": best["epoch"], "scores": best["scores"]},
+        "test_split": task.splits.test.split,
+        "predictions": files,
+        "epochs": cfg.epochs,
+        "steps": step,
+        "config_hash": digest,
+        "versions": package_versions(),
+        "device": str(device),
+        "wall_seconds": time.time() - started,
+    }
+    write_json(out_dir / RUN_NAME, record)
+    for name in (_BEST_NAME, checkpoint_path(out_dir).name):
+        (out_dir / name).unlink(missing_ok=True)
+    return record

@@ -1,0 +1,136 @@
+"""Evaluation protocols: which manifest rows train, select the model and test (ENDOFM.md §5).
+
+``paper`` reproduces the official evaluation with its flaws, so numbers compare with the paper's:
+the official splits, the CVC train/test overlap kept, and model selection on the test split.
+``clean`` fixes them: a validation split carved from the training videos (by video or sequence,
+never by frame; stratified by label for PolypDiag), CVC training sequences that share frames with a
+test sequence dropped, model selection on validation, and a single final test. For KUMC the clean
+protocol selects on ``val2019`` (the paper's test set) and tests once on ``test2019``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+Protocol = Literal["paper", "clean"]
+PROTOCOLS: tuple[str, ...] = ("paper", "clean")
+
+#: Per benchmark: the column naming a video (the unit of a split), and the official split names
+#: used for training and testing under each protocol.
+UNIT_COLUMN = {"polypdiag": "sample_id", "cvc12k": "sequence", "kumc": "video"}
+_OFFICIAL = {
+    # benchmark: (train split, paper test split, clean selection split or None = carve, clean test split)
+    "polypdiag": ("train", "val", None, "val"),
+    "cvc12k": ("train", "test", None, "test"),
+    "kumc": ("train", "val", "val", "test"),
+}
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """Rows of one role; ``split`` is the official split name the rows carry in the manifest."""
+
+    split: str
+    rows: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class ProtocolSplits:
+    """The ``train``, ``select`` (model selection) and ``test`` rows of a benchmark under a protocol."""
+
+    benchmark: str
+    protocol: str
+    train: SplitRows
+    select: SplitRows
+    test: SplitRows
+    notes: tuple[str, ...] = ()
+
+    def units(self, role: str) -> list[str]:
+        """The videos (sequences) of ``role``, in manifest order."""
+        rows = getattr(self, role).rows
+        return list(dict.fromkeys(rows[UNIT_COLUMN[self.benchmark]].astype(str)))
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "protocol": self.protocol,
+            **{
+                role: {"split": getattr(self, role).split, "units": len(self.units(role))}
+                for role in ("train", "select", "test")
+            },
+            "select_is_test": self.select.rows.equals(self.test.rows),
+            "notes": list(self.notes),
+        }
+
+
+def _rows(manifest: pd.DataFrame, split: str, benchmark: str) -> pd.DataFrame:
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise ValueError(f"{benchmark} manifest has no rows for the official split {split!r}")
+    return rows
+
+
+def carve_validation(
+    rows: pd.DataFrame, unit: str, fraction: float, seed: int, stratify: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``rows`` by whole units (videos/sequences) into (train, val) with ``round(fraction · units)``
+    units in val (at least 1, leaving at least 1 for training); per stratum when ``stratify`` names a
+    per-unit column. Deterministic in ``seed``."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    units = rows.drop_duplicates(unit)
+    groups = [units] if stratify is None else [g for _, g in units.groupby(stratify, sort=True)]
+    rng = np.random.default_rng(seed)
+    val_units: list[str] = []
+    for group in groups:
+        names = group[unit].astype(str).tolist()
+        n_val = min(max(1, round(fraction * len(names))), len(names) - 1)
+        if n_val < 1:
+            continue
+        val_units += [names[i] for i in sorted(rng.choice(len(names), n_val, replace=False))]
+    if not val_units or len(val_units) == len(units):
+        raise ValueError(
+            f"cannot carve a validation split from {len(units)} unit(s) of {unit!r}: need at least 2 per stratum"
+        )
+    is_val = rows[unit].astype(str).isin(val_units)
+    return rows[~is_val], rows[is_val]
+
+
+def protocol_splits(
+    benchmark: str, manifest: pd.DataFrame, protocol: str, seed: int = 0, val_fraction: float = 0.2
+) -> ProtocolSplits:
+    """The rows each role uses for ``benchmark`` under ``protocol``; ``seed`` drives the clean carve-out."""
+    if benchmark not in _OFFICIAL:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(_OFFICIAL)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    train_split, paper_test, clean_select, clean_test = _OFFICIAL[benchmark]
+    unit = UNIT_COLUMN[benchmark]
+    train = _rows(manifest, train_split, benchmark)
+    if protocol == "paper":
+        test = SplitRows(paper_test, _rows(manifest, paper_test, benchmark))
+        notes = [f"model selection on the test split ({paper_test}), as the original"]
+        if benchmark == "cvc12k" and train["overlaps_other_split"].astype(bool).any():
+            n = train.loc[train["overlaps_other_split"].astype(bool), unit].nunique()
+            notes.append(f"{n} training sequence(s) share frames with test sequences (official overlap kept)")
+        return ProtocolSplits(benchmark, protocol, SplitRows(train_split, train), test, test, tuple(notes))
+
+    notes = []
+    if benchmark == "cvc12k":
+        leaks = train["overlaps_other_split"].astype(bool)
+        if leaks.any():
+            notes.append(f"dropped {train.loc[leaks, unit].nunique()} training sequence(s) sharing frames with test")
+        train = train[~leaks]
+    if clean_select is None:
+        stratify = "label" if benchmark == "polypdiag" else None
+        train, val = carve_validation(train, unit, val_fraction, seed, stratify)
+        select = SplitRows(train_split, val)
+        notes.append(f"validation: {val[unit].nunique()} training {unit}(s) held out (seed {seed})")
+    else:
+        select = SplitRows(clean_select, _rows(manifest, clean_select, benchmark))
+        notes.append(f"validation: the official {clean_select} split")
+    test = SplitRows(clean_test, _rows(manifest, clean_test, benchmark))
+    return ProtocolSplits(benchmark, protocol, SplitRows(train_split, train), select, test, tuple(notes))

@@ -1,0 +1,111 @@
+"""One fine-tuning run and its evaluation, for any benchmark: the functions the workflow and the CLI call.
+
+:func:`finetune_benchmark` resolves the protocol's splits, builds the backbone (random init, or from
+a checkpoint) and runs the benchmark's task (full fine-tuning or the frozen-backbone mode);
+:func:`evaluate_run` turns a run's test predictions into the metrics JSON that tables are built from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from endofm.config import to_dict
+from endofm.data.benchmarks import read_manifest
+from endofm.engine import seed_everything
+from endofm.features import load_pretrained_backbone
+from endofm.io import write_json
+from endofm.models.vit import BackboneConfig, TimeSformer, build_backbone
+from endofm.tasks.finetune import RUN_NAME, RunSpec, run_finetune
+from endofm.tasks.protocols import protocol_splits
+
+log = logging.getLogger(__name__)
+
+#: Per benchmark: (module, task class, evaluation function, frozen-mode function or None = frozen fine-tuning).
+TASKS: dict[str, tuple[str, str, str, str | None]] = {
+    "polypdiag": ("endofm.tasks.classify", "ClassifyTask", "evaluate_classification", "run_probe"),
+    "cvc12k": ("endofm.tasks.segment", "SegmentTask", "evaluate_segmentation", None),
+    "kumc": ("endofm.tasks.detect", "DetectTask", "evaluate_detection", None),
+}
+SYNTHETIC_NOTE = "built-in synthetic corpus: these numbers test the machinery, not clinical accuracy"
+
+
+def _task_function(benchmark: str, which: int) -> Any:
+    if benchmark not in TASKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(TASKS)}")
+    entry = TASKS[benchmark]
+    return getattr(importlib.import_module(entry[0]), entry[which]) if entry[which] else None
+
+
+def build_run_backbone(config: BackboneConfig, checkpoint: str | Path | None, seed: int) -> TimeSformer:
+    """The backbone a run starts from: ``checkpoint``'s teacher (any layout we read, loaded strictly)
+    or, without one, a random initialisation drawn from ``seed``."""
+    if checkpoint is not None:
+        return load_pretrained_backbone(checkpoint, config).train()
+    seed_everything(seed)
+    return build_backbone(config)
+
+
+def finetune_benchmark(
+    spec: RunSpec,
+    task_config: Any,
+    manifest: str | Path,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    backbone: BackboneConfig,
+    checkpoint: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run ``spec`` (one cell of the experiment matrix) on the benchmark indexed in ``manifest``, whose
+    files sit under ``raw_dir``; outputs in ``out_dir`` (see :mod:`endofm.tasks.finetune`)."""
+    rows = read_manifest(manifest)
+    splits = protocol_splits(spec.benchmark, rows, spec.protocol, spec.seed, task_config.train.val_fraction)
+    settings = {
+        "spec": asdict(spec),
+        "task": to_dict(task_config),
+        "backbone": to_dict(backbone),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+    }
+    model = build_run_backbone(backbone, checkpoint, spec.seed)
+    frozen_fn = _task_function(spec.benchmark, 3)
+    if spec.mode == "frozen" and frozen_fn is not None:
+        return frozen_fn(task_config, splits, raw_dir, spec, model, out_dir, settings)
+    task = _task_function(spec.benchmark, 1)(task_config, splits, raw_dir, spec.seed)
+    return run_finetune(task, task_config.train, spec, model, out_dir, settings)
+
+
+def evaluate_run(
+    run_dir: str | Path, manifest: str | Path, raw_dir: str | Path, out_path: str | Path, synthetic: bool
+) -> dict[str, Any]:
+    """Metrics of the run in ``run_dir`` on its test split, with the run's identity and provenance,
+    written to ``out_path`` (JSON)."""
+    run_dir, manifest = Path(run_dir), Path(manifest)
+    run_file = run_dir / RUN_NAME
+    if not run_file.exists():
+        raise FileNotFoundError(f"{run_file}: no run record; the fine-tuning job did not finish")
+    run = json.loads(run_file.read_text())
+    rows = read_manifest(manifest)
+    test_rows = rows[rows["split"] == run["test_split"]]
+    if test_rows.empty:
+        raise ValueError(f"{manifest}: no rows for the run's test split {run['test_split']!r}")
+    evaluate = _task_function(run["benchmark"], 2)
+    result = evaluate(run_dir, test_rows, raw_dir=Path(raw_dir), benchmark_dir=manifest.parent)
+    record = {
+        **{k: run[k] for k in ("benchmark", "method", "variant", "protocol", "mode", "seed")},
+        "data": "synthetic" if synthetic else "real",
+        **({"note": SYNTHETIC_NOTE} if synthetic else {}),
+        "test_split": run["test_split"],
+        **result,
+        "selected_epoch": run["selection"]["epoch"],
+        "selection": run["selection"],
+        "splits": run["splits"],
+        "config_hash": run["config_hash"],
+        "versions": run["versions"],
+        "device": run["device"],
+        "wall_seconds": run["wall_seconds"],
+    }
+    write_json(out_path, record)
+    return record
