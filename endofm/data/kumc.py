@@ -280,10 +280,19 @@ class KUMCDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.load(index, self.offsets)
+
+    def load(self, index: int, ref_offsets: Sequence[int]) -> dict[str, Any]:
+        """Item ``index`` with the reference frames at ``ref_offsets`` instead of the dataset's own
+        (training draws new offsets per item)."""
+        ref = sorted(int(o) for o in ref_offsets)
+        if 0 in ref or len(set(ref)) != len(ref):
+            raise ValueError(f"ref_offsets must be distinct and non-zero, got {list(ref_offsets)}")
+        key_index = sum(o < 0 for o in ref)
         row = self.items.iloc[index]
         images = self.videos[row["video"]]
         key = int(row["frame"]) - 1
-        offsets = self.offsets[: self.key_index] + [0] + self.offsets[self.key_index :]
+        offsets = ref[:key_index] + [0] + ref[key_index:]
         indices = [min(max(key + o, 0), len(images) - 1) for o in offsets]
         frames = []
         for i in indices:
@@ -294,7 +303,7 @@ class KUMCDataset(Dataset):
         boxes = np.asarray(json.loads(row["boxes"]), dtype=np.float32).reshape(-1, 4)
         item = {
             "frames": torch.from_numpy(np.stack(frames)),
-            "key_index": self.key_index,
+            "key_index": key_index,
             "boxes": torch.from_numpy(boxes),
             "labels": torch.as_tensor(json.loads(row["labels"]), dtype=torch.int64),
             "image_id": int(row["image_id"]),

@@ -19,7 +19,6 @@ model keeps at its 0.05 pre-NMS threshold) and scored against :func:`endofm.data
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections import defaultdict
@@ -233,12 +232,6 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def _with_offsets(self, offsets: list[int]) -> KUMCDataset:
-        # KUMCDataset fixes its offsets at construction; a shallow copy shares its (large) frame index.
-        view = copy.copy(self.base)
-        view.offsets, view.key_index = sorted(offsets), sum(o < 0 for o in offsets)
-        return view
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not self.train:
             return prepare_item(self.base[index], self.cfg)
@@ -246,7 +239,7 @@ class DetectionDataset(Dataset):
         lo, hi = self.cfg.train_ref_range
         offsets = [-int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))]
         flip = bool(rng.random() < self.cfg.hflip)
-        return prepare_item(self._with_offsets(offsets)[index], self.cfg, flip)
+        return prepare_item(self.base.load(index, offsets), self.cfg, flip)
 
 
 # ----------------------------------------------------------------------------------------------------
