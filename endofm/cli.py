@@ -125,6 +125,50 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
     print(args.output)
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from endofm.models.vit import BackboneConfig
+    from endofm.settings import run_backbone
+    from endofm.tasks.finetune import RunSpec
+    from endofm.tasks.runs import finetune_benchmark
+
+    cfg = _workflow_config(args.config)
+    bench = args.benchmark
+    if args.checkpoint is not None:
+        method, variant = "external", "external"
+        backbone = BackboneConfig(name=args.backbone) if args.backbone else cfg.pretrain.variant("default").backbone
+        checkpoint = args.checkpoint
+    else:
+        method = args.method
+        variant = args.variant or cfg.finetune.method_variants(method)[0]
+        backbone, checkpoint = run_backbone(cfg, method, variant)
+    spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed)
+    out = args.out or Path("results/finetune") / spec.path
+    task = cfg.finetune.task(bench)
+    if args.device:
+        task.train.device = args.device
+    record = finetune_benchmark(
+        spec, task, Path(cfg.data.benchmarks_dir) / bench / "manifest.csv", Path(cfg.data.raw_dir) / bench, out,
+        backbone, checkpoint,
+    )  # fmt: skip
+    print(f"{spec.path}: selected epoch {record['selection']['epoch']} -> {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from endofm.tasks.runs import evaluate_run
+
+    cfg = _workflow_config(args.config)
+    run = json.loads((args.run_dir / "run.json").read_text())
+    bench = run["benchmark"]
+    out = args.out or args.run_dir / "metrics.json"
+    record = evaluate_run(
+        args.run_dir, Path(cfg.data.benchmarks_dir) / bench / "manifest.csv", Path(cfg.data.raw_dir) / bench, out,
+        synthetic=cfg.data.origin == "synthetic",
+    )  # fmt: skip
+    print(json.dumps(record["metrics"], indent=1))
+
+
 def cmd_sources(args: argparse.Namespace) -> None:
     from endofm.data.sources import registry_markdown
 
@@ -152,14 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override synthetic.seed")
     p.add_argument("--preview", type=Path, help="instead of writing data, save a PNG of example frames with labels")
 
-    p = add("extract-clips", cmd_extract_clips, "Cut a pretraining source's videos into fixed-length clips (clips.csv).")
+    p = add(
+        "extract-clips", cmd_extract_clips, "Cut a pretraining source's videos into fixed-length clips (clips.csv)."
+    )
     p.add_argument("source", help="source name in the registry (see `endofm sources`)")
     p.add_argument("--raw", type=Path, help="raw folder of the source (default: <data.raw_dir>/<source>)")
     p.add_argument("--out", type=Path, help="output folder (default: <data.clips_dir>/<source>)")
     p.add_argument("--clip-length", type=int, help="frames per clip (official: 150)")
     p.add_argument("--short-side", type=int, help="resize the short side to this (official: 256)")
     p.add_argument("--fps", type=int, help="frame rate written into the clips (official: 30)")
-    p.add_argument("--on-error", choices=["fail", "skip"], help="a bad video fails the run, or is listed in skipped.csv")
+    p.add_argument(
+        "--on-error", choices=["fail", "skip"], help="a bad video fails the run, or is listed in skipped.csv"
+    )
     p.add_argument("--threads", type=int, default=1, help="parallel workers over videos")
 
     p = add("index", cmd_index, "Index a downstream benchmark's official layout into manifest.csv/json.")
@@ -180,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands its arguments to the training entry point unparsed.
     sub.add_parser("pretrain", help="Endo-FM self-supervised pretraining (= python -m endofm.pretraining.train).")
 
-    p = add("features", cmd_features, "Per-clip CLS embeddings of videos from a pretrained checkpoint (ours or official).")
+    p = add(
+        "features", cmd_features, "Per-clip CLS embeddings of videos from a pretrained checkpoint (ours or official)."
+    )
     p.add_argument("checkpoint", type=Path, help="our checkpoint.pt/backbone.pt or the official endo_fm.pth")
     p.add_argument("videos", type=Path, nargs="+", help="video files, frame folders, or folders searched for them")
     p.add_argument("--out", type=Path, required=True, help="output .npz (video, start_frame, embedding) or .parquet")
@@ -192,7 +242,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
-    p = add("convert-checkpoint", cmd_convert_checkpoint, "Convert a pretraining checkpoint between our and the official layout.")
+    p = add("finetune", cmd_finetune, "Fine-tune (or read out frozen) a backbone on one benchmark under one protocol.")
+    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"])
+    p.add_argument(
+        "--method",
+        default="endofm",
+        help="endofm (a pretraining variant's backbone), scratch, or a name in finetune.checkpoints",
+    )
+    p.add_argument(
+        "--variant", help="pretraining variant for --method endofm (default: the first of finetune.variants)"
+    )
+    p.add_argument("--checkpoint", type=Path, help="start from this file instead (ours or the official endo_fm.pth)")
+    p.add_argument("--backbone", help="backbone preset of --checkpoint (default: the pretraining config's)")
+    p.add_argument(
+        "--protocol", choices=["paper", "clean"], default="clean", help="paper: official splits and test-set selection"
+    )
+    p.add_argument(
+        "--mode",
+        choices=["full", "frozen"],
+        default="full",
+        help="frozen: backbone fixed (linear/k-NN read-outs, decoder-only fits)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's, auto)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="run folder (default: results/finetune/<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>)",
+    )
+
+    p = add("evaluate", cmd_evaluate, "Metrics of a fine-tuning run's test predictions (JSON).")
+    p.add_argument("run_dir", type=Path, help="a folder written by `endofm finetune` (holds run.json)")
+    p.add_argument("--out", type=Path, help="metrics JSON (default: <run_dir>/metrics.json)")
+
+    p = add(
+        "convert-checkpoint",
+        cmd_convert_checkpoint,
+        "Convert a pretraining checkpoint between our and the official layout.",
+    )
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--to", choices=["official", "ours"], required=True, help="layout of the output file")

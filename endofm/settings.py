@@ -18,8 +18,10 @@ from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
 from endofm.models.vit import BackboneConfig
 from endofm.pretraining.train import PretrainConfig
 from endofm.tasks.classify import ClassifyConfig
+from endofm.tasks.detect import DetectConfig
 from endofm.tasks.finetune import MODES, RunSpec
 from endofm.tasks.protocols import PROTOCOLS
+from endofm.tasks.segment import SegmentConfig
 
 
 @dataclass
@@ -112,7 +114,10 @@ class FinetuneStage:
     protocols: list[str] = field(default_factory=lambda: ["paper", "clean"])
     modes: list[str] = field(default_factory=lambda: ["full", "frozen"])
     gpus: int = 0
+    threads: int = 4  # per job: torch threads, and data-loader workers (threads - 1)
     polypdiag: ClassifyConfig = field(default_factory=ClassifyConfig)
+    cvc12k: SegmentConfig = field(default_factory=SegmentConfig)
+    kumc: DetectConfig = field(default_factory=DetectConfig)
 
     def __post_init__(self) -> None:
         builtin = {"endofm", "scratch"}
@@ -130,6 +135,8 @@ class FinetuneStage:
                 raise ConfigError(f"finetune.{key}: {bad or 'empty'}; allowed: {', '.join(allowed)}")
         if not self.seeds:
             raise ConfigError("finetune.seeds: at least one seed is needed")
+        if self.threads < 1:
+            raise ConfigError(f"finetune.threads must be >= 1, got {self.threads}")
         if self.gpus not in (0, 1):
             raise ConfigError(f"finetune.gpus must be 0 or 1 (one job per GPU), got {self.gpus}")
 

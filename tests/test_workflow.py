@@ -60,8 +60,9 @@ def test_typed_check_fails_at_start(tmp_path):
 
 @pytest.mark.workflow
 def test_whole_workflow_end_to_end(tmp_path):
-    """`snakemake all` on the tiny config: data stage, then pretraining; a rerun has nothing to do,
-    and a changed pretraining setting reruns pretraining only."""
+    """`snakemake all` on the tiny config: data stage, pretraining, then every fine-tuning run and its
+    evaluation; a rerun has nothing to do, and a changed pretraining setting reruns pretraining and
+    the runs that start from it, not the scratch runs."""
     workdir = make_workdir(tmp_path, tiny_config())
     snakemake(workdir, "--cores", "2", "all")
     data = TINY["data"]
@@ -87,14 +88,46 @@ def test_whole_workflow_end_to_end(tmp_path):
     model = load_pretrained_backbone(run / "backbone.pt", "vit_micro_patch8")
     assert model.config.embed_dim == 32
 
+    import json
+
+    ft = TINY["finetune"]
+    runs = [
+        (bench, method, variant, protocol, mode)
+        for bench in data["benchmarks"]
+        for method, variant in (("endofm", "default"), ("scratch", "none"))
+        for protocol in ft["protocols"]
+        for mode in ft["modes"]
+    ]
+    assert len(runs) == 24
+    predictions = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
+    headline = {"polypdiag": "f1", "cvc12k": "dice", "kumc": "f1_paper"}
+    for bench, method, variant, protocol, mode in runs:
+        path = f"{bench}/{method}/{variant}/{protocol}/{mode}/seed0"
+        for name in ("model.pt", "run.json", predictions[bench]):
+            assert (workdir / "results/finetune" / path / name).is_file(), (path, name)
+        assert (workdir / f"results/logs/finetune/{path}.log").is_file()
+        record = json.loads((workdir / f"results/metrics/{path}.json").read_text())
+        assert (record["benchmark"], record["method"], record["protocol"], record["mode"]) == (
+            bench, method, protocol, mode,
+        )  # fmt: skip
+        assert record["data"] == "synthetic" and 0.0 <= record["metrics"][headline[bench]] <= 1.0
+        assert record["splits"]["select_is_test"] == (protocol == "paper")
+
     rerun = snakemake(workdir, "--cores", "2", "all")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
     changed = tiny_config()
     changed["pretrain"]["settings"]["lr"] = 0.001
     plan = snakemake(make_workdir(tmp_path, changed), "-n", "all").stdout
-    jobs = {line.split()[0] for line in plan.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert {"pretrain_config", "pretrain_model"} <= jobs and not jobs & {"synthesize", "extract_clips"}, plan
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in plan.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    assert {"pretrain_config", "pretrain_model"} <= counts.keys(), plan
+    assert not counts.keys() & {"synthesize", "extract_clips"}, plan
+    # only the runs that start from the pretrained backbone: 4 per benchmark, not the scratch ones
+    assert [counts.get(f"finetune_{b}") for b in data["benchmarks"]] == [4, 4, 4], plan
 
 
 @pytest.fixture
@@ -172,4 +205,4 @@ def test_slurm_profile_plans_the_workflow(tmp_path):
     """The shipped profile parses and schedules every job through the SLURM executor (dry run, no sbatch)."""
     proc = snakemake(make_workdir(tmp_path, tiny_config()), "--profile", str(ROOT / "slurm"), "-n", "all")
     out = proc.stdout + proc.stderr
-    assert "pretrain_model" in out and "extract_clips" in out
+    assert "pretrain_model" in out and "extract_clips" in out and "finetune_kumc" in out

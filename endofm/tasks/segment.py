@@ -1,0 +1,373 @@
+"""CVC-12k polyp segmentation (ENDOFM.md §4.2) for :func:`endofm.tasks.finetune.run_finetune`.
+
+One sample is a whole sequence (its frames are the backbone's time axis). The model is
+:class:`~endofm.models.segmentation.SegmentationModel` (the official TransUNet, or the light decoder),
+trained with 0.5·cross-entropy + 0.5·soft Dice. Predictions are hard masks at each sequence's native
+frame resolution, written as ``masks.npz`` (one uint8 (T, H, W) array per sequence name); the headline
+metric is the paper's per-sequence volume Dice (:func:`endofm.metrics.dice_paper`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from endofm.data.cvc import CVCSequenceDataset, read_mask
+from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_offsets, torch_rng
+from endofm.io import atomic_path
+from endofm.metrics import segmentation_metrics
+from endofm.models.segmentation import (
+    TRANSUNET_STRIDE,
+    DecoderKind,
+    SegmentationModel,
+    TransUNetConfig,
+    segmentation_loss,
+)
+from endofm.models.vit import TimeSformer
+from endofm.tasks.finetune import OptimConfig, Task, TrainConfig
+from endofm.tasks.protocols import ProtocolSplits
+
+MASKS = "masks.npz"
+
+Normalization = Literal["minmax", "imagenet"]
+NORMALIZATIONS: tuple[str, ...] = ("minmax", "imagenet")
+
+
+def _official_train() -> TrainConfig:
+    # 150 epochs, batch 1 sequence, AdamW lr 1e-4 wd 0.05 (on every parameter), poly power 0.9 (ENDOFM.md §4.2).
+    return TrainConfig(
+        epochs=150,
+        batch_size=1,
+        optim=OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05, schedule="poly", poly_power=0.9),
+    )
+
+
+@dataclass
+class SegmentConfig:
+    """CVC-12k settings; the defaults are the official recipe (ENDOFM.md §4.2).
+
+    Model: ``decoder`` "transunet" (sized by ``transunet``, the paper's R50-ViT-B_16 by default) or
+    "light" (widths ``light_channels``), ``num_classes`` outputs. Training input: resize to
+    ``train_size``² (square, aspect not kept, as the original) -> a random ``crop_size`` crop -> h-flip with
+    probability ``hflip`` -> rotation by an angle uniform in ±``rotation`` degrees, the same draws for every
+    frame of a sequence (masks resized and rotated with nearest). Test input: resize to ``test_size``².
+    ``normalization``: "minmax" is the original's per-image min-max to [0, 1] then Normalize(0.5, 0.5);
+    "imagenet" scales by 1/255 and uses the ImageNet mean/std. ``max_train_frames``: None trains on whole
+    sequences (the original); an int trains on a random window of that many consecutive frames (bounds
+    memory). Loss: ``ce_weight``·CE + ``dice_weight``·soft Dice.
+    """
+
+    decoder: DecoderKind = "transunet"
+    transunet: TransUNetConfig = field(default_factory=TransUNetConfig)
+    light_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
+    num_classes: int = 2
+    train_size: int = 256
+    crop_size: int = 224
+    hflip: float = 0.5
+    rotation: float = 5.0
+    test_size: int = 224
+    normalization: Normalization = "minmax"
+    max_train_frames: int | None = None
+    ce_weight: float = 0.5
+    dice_weight: float = 0.5
+    train: TrainConfig = field(default_factory=_official_train)
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DecoderKind.__args__:
+            raise ValueError(f"decoder must be one of {list(DecoderKind.__args__)}, got {self.decoder!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background and polyp), got {self.num_classes}")
+        for name in ("train_size", "crop_size", "test_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_size > self.train_size:
+            raise ValueError(f"crop_size {self.crop_size} must be <= train_size {self.train_size}")
+        if self.decoder == "transunet":
+            for name in ("crop_size", "test_size"):
+                if getattr(self, name) % TRANSUNET_STRIDE:
+                    raise ValueError(
+                        f"{name} must be a multiple of {TRANSUNET_STRIDE} for the transunet decoder, "
+                        f"got {getattr(self, name)}"
+                    )
+        if not 0 <= self.hflip <= 1:
+            raise ValueError(f"hflip must be a probability, got {self.hflip}")
+        if not 0 <= self.rotation < 180:
+            raise ValueError(f"rotation must be in [0, 180) degrees, got {self.rotation}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.max_train_frames is not None and self.max_train_frames < 1:
+            raise ValueError(f"max_train_frames must be >= 1 or null, got {self.max_train_frames}")
+        if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
+            raise ValueError(
+                f"ce_weight and dice_weight must be >= 0, not both 0; got {self.ce_weight}, {self.dice_weight}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input pipeline
+
+
+def rotate(x: torch.Tensor, degrees: float, mode: Literal["bilinear", "nearest"]) -> torch.Tensor:
+    """Rotate (N, C, H, W) counter-clockwise by ``degrees`` about the image centre, zeros outside; the same
+    sampling as torchvision's ``rotate`` (pixel-centre grid, ``align_corners=False``)."""
+    n, _, h, w = x.shape
+    a = math.radians(degrees)
+    cos, sin = math.cos(a), math.sin(a)
+    # Output -> input map in normalised coordinates: the inverse rotation, rescaled for non-square frames.
+    theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(n, 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+@dataclass
+class SequenceTransform:
+    """uint8 frames (T, H, W, 3) and {0, 1} masks (T, H, W) -> float video (3, T', S, S) and int64 masks
+    (T', S, S), S = ``crop`` or ``size``.
+
+    In order: a random window of ``max_frames`` consecutive frames (if the sequence is longer); each frame to
+    [0, 1] (``minmax``: per-frame min-max, ``imagenet``: /255); resize to ``size``² (bilinear, antialiased;
+    masks nearest); a random ``crop``² crop; h-flip with probability ``hflip``; rotation by an angle uniform
+    in ±``rotation`` degrees (masks nearest, zero fill); normalisation (``minmax``: (x - 0.5) / 0.5,
+    ``imagenet``: ImageNet mean/std). All draws come from one ``rng`` and apply to every frame alike.
+    The min-max is taken on the native frame, so the rotation's zero fill is the frame's minimum (black).
+    """
+
+    size: int
+    crop: int | None = None
+    hflip: float = 0.0
+    rotation: float = 0.0
+    normalization: Normalization = "minmax"
+    max_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or (self.crop is not None and not 1 <= self.crop <= self.size):
+            raise ValueError(f"size must be >= 1 and crop in [1, size], got size {self.size}, crop {self.crop}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+
+    @property
+    def random(self) -> bool:
+        return (
+            (self.crop is not None and self.crop < self.size)
+            or self.hflip > 0
+            or self.rotation > 0
+            or self.max_frames is not None
+        )
+
+    def __call__(
+        self, frames: np.ndarray, masks: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        frames, masks = np.asarray(frames), None if masks is None else np.asarray(masks)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+            raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
+        if masks is not None and masks.shape != frames.shape[:3]:
+            raise ValueError(f"masks must have shape {frames.shape[:3]} (T, H, W), got {masks.shape}")
+        if self.random and rng is None:
+            raise ValueError("this transform draws random numbers: pass an rng")
+        if self.max_frames is not None and len(frames) > self.max_frames:
+            start = int(rng.integers(0, len(frames) - self.max_frames + 1))
+            frames = frames[start : start + self.max_frames]
+            masks = None if masks is None else masks[start : start + self.max_frames]
+
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+        if self.normalization == "minmax":
+            lo = x.amin(dim=(1, 2, 3), keepdim=True)
+            x = (x - lo) / (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
+        else:
+            x = x / 255.0
+        m = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks))[:, None].float()
+
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            if m is not None:
+                m = F.interpolate(m, size=(self.size, self.size), mode="nearest-exact")
+        if self.crop is not None and self.crop < self.size:
+            top, left = crop_offsets(self.size, self.size, self.crop, "random", rng)
+            x = x[..., top : top + self.crop, left : left + self.crop]
+            m = None if m is None else m[..., top : top + self.crop, left : left + self.crop]
+        if self.hflip > 0 and rng.random() < self.hflip:
+            x = x.flip(-1)
+            m = None if m is None else m.flip(-1)
+        if self.rotation > 0:
+            angle = float(rng.uniform(-self.rotation, self.rotation))
+            x = rotate(x, angle, "bilinear")
+            m = None if m is None else rotate(m, angle, "nearest")
+
+        if self.normalization == "minmax":
+            x = (x - 0.5) / 0.5
+        else:
+            x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        video = x.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
+        return video, None if m is None else m[:, 0].round().long()
+
+
+def train_transform(cfg: SegmentConfig) -> SequenceTransform:
+    """The training view of ``cfg``: resize, random crop, flip, rotation, optional temporal window."""
+    return SequenceTransform(
+        cfg.train_size, cfg.crop_size, cfg.hflip, cfg.rotation, cfg.normalization, cfg.max_train_frames
+    )
+
+
+def eval_transform(cfg: SegmentConfig) -> SequenceTransform:
+    """The evaluation view of ``cfg``: whole sequence resized to ``test_size``², nothing random."""
+    return SequenceTransform(cfg.test_size, normalization=cfg.normalization)
+
+
+class SequenceDataset(Dataset):
+    """Sequences of a :class:`CVCSequenceDataset` through ``transform``: dict(video (3, T, S, S), masks,
+    sequence). ``native=True`` (evaluation) returns the native {0, 1} uint8 masks (T, H, W) instead of
+    transformed ones, the ground truth that predictions are scored against."""
+
+    def __init__(self, dataset: CVCSequenceDataset, transform: SequenceTransform, native: bool = False) -> None:
+        self.dataset, self.transform, self.native = dataset, transform, native
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        frames, masks = item["frames"].numpy(), item["masks"].numpy()
+        rng = torch_rng() if self.transform.random else None
+        if self.native:
+            video, _ = self.transform(frames, None, rng)
+            return {"video": video, "masks": torch.from_numpy(masks), "sequence": item["sequence"]}
+        video, out = self.transform(frames, masks, rng)
+        return {"video": video, "masks": out, "sequence": item["sequence"]}
+
+
+def sequence_dataset(cfg: SegmentConfig, splits: ProtocolSplits, root: Path, role: str) -> SequenceDataset:
+    """The dataset of ``role``: random training views for ``train``, native-mask test views otherwise."""
+    part = getattr(splits, role)
+    base = CVCSequenceDataset(part.rows, root, part.split)
+    if role == "train":
+        return SequenceDataset(base, train_transform(cfg))
+    return SequenceDataset(base, eval_transform(cfg), native=True)
+
+
+def collate_sequences(items: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Sequences stay a list: their lengths may differ."""
+    return {key: [item[key] for item in items] for key in ("video", "masks", "sequence")}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The task
+
+
+@dataclass(frozen=True)
+class SequencePrediction:
+    """One sequence's predicted {0, 1} masks and ground truth, both uint8 (T, H, W) at native resolution."""
+
+    sequence: str
+    masks: np.ndarray
+    target: np.ndarray
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "per_sequence"}
+
+
+class SegmentTask(Task):
+    """Fine-tuning of :class:`SegmentationModel` on whole sequences, selected by the paper's Dice."""
+
+    benchmark: ClassVar[str] = "cvc12k"
+    selection_metric: ClassVar[str] = "dice"
+
+    def __init__(self, cfg: SegmentConfig, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
+        super().__init__(splits, root, seed)
+        self.cfg = cfg
+        self._eval = {role: sequence_dataset(cfg, splits, self.root, role) for role in ("select", "test")}
+
+    def build_model(self, backbone: TimeSformer) -> nn.Module:
+        cfg = self.cfg
+        if cfg.decoder == "transunet":
+            return SegmentationModel(backbone, "transunet", cfg.num_classes, transunet=cfg.transunet)
+        return SegmentationModel(backbone, "light", cfg.num_classes, light_channels=cfg.light_channels)
+
+    def train_dataset(self) -> Dataset:
+        return sequence_dataset(self.cfg, self.splits, self.root, "train")
+
+    def collate(self, items: list[Any]) -> Any:
+        return collate_sequences(items)
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        videos, masks = batch["video"], batch["masks"]
+        if len({v.shape for v in videos}) == 1:
+            logits = model(torch.stack(videos).to(device)).flatten(0, 1)
+        else:  # sequences of different lengths: one forward each, one loss over all their frames
+            logits = torch.cat([model(v[None].to(device)).flatten(0, 1) for v in videos])
+        target = torch.cat(masks).to(device)
+        return segmentation_loss(logits, target, self.cfg.ce_weight, self.cfg.dice_weight)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, role: str, device: torch.device) -> list[SequencePrediction]:
+        """Per sequence of ``role``: logits of the test view, upsampled bilinearly to the native frame size,
+        then argmax."""
+        loader = DataLoader(self._eval[role], batch_size=None, num_workers=self.cfg.train.num_workers)
+        out = []
+        for item in loader:
+            target = item["masks"].numpy().astype(np.uint8)
+            logits = model(item["video"][None].to(device))[0].float()  # (T, K, S, S)
+            logits = F.interpolate(logits, size=target.shape[1:], mode="bilinear", align_corners=False)
+            pred = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            out.append(SequencePrediction(str(item["sequence"]), pred, target))
+        return out
+
+    def score(self, predictions: list[SequencePrediction], role: str) -> dict[str, float]:
+        metrics = segmentation_metrics(
+            [p.masks for p in predictions], [p.target for p in predictions], [p.sequence for p in predictions]
+        )
+        return _flat(metrics)
+
+    def save_predictions(self, predictions: list[SequencePrediction], out_dir: Path) -> list[str]:
+        with atomic_path(Path(out_dir) / MASKS) as tmp:
+            np.savez_compressed(tmp, **{p.sequence: p.masks.astype(np.uint8) for p in predictions})
+        return [MASKS]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_segmentation(
+    run_dir: str | Path, test_rows: pd.DataFrame, *, raw_dir: str | Path, benchmark_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Metrics of a run's ``masks.npz`` against the ground truth of ``test_rows`` (manifest rows of its test
+    split; masks read from ``raw_dir``): ``metrics`` (``dice``, ``frame_dice``, ``frame_iou``, counts) and
+    ``per_sequence``, from :func:`endofm.metrics.segmentation_metrics`.
+
+    Every test sequence needs an array of its native (T, H, W) shape, and no other array may be present.
+    The original computes Dice on 224×224 masks (ENDOFM.md §4.2); we compute it at native resolution.
+    """
+    path = Path(run_dir) / MASKS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions")
+    rows = test_rows.assign(sequence=test_rows["sequence"].astype(str))
+    names = list(dict.fromkeys(rows["sequence"]))
+    with np.load(path) as saved:
+        missing = [n for n in names if n not in saved.files]
+        extra = sorted(set(saved.files) - set(names))
+        if missing or extra:
+            raise ValueError(
+                f"{path}: predictions do not match the test split (missing sequences {missing[:5]}, extra {extra[:5]})"
+            )
+        preds = {n: saved[n] for n in names}
+    targets = []
+    for name in names:
+        frames = rows[rows["sequence"] == name].sort_values("frame_index")
+        target = np.stack([read_mask(Path(raw_dir) / p) for p in frames["mask"]])
+        if preds[name].shape != target.shape:
+            raise ValueError(
+                f"{path}: sequence {name!r} has masks of shape {preds[name].shape}, expected {target.shape} (T, H, W)"
+            )
+        targets.append(target)
+    metrics = segmentation_metrics([preds[n] for n in names], targets, names)
+    return {"metrics": _flat(metrics), "per_sequence": metrics["per_sequence"]}
