@@ -1,4 +1,4 @@
-# endofm workflow: data -> (pretrain -> finetune -> evaluate -> report, in later stages).
+# endofm workflow: data -> pretrain -> finetune -> evaluate (-> report, in a later stage).
 # Default config: the built-in synthetic corpus, on CPU, in minutes. Real data: --configfile config/paper.yaml
 from snakemake.utils import min_version
 
@@ -11,6 +11,8 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
+include: "rules/finetune.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
@@ -18,6 +20,7 @@ rule all:
     input:
         data_outputs(),
         pretrain_outputs(),
+        metrics_outputs(),
     localrule: True
 
 
@@ -31,3 +34,25 @@ rule pretrain:
     input:
         pretrain_outputs(),
     localrule: True
+
+
+rule finetune:
+    input:
+        finetune_outputs(),
+    localrule: True
+
+
+rule evaluate:
+    input:
+        metrics_outputs(),
+    localrule: True
+
+
+for _bench in BENCHMARKS:
+
+    rule:
+        name:
+            _bench
+        input:
+            metrics_outputs(_bench),
+        localrule: True

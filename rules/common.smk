@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 from endofm.config import to_dict
 from endofm.data.sources import SOURCES, missing_data_message
-from endofm.settings import load_workflow_config
+from endofm.settings import finetune_runs, load_workflow_config, run_backbone
 
 validate(config, schema="../config/schema.yaml")
 # Typed config: fills the defaults of keys left out and checks what the schema cannot express.
@@ -26,12 +26,17 @@ LOGS = "results/logs"
 
 PRETRAIN_METHODS = ["endofm"]
 PRETRAIN_VARIANTS = list(CFG.pretrain.variants)
+FINETUNE_RUNS = finetune_runs(CFG)
 
 
 wildcard_constraints:
     source="|".join(PRETRAIN_SOURCES),
-    method="|".join(PRETRAIN_METHODS),
-    variant="|".join(PRETRAIN_VARIANTS),
+    benchmark="|".join(BENCHMARKS),
+    method="|".join(sorted({"endofm", "scratch", *CFG.finetune.checkpoints})),
+    variant="|".join(sorted({*PRETRAIN_VARIANTS, "none", "external"})),
+    protocol="paper|clean",
+    mode="full|frozen",
+    seed=r"\d+",
 
 
 def benchmark_outputs(bench):
@@ -86,3 +91,35 @@ def launcher(gpus):
     if gpus > 1:
         return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node={gpus}"
     return sys.executable
+
+
+def finetune_inputs(bench):
+    """Input function of a `bench` run: the benchmark's index and raw files, and the checkpoint the
+    run starts from (none for scratch)."""
+
+    def inputs(wildcards):
+        _, checkpoint = run_backbone(CFG, wildcards.method, wildcards.variant)
+        files = {"manifest": f"{BENCH}/{bench}/manifest.csv", "raw": raw_folder(bench)}
+        return files | ({"checkpoint": checkpoint} if checkpoint else {})
+
+    return inputs
+
+
+def finetune_settings(bench):
+    """Params function of a `bench` run: what it depends on besides its inputs (any change reruns it)."""
+
+    def settings(wildcards):
+        backbone, _ = run_backbone(CFG, wildcards.method, wildcards.variant)
+        return {"task": to_dict(CFG.finetune.task(bench)), "backbone": to_dict(backbone)}
+
+    return settings
+
+
+def finetune_outputs():
+    """The run record of every run in the matrix."""
+    return [f"results/finetune/{run.path}/run.json" for run in FINETUNE_RUNS]
+
+
+def metrics_outputs(benchmark=None):
+    """The metrics file of every run in the matrix (of one benchmark)."""
+    return [f"results/metrics/{run.path}.json" for run in FINETUNE_RUNS if benchmark in (None, run.benchmark)]

@@ -1,0 +1,22 @@
+# Evaluation: a run's test predictions -> results/metrics/<benchmark>/<run>.json (metrics, the run's
+# identity, protocol, selected epoch, settings hash, versions, wall time).
+
+
+rule evaluate_run:
+    input:
+        run="results/finetune/{benchmark}/" + RUN_PATH + "/run.json",
+        manifest=f"{BENCH}/{{benchmark}}/manifest.csv",
+    output:
+        "results/metrics/{benchmark}/" + RUN_PATH + ".json",
+    log:
+        f"{LOGS}/evaluate/{{benchmark}}/{RUN_PATH}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{benchmark}/" + RUN_PATH + ".tsv"
+    params:
+        raw_dir=lambda wildcards: raw_folder(wildcards.benchmark),
+        synthetic=SYNTHETIC,
+    localrule: True
+    conda:
+        "../envs/endofm.yaml"
+    script:
+        "../workflow_scripts/evaluate_run.py"

@@ -1,0 +1,33 @@
+# Fine-tuning: one job per run of the matrix (benchmark × method × variant × protocol × mode × seed),
+# one rule per benchmark because each writes its own prediction files. checkpoint.pt in the run folder
+# is the resume state of a pre-empted job and deliberately not an output.
+
+RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}"
+PREDICTIONS = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
+
+for _bench in BENCHMARKS:
+
+    rule:
+        name:
+            f"finetune_{_bench}"
+        input:
+            unpack(finetune_inputs(_bench)),
+        output:
+            model=f"results/finetune/{_bench}/{RUN_PATH}/model.pt",
+            run=f"results/finetune/{_bench}/{RUN_PATH}/run.json",
+            predictions=f"results/finetune/{_bench}/{RUN_PATH}/{PREDICTIONS[_bench]}",
+        log:
+            f"{LOGS}/finetune/{_bench}/{RUN_PATH}.log",
+        benchmark:
+            f"results/benchmarks/finetune/{_bench}/{RUN_PATH}.tsv"
+        threads: CFG.finetune.threads
+        resources:
+            gpu=CFG.finetune.gpus,
+        params:
+            benchmark=_bench,
+            settings=finetune_settings(_bench),
+            run_dir=subpath(output.run, parent=True),
+        conda:
+            "../envs/endofm.yaml"
+        script:
+            "../workflow_scripts/finetune.py"

@@ -1,0 +1,27 @@
+"""Snakemake adapter: one fine-tuning run (endofm.tasks.runs.finetune_benchmark)."""
+
+import torch
+
+from endofm.logs import job_log
+from endofm.settings import load_workflow_config, run_backbone
+from endofm.tasks.finetune import RunSpec
+from endofm.tasks.runs import finetune_benchmark
+
+smk = snakemake  # noqa: F821 (snakemake is injected)
+with job_log(smk.log[0]):
+    w = smk.wildcards
+    cfg = load_workflow_config(smk.config)
+    spec = RunSpec(smk.params.benchmark, w.method, w.variant, w.protocol, w.mode, int(w.seed))
+    task = cfg.finetune.task(spec.benchmark)
+    torch.set_num_threads(smk.threads)
+    task.train.num_workers = min(task.train.num_workers, smk.threads - 1)
+    backbone, _ = run_backbone(cfg, spec.method, spec.variant)
+    finetune_benchmark(
+        spec,
+        task,
+        manifest=smk.input.manifest,
+        raw_dir=smk.input.raw,
+        out_dir=smk.params.run_dir,
+        backbone=backbone,
+        checkpoint=smk.input.get("checkpoint"),
+    )
