@@ -1,8 +1,8 @@
 """Per-clip embeddings from a pretrained backbone (ours or the official ``endo_fm.pth``).
 
-    from endofm.features import load_pretrained_backbone, extract_features
-    model = load_pretrained_backbone("results/pretrain/endofm/default/checkpoint.pt")
-    table = extract_features(model, ["video.mp4"], clip_frames=8, stride=16)  # video, start_frame, embedding
+from endofm.features import load_pretrained_backbone, extract_features
+model = load_pretrained_backbone("results/pretrain/endofm/default/checkpoint.pt")
+table = extract_features(model, ["video.mp4"], clip_frames=8, stride=16)  # video, start_frame, embedding
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from endofm.models.checkpoint import FORMAT, load_backbone, read_checkpoint_file
 from endofm.models.vit import BackboneConfig, TimeSformer, build_backbone
 
 log = logging.getLogger(__name__)
-
 
 
 def load_pretrained_backbone(
@@ -69,9 +68,7 @@ class _Clip:
     frames: np.ndarray  # (T, H, W, 3) uint8
 
 
-def _clips(
-    videos: Sequence[str | Path], clip_frames: int, frame_step: int, stride: int
-) -> Iterator[_Clip]:
+def _clips(videos: Sequence[str | Path], clip_frames: int, frame_step: int, stride: int) -> Iterator[_Clip]:
     window = (clip_frames - 1) * frame_step + 1
     for video in videos:
         with VideoReader(video) as reader:
@@ -112,7 +109,9 @@ def extract_features(
         rows.extend((c.video, c.start) for c in batch)
         batch.clear()
 
-    for clip in tqdm(_clips(videos, clip_frames, frame_step, stride), desc="features", unit="clip", disable=not progress):
+    for clip in tqdm(
+        _clips(videos, clip_frames, frame_step, stride), desc="features", unit="clip", disable=not progress
+    ):
         batch.append(clip)
         if len(batch) == batch_size:
             flush()

@@ -4,14 +4,14 @@
 
 rule evaluate_run:
     input:
-        run="results/finetune/{benchmark}/" + RUN_PATH + "/run.json",
+        run=f"results/finetune/{{benchmark}}/{RUN_PATH}/run.json",
         manifest=f"{BENCH}/{{benchmark}}/manifest.csv",
     output:
-        "results/metrics/{benchmark}/" + RUN_PATH + ".json",
+        f"results/metrics/{{benchmark}}/{RUN_PATH}.json",
     log:
         f"{LOGS}/evaluate/{{benchmark}}/{RUN_PATH}.log",
     benchmark:
-        "results/benchmarks/evaluate/{benchmark}/" + RUN_PATH + ".tsv"
+        f"results/benchmarks/evaluate/{{benchmark}}/{RUN_PATH}.tsv"
     params:
         raw_dir=lambda wildcards: raw_folder(wildcards.benchmark),
         synthetic=SYNTHETIC,

@@ -40,12 +40,29 @@ def test_sources_table(capsys):
 def test_synth_extract_and_index_on_tiny_config(tmp_path, capsys):
     raw = tmp_path / "raw"
     assert main(["synth", "synthetic_gastroscopy", "kumc", "--config", str(TINY), "--out", str(raw)]) == 0
-    assert main(["extract-clips", "synthetic_gastroscopy", "--config", str(TINY), "--raw",
-                 str(raw / "synthetic_gastroscopy"), "--out", str(tmp_path / "clips"), "--clip-length", "8"]) == 0
+    assert (
+        main(
+            [
+                "extract-clips",
+                "synthetic_gastroscopy",
+                "--config",
+                str(TINY),
+                "--raw",
+                str(raw / "synthetic_gastroscopy"),
+                "--out",
+                str(tmp_path / "clips"),
+                "--clip-length",
+                "8",
+            ]
+        )
+        == 0
+    )
     clips = pd.read_csv(tmp_path / "clips/clips.csv")
     assert (clips["frames"] >= 8).all() and (clips["frames"] < 16).all()
     assert min(clips[["width", "height"]].min()) == 32  # tiny config: short side 32
-    assert main(["index", "kumc", "--config", str(TINY), "--raw", str(raw / "kumc"), "--out", str(tmp_path / "idx")]) == 0
+    assert (
+        main(["index", "kumc", "--config", str(TINY), "--raw", str(raw / "kumc"), "--out", str(tmp_path / "idx")]) == 0
+    )
     summary = json.loads((tmp_path / "idx/manifest.json").read_text())
     assert summary["benchmark"] == "kumc" and set(summary["splits"]) == {"train", "val", "test"}
 
@@ -54,8 +71,21 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["index", "polypdiag", "--config", str(TINY), "--raw", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("endofm index: error:") and str(tmp_path / "nope") in err
-    assert main(["extract-clips", "synthetic_gastroscopy", "--config", str(TINY), "--clip-length", "0",
-                 "--raw", str(tmp_path)]) == 1
+    assert (
+        main(
+            [
+                "extract-clips",
+                "synthetic_gastroscopy",
+                "--config",
+                str(TINY),
+                "--clip-length",
+                "0",
+                "--raw",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
     assert "clip_length" in capsys.readouterr().err
 
 
@@ -69,7 +99,10 @@ def test_convert_checkpoint_round_trip(tmp_path):
 
     from endofm.models.checkpoint import load_checkpoint, save_checkpoint
 
-    teacher = {"backbone.cls_token": torch.randn(1, 1, 4), "head.last_layer.parametrizations.weight.original0": torch.ones(3, 1)}
+    teacher = {
+        "backbone.cls_token": torch.randn(1, 1, 4),
+        "head.last_layer.parametrizations.weight.original0": torch.ones(3, 1),
+    }
     ours = save_checkpoint(tmp_path / "ours.pt", epoch=3, teacher=teacher, center=torch.zeros(1, 3))
     assert main(["convert-checkpoint", str(ours), str(tmp_path / "official.pth"), "--to", "official"]) == 0
     official = torch.load(tmp_path / "official.pth", weights_only=True)

@@ -54,8 +54,13 @@ def test_features_from_ours_and_official_agree(tmp_path, micro_checkpoints):
     video = write_video(tmp_path / "v.mp4", frames)
     a = extract_features(load_pretrained_backbone(ours), [video], clip_frames=4, stride=10, size=32, progress=False)
     b = extract_features(
-        load_pretrained_backbone(official, "vit_micro_patch8"), [video], clip_frames=4, stride=10, size=32,
-        progress=False, batch_size=1,
+        load_pretrained_backbone(official, "vit_micro_patch8"),
+        [video],
+        clip_frames=4,
+        stride=10,
+        size=32,
+        progress=False,
+        batch_size=1,
     )
     assert a["start_frame"].tolist() == [0, 10, 20, 26]
     assert np.allclose(np.stack(a["embedding"]), np.stack(b["embedding"]), atol=1e-5)

@@ -35,7 +35,9 @@ def test_clean_carves_validation_by_video_stratified_and_disjoint():
     assert splits.test.split == "val" and not splits.summary()["select_is_test"]
     again = protocol_splits("polypdiag", polypdiag_manifest(), "clean", seed=3, val_fraction=0.2)
     assert set(again.units("select")) == val
-    other = {tuple(protocol_splits("polypdiag", polypdiag_manifest(), "clean", seed=s).units("select")) for s in range(8)}
+    other = {
+        tuple(protocol_splits("polypdiag", polypdiag_manifest(), "clean", seed=s).units("select")) for s in range(8)
+    }
     assert len(other) > 1  # the seed moves the carve-out
 
 
