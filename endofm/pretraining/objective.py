@@ -226,7 +226,7 @@ class EndoFMLoss(nn.Module):
         Returns ``loss`` (with gradient), and detached: ``dm``/``cv`` (mean of their own terms, NaN
         when there are none), ``teacher_entropy`` (mean entropy of the teacher distributions, nats;
         it falls towards 0 on collapse to one prototype and rises to log(out_dim) on a uniform
-        collapse), ``batch_entropy`` (entropy of the batch-mean teacher distribution: how many
+        collapse), ``batch_entropy`` (entropy of the teacher distribution averaged over the global batch: how many
         prototypes the batch uses; healthy training keeps it well above ``teacher_entropy``, and the two
         meet on either collapse), ``center_norm`` (after the update), and ``teacher_temp`` (float).
         """
@@ -251,7 +251,12 @@ class EndoFMLoss(nn.Module):
             dm_sum, cv_sum = (ce * dm_mask).sum(), (ce * cv_mask).sum()
             loss = (self.dm_weight * dm_sum + self.cv_weight * cv_sum) / self._norm
             teacher_entropy = -(p * log_p).sum(dim=-1).mean()
-            p_mean = p.mean(dim=0)
+            p_mean = p.sum(dim=0)  # over the global batch, so every rank reports the same value
+            rows = p.shape[0]
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(p_mean)
+                rows *= dist.get_world_size()
+            p_mean = p_mean / rows
             batch_entropy = -(p_mean * p_mean.clamp_min(1e-30).log()).sum()
             if update_center:
                 self.update_center(teacher)
