@@ -441,7 +441,6 @@ def test_demo_recipe_learns_on_the_builtin_corpus_without_collapsing(builtin_cli
     assert cfg.centering == "sinkhorn"
     pretrain(cfg, builtin_clips, tmp_path / "run")
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
-    print(metrics[["loss", "teacher_entropy", "batch_entropy"]].round(3).to_string())
     log_k = math.log(cfg.out_dim)
     assert metrics["loss"].iloc[-3:].mean() < metrics["loss"].iloc[:2].mean() - 0.2
     late = metrics.iloc[-3:]

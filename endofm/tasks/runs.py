@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from endofm.config import to_dict
 from endofm.data.benchmarks import read_manifest
@@ -25,20 +25,32 @@ from endofm.tasks.protocols import protocol_splits
 
 log = logging.getLogger(__name__)
 
-#: Per benchmark: (module, task class, evaluation function, frozen-mode function or None = frozen fine-tuning).
-TASKS: dict[str, tuple[str, str, str, str | None]] = {
-    "polypdiag": ("endofm.tasks.classify", "ClassifyTask", "evaluate_classification", "run_probe"),
-    "cvc12k": ("endofm.tasks.segment", "SegmentTask", "evaluate_segmentation", None),
-    "kumc": ("endofm.tasks.detect", "DetectTask", "evaluate_detection", None),
+
+class TaskEntry(NamedTuple):
+    """Where a benchmark's pieces live: its module and, in it, the Task class, the evaluation function
+    and the frozen-mode function (None: the frozen mode is the Task trained with a frozen backbone)."""
+
+    module: str
+    task: str
+    evaluate: str
+    frozen: str | None
+
+
+TASKS: dict[str, TaskEntry] = {
+    "polypdiag": TaskEntry("endofm.tasks.classify", "ClassifyTask", "evaluate_classification", "run_probe"),
+    "cvc12k": TaskEntry("endofm.tasks.segment", "SegmentTask", "evaluate_segmentation", None),
+    "kumc": TaskEntry("endofm.tasks.detect", "DetectTask", "evaluate_detection", None),
 }
 SYNTHETIC_NOTE = "built-in synthetic corpus: these numbers test the machinery, not clinical accuracy"
 
 
-def _task_function(benchmark: str, which: int) -> Any:
+def _task_part(benchmark: str, part: str) -> Any:
+    """The ``part`` (a :class:`TaskEntry` field) of ``benchmark``, imported; None where there is none."""
     if benchmark not in TASKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(TASKS)}")
     entry = TASKS[benchmark]
-    return getattr(importlib.import_module(entry[0]), entry[which]) if entry[which] else None
+    name = getattr(entry, part)
+    return getattr(importlib.import_module(entry.module), name) if name else None
 
 
 def build_run_backbone(config: BackboneConfig, checkpoint: str | Path | None, seed: int) -> TimeSformer:
@@ -70,10 +82,10 @@ def finetune_benchmark(
         "checkpoint": None if checkpoint is None else str(checkpoint),
     }
     model = build_run_backbone(backbone, checkpoint, spec.seed)
-    frozen_fn = _task_function(spec.benchmark, 3)
+    frozen_fn = _task_part(spec.benchmark, "frozen")
     if spec.mode == "frozen" and frozen_fn is not None:
         return frozen_fn(task_config, splits, raw_dir, spec, model, out_dir, settings)
-    task = _task_function(spec.benchmark, 1)(task_config, splits, raw_dir, spec.seed)
+    task = _task_part(spec.benchmark, "task")(task_config, splits, raw_dir, spec.seed)
     return run_finetune(task, task_config.train, spec, model, out_dir, settings)
 
 
@@ -91,7 +103,7 @@ def evaluate_run(
     test_rows = rows[rows["split"] == run["test_split"]]
     if test_rows.empty:
         raise ValueError(f"{manifest}: no rows for the run's test split {run['test_split']!r}")
-    evaluate = _task_function(run["benchmark"], 2)
+    evaluate = _task_part(run["benchmark"], "evaluate")
     result = evaluate(run_dir, test_rows, raw_dir=Path(raw_dir), benchmark_dir=manifest.parent)
     record = {
         **{k: run[k] for k in ("benchmark", "method", "variant", "protocol", "mode", "seed")},
