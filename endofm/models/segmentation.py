@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from endofm.models.vit import BackboneConfig, GridInterp, TimeSformer, build_backbone, resize_pos_embed
+from endofm.models.vit import BackboneConfig, GridInterp, TimeSformer, build_backbone, check_video, resize_pos_embed
 
 DecoderKind = Literal["transunet", "light"]
 
@@ -381,13 +381,7 @@ class TransUNet(nn.Module):
         return self.transformer.encoder._backbone[0]
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"TransUNet: expected video of shape (B, 3, T, H, W), got {tuple(video.shape)}")
-        b, _, t, h, w = video.shape
-        if t < 1 or h < TRANSUNET_STRIDE or w < TRANSUNET_STRIDE or h % TRANSUNET_STRIDE or w % TRANSUNET_STRIDE:
-            raise ValueError(
-                f"TransUNet: expected T >= 1 and H, W positive multiples of {TRANSUNET_STRIDE}, got T={t}, H={h}, W={w}"
-            )
+        b, t, h, w = check_video(video, TRANSUNET_STRIDE, who="TransUNet")
         x, features = self.transformer(video.transpose(1, 2).flatten(0, 1), t)
         logits = self.segmentation_head(self.decoder(x, features))
         return logits.reshape(b, t, *logits.shape[1:])

@@ -204,6 +204,21 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def check_video(x: torch.Tensor, multiple: int, what: str = "", who: str = "") -> tuple[int, int, int, int]:
+    """(B, T, H, W) of a (B, 3, T, H, W) clip whose H and W are positive multiples of ``multiple``
+    (``what`` names it in the error, ``who`` prefixes it); ValueError otherwise."""
+    prefix = f"{who}: " if who else ""
+    if x.ndim != 5 or x.shape[1] != 3:
+        raise ValueError(f"{prefix}expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
+    b, _, t, h, w = x.shape
+    if t < 1 or h < multiple or w < multiple or h % multiple or w % multiple:
+        raise ValueError(
+            f"{prefix}expected T >= 1 and H, W positive multiples of {f'{what} ' if what else ''}{multiple}, "
+            f"got T={t}, H={h}, W={w}"
+        )
+    return b, t, h, w
+
+
 class TimeSformer(nn.Module):
     """Divided space-time ViT backbone (no classifier head).
 
@@ -272,15 +287,8 @@ class TimeSformer(nn.Module):
         self.grad_checkpointing = enable
 
     def _check_input(self, x: torch.Tensor) -> tuple[int, int, int, int]:
-        p = self.patch_size
-        if x.ndim != 5 or x.shape[1] != 3:
-            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
-        b, _, t, h, w = x.shape
-        if t < 1 or h < p or w < p or h % p or w % p:
-            raise ValueError(
-                f"expected T >= 1 and H, W positive multiples of the patch size {p}, got T={t}, H={h}, W={w}"
-            )
-        return b, t, h // p, w // p
+        b, t, h, w = check_video(x, self.patch_size, "the patch size")
+        return b, t, h // self.patch_size, w // self.patch_size
 
     def interpolate_pos_embed(self, gh: int, gw: int) -> torch.Tensor:
         """``pos_embed`` for a (gh, gw) patch grid: (1, 1 + gh·gw, C); the CLS slot is kept as is."""
