@@ -206,6 +206,11 @@ def test_evaluation_of_known_detections(tiny_benchmarks, tmp_path) -> None:
     assert got["recall_paper"] == pytest.approx((n - 1) / n) and got["precision_paper"] == 1.0
     assert (got["precision_iou"], got["recall_iou"]) == pytest.approx(((n - 2) / (n - 1), (n - 2) / n))
     assert got["AP50"] < 1.0
+    # The run's own thresholds (run.json settings) apply: at score 0.99 the perfect boxes (score 0.9) are not found.
+    (tmp_path / DETECTIONS).write_text(json.dumps(results))
+    assert evaluate_detection(tmp_path, test_rows)["metrics"]["f1_paper"] == pytest.approx(1.0)
+    strict = evaluate_detection(tmp_path, test_rows, task_settings={"score_threshold": 0.99})["metrics"]
+    assert strict["f1_paper"] == 0.0 and strict["f1_iou"] == 0.0
     (tmp_path / DETECTIONS).write_text(json.dumps(results + [{**results[0], "image_id": 999}]))
     with pytest.raises(ValueError, match=r"detections\.json.*999"):
         evaluate_detection(tmp_path, test_rows)

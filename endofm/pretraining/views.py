@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
 from endofm.data.clips import MANIFEST_COLUMNS
+from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from endofm.data.video import VideoReader
 
 #: Draws of the random resized crop before falling back to a centre crop (as the original).
@@ -80,8 +81,8 @@ class ViewConfig:
     grayscale: float = 0.2
     gray_weights: tuple[float, float, float] = (0.114, 0.587, 0.299)  # R, G, B; ITU-R 601 is (0.299, 0.587, 0.114)
     antialias: bool = True
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         if len(self.global_frames) != 2:

@@ -288,6 +288,7 @@ def run_probe(
         "test_split": splits.test.split,
         "predictions": [READOUTS[name] for name in files],
         "config_hash": config_hash(settings),
+        "settings": dict(settings),
         "versions": package_versions(),
         "device": str(device),
         "wall_seconds": time.time() - started,

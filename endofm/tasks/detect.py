@@ -399,13 +399,16 @@ def evaluate_detection(
     *,
     raw_dir: str | Path | None = None,
     benchmark_dir: str | Path | None = None,
-    score_threshold: float = DetectConfig.score_threshold,
-    iou_threshold: float = DetectConfig.iou_threshold,
+    task_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics (:func:`detection_metrics`) of a run's ``detections.json`` against the annotated frames of
     ``test_rows`` (the manifest rows of its test split, exported with :func:`~endofm.data.kumc.to_coco`:
-    the same image ids as the indexer's ``coco_<split>.json``). ``raw_dir`` and ``benchmark_dir`` are
-    not needed."""
+    the same image ids as the indexer's ``coco_<split>.json``), at the run's own ``score_threshold`` and
+    ``iou_threshold`` (``task_settings``, the run's DetectConfig as a dict; defaults when absent).
+    ``raw_dir`` and ``benchmark_dir`` are not needed."""
+    task_settings = task_settings or {}
+    score_threshold = float(task_settings.get("score_threshold", DetectConfig.score_threshold))
+    iou_threshold = float(task_settings.get("iou_threshold", DetectConfig.iou_threshold))
     path = Path(run_dir) / DETECTIONS
     if not path.exists():
         raise FileNotFoundError(f"{path}: no detections")

@@ -53,7 +53,13 @@ from endofm.engine import (
     set_loader_epoch,
 )
 from endofm.io import write_json
-from endofm.models.checkpoint import capture_rng_state, package_versions, restore_rng_state, save_checkpoint
+from endofm.models.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    package_versions,
+    restore_rng_state,
+    save_checkpoint,
+)
 from endofm.models.vit import TimeSformer
 from endofm.tasks.protocols import ProtocolSplits
 
@@ -350,7 +356,7 @@ def run_finetune(
                         f"stopped at epoch {epoch + 1}; {checkpoint_path(out_dir)} written, rerun to resume"
                     )
 
-        state = torch.load(out_dir / _BEST_NAME, map_location="cpu", weights_only=True)["student"]
+        state = load_checkpoint(out_dir / _BEST_NAME)["student"]
         model.load_state_dict(state)
         model.eval()
         files = task.save_predictions(task.predict(model, "test", device), out_dir)
@@ -371,6 +377,7 @@ def run_finetune(
         "epochs": cfg.epochs,
         "steps": step,
         "config_hash": digest,
+        "settings": dict(settings),
         "versions": package_versions(),
         "device": str(device),
         "wall_seconds": time.time() - started,

@@ -104,7 +104,10 @@ def evaluate_run(
     if test_rows.empty:
         raise ValueError(f"{manifest}: no rows for the run's test split {run['test_split']!r}")
     evaluate = _task_part(run["benchmark"], "evaluate")
-    result = evaluate(run_dir, test_rows, raw_dir=Path(raw_dir), benchmark_dir=manifest.parent)
+    task_settings = run.get("settings", {}).get("task", {})
+    result = evaluate(
+        run_dir, test_rows, raw_dir=Path(raw_dir), benchmark_dir=manifest.parent, task_settings=task_settings
+    )
     record = {
         **{k: run[k] for k in ("benchmark", "method", "variant", "protocol", "mode", "seed")},
         "data": "synthetic" if synthetic else "real",

@@ -338,7 +338,12 @@ class SegmentTask(Task):
 
 
 def evaluate_segmentation(
-    run_dir: str | Path, test_rows: pd.DataFrame, *, raw_dir: str | Path, benchmark_dir: str | Path | None = None
+    run_dir: str | Path,
+    test_rows: pd.DataFrame,
+    *,
+    raw_dir: str | Path,
+    benchmark_dir: str | Path | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     """Metrics of a run's ``masks.npz`` against the ground truth of ``test_rows`` (manifest rows of its test
     split; masks read from ``raw_dir``): ``metrics`` (``dice``, ``frame_dice``, ``frame_iou``, counts) and
