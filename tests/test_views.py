@@ -297,14 +297,45 @@ class ScriptedRng:
         assert lo <= value < hi
         return value
 
+    def random(self):
+        return 0.5
 
-def test_crop_uses_the_last_valid_draw():
-    # 10 draws of (area fraction, log aspect) on a 100x100 frame: valid, too wide, valid, then invalid.
-    valid_small, too_wide, valid_big = (0.25, 0.0), (1.0, np.log(4.0)), (0.81, 0.0)
-    draws = [valid_small, too_wide, valid_big] + [too_wide] * 7
+
+# Draws of (area fraction, log aspect) on a 100x100 frame.
+VALID_SMALL, TOO_WIDE, VALID_BIG = (0.25, 0.0), (1.0, np.log(4.0)), (0.81, 0.0)  # 50x50, 50x200, 90x90
+
+
+@pytest.mark.parametrize("rule, expected", [("original", (3, 4, 50, 96)), ("last_valid", (3, 4, 90, 90))])
+def test_crop_rule_with_an_invalid_last_draw(rule, expected):
+    """Valid 50x50 at (7, 9), too wide, valid 90x90 at (3, 4), then 7 draws of 50x200 (too wide).
+
+    original: the offsets (3, 4) of the last valid draw, the size 50x200 of the last draw, cut at the
+    frame edge: width 100 - 4 = 96. last_valid: the 90x90 draw whole.
+    """
+    draws = [VALID_SMALL, TOO_WIDE, VALID_BIG] + [TOO_WIDE] * 7
     rng = ScriptedRng([u for pair in draws for u in pair], integers=[7, 9, 3, 4])
-    assert random_resized_crop_params(100, 100, (0.05, 1.0), (0.25, 4.0), rng) == (3, 4, 90, 90)
+    assert random_resized_crop_params(100, 100, (0.05, 1.0), (0.25, 4.0), rng, rule) == expected
     assert rng.integers_ == []  # both valid draws took their offsets
+
+
+@pytest.mark.parametrize("rule", ["original", "last_valid"])
+def test_crop_rule_when_the_last_draw_is_valid(rule):
+    draws = [VALID_BIG] + [TOO_WIDE] * 8 + [VALID_SMALL]
+    rng = ScriptedRng([u for pair in draws for u in pair], integers=[3, 4, 7, 9])
+    assert random_resized_crop_params(100, 100, (0.05, 1.0), (0.25, 4.0), rng, rule) == (7, 9, 50, 50)
+
+
+@pytest.mark.parametrize("rule, reaches_right_edge", [("original", True), ("last_valid", False)])
+def test_views_follow_the_configured_crop_rule(rule, reaches_right_edge):
+    """A frame black but for its last column: the original's 50x96 box at (3, 4) reaches it, the
+    90x90 box of last_valid (columns 4..93) does not."""
+    frames = np.zeros((2, 100, 100, 3), np.uint8)
+    frames[:, :, -1] = 255
+    draws = [VALID_SMALL, TOO_WIDE, VALID_BIG] + [TOO_WIDE] * 7
+    rng = ScriptedRng([u for pair in draws for u in pair], integers=[7, 9, 3, 4])
+    cfg = cfg_of(CPU, **NO_AUG, crop_rule=rule, antialias=True)
+    view = unnormalise(augment_view(frames, 32, (0.05, 1.0), cfg_of(cfg, ratio=(0.25, 4.0)), rng))
+    assert (view.amax() > 0.1) == reaches_right_edge
 
 
 def test_crop_falls_back_to_a_centre_crop():

@@ -19,8 +19,11 @@ each a float32 ``(3, T, S, S)`` tensor. Per sample:
 
 Faithful to the original's ``datasets/transform.py`` (not torchvision's DINO pipeline):
 
-- the crop is the *last* valid one of 10 draws, with a centre-crop fallback; the area fraction is
-  uniform in ``scale`` and the aspect ratio log-uniform in ``ratio``;
+- the crop is drawn 10 times (area fraction uniform in ``scale``, aspect ratio log-uniform in
+  ``ratio``) with a centre-crop fallback when no draw fits. ``crop_rule="original"`` (the paper
+  default) keeps the original's quirk: the offsets of the *last valid* draw, the height and width of
+  the *last* draw (valid or not), the slice cut off at the frame edge. ``crop_rule="last_valid"``
+  uses the last valid draw whole (offsets and size), a box that always lies inside the frame;
 - colour jitter applies brightness (``x * a``), contrast (blend with each frame's mean grey) and
   saturation (blend with the grey image) in a random order drawn per view; factors are
   ``1 + U(-s, s)``; hue is not part of the original (``hue = 0``) and, if enabled, runs through
@@ -43,6 +46,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -56,6 +60,8 @@ from endofm.data.video import VideoReader
 
 #: Draws of the random resized crop before falling back to a centre crop (as the original).
 CROP_ATTEMPTS = 10
+#: How the random resized crop picks its box from the draws (see :func:`random_resized_crop_params`).
+CROP_RULES = ("original", "last_valid")
 
 
 @dataclass
@@ -81,6 +87,9 @@ class ViewConfig:
     grayscale: float = 0.2
     gray_weights: tuple[float, float, float] = (0.114, 0.587, 0.299)  # R, G, B; ITU-R 601 is (0.299, 0.587, 0.114)
     antialias: bool = True
+    # original: offsets of the last valid draw, size of the last draw, cut at the frame edge (the original's
+    # quirk); last_valid: the last valid draw whole
+    crop_rule: Literal["original", "last_valid"] = "original"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -109,6 +118,8 @@ class ViewConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if self.crop_rule not in CROP_RULES:
+            raise ValueError(f"crop_rule must be one of {CROP_RULES}, got {self.crop_rule!r}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
 
@@ -152,14 +163,24 @@ def sample_frame_indices(num_frames: int, cfg: ViewConfig, rng: np.random.Genera
 
 
 def random_resized_crop_params(
-    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+    rule: Literal["original", "last_valid"] = "original",
 ) -> tuple[int, int, int, int]:
     """``(top, left, crop_height, crop_width)`` of a random resized crop, as the original draws it.
 
-    Unlike torchvision, which stops at the first valid draw, the original keeps drawing for all
-    :data:`CROP_ATTEMPTS` attempts and uses the *last* valid one; if none fits, it takes a centre
-    crop of the largest box within ``ratio``.
+    Unlike torchvision, which stops at the first valid draw, the original makes all
+    :data:`CROP_ATTEMPTS` draws; if none fits, it takes a centre crop of the largest box within
+    ``ratio``. ``rule="original"``: the offsets come from the last *valid* draw but the height and
+    width from the *last* draw (the original overwrites ``h``, ``w`` on every draw and the offsets
+    only on valid ones), and the returned box is that slice cut off at the frame edge.
+    ``rule="last_valid"``: the last valid draw whole.
     """
+    if rule not in CROP_RULES:
+        raise ValueError(f"crop rule must be one of {CROP_RULES}, got {rule!r}")
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     crop = None
@@ -171,7 +192,11 @@ def random_resized_crop_params(
         if 0 < w <= width and 0 < h <= height:
             crop = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
     if crop is not None:
-        return crop
+        if rule == "last_valid":
+            return crop
+        top, left = crop[:2]
+        # At least one pixel: a last draw rounded to 0 (frames of a few pixels) would crash the original.
+        return top, left, max(1, min(h, height - top)), max(1, min(w, width - left))
     in_ratio = width / height
     if in_ratio < ratio[0]:
         w, h = width, round(width / ratio[0])
@@ -218,7 +243,7 @@ def augment_view(
 
     Crop, flip, jitter and grayscale are drawn once and applied to every frame alike.
     """
-    top, left, h, w = random_resized_crop_params(frames.shape[1], frames.shape[2], scale, cfg.ratio, rng)
+    top, left, h, w = random_resized_crop_params(frames.shape[1], frames.shape[2], scale, cfg.ratio, rng, cfg.crop_rule)
     crop = torch.from_numpy(frames[:, top : top + h, left : left + w])
     # Work in (3, T, H, W), the output layout: interpolate treats T as channels, which it resizes
     # independently, so no transpose is needed afterwards.
@@ -358,6 +383,7 @@ def collate_views(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
 
 __all__ = [
     "CROP_ATTEMPTS",
+    "CROP_RULES",
     "MultiViewDataset",
     "ViewConfig",
     "augment_view",
