@@ -27,6 +27,7 @@ from endofm.tasks.detect import (
     normalize_frames,
     pad_clips,
     prepare_item,
+    _to_original,
     resized_size,
 )
 from endofm.tasks.finetune import OptimConfig, RunSpec, TrainConfig, run_finetune
@@ -39,8 +40,9 @@ MICRO = BackboneConfig(name="vit_micro_patch8")
 METRICS = {"f1_paper", "precision_paper", "recall_paper", "f1_iou", "precision_iou", "recall_iou", "AP", "AP50"}
 
 
-def tiny_config(**train) -> DetectConfig:
+def tiny_config(resize: str = "aspect", **train) -> DetectConfig:
     return DetectConfig(
+        resize=resize,
         min_size=48,
         max_size=64,
         size_divisibility=16,
@@ -72,8 +74,43 @@ def tiny_config(**train) -> DetectConfig:
         ((100, 301), 50, 1000, (50, 150)),  # long side truncated: 150.5 -> 150
     ],
 )
-def test_resized_size(size, min_size, max_size, expected) -> None:
-    assert resized_size(*size, min_size, max_size) == expected
+def test_resized_size_keeping_the_aspect(size, min_size, max_size, expected) -> None:
+    assert resized_size(*size, min_size, max_size, "aspect") == expected
+
+
+@pytest.mark.parametrize("size", [(480, 640), (1080, 1920), (640, 480), (100, 301), (640, 640)])
+def test_the_original_resizes_every_frame_to_a_square(size) -> None:
+    """STFT's called Resize.get_size returns (max_size, max_size): 640 x 640 for any frame."""
+    assert resized_size(*size, 600, 640) == (640, 640)
+    assert DetectConfig().resize == "square" and (DetectConfig().min_size, DetectConfig().max_size) == (600, 640)
+
+
+def test_square_resize_scales_boxes_per_axis_and_maps_predictions_back() -> None:
+    """A 16x32 (H x W) frame becomes 64x64: x scales by 2, y by 4."""
+    cfg = DetectConfig(**{**tiny_config().__dict__, "resize": "square"})  # max_size 64
+    frames = np.zeros((1, 16, 32, 3), np.uint8)
+    item = {
+        "frames": torch.from_numpy(frames),
+        "key_index": 0,
+        "boxes": torch.tensor([[4.0, 2.0, 12.0, 10.0]]),
+        "labels": torch.tensor([1]),
+        "image_id": 3,
+        "video": "v",
+        "indices": [0],
+    }
+    plain, flipped = prepare_item(item, cfg), prepare_item(item, cfg, flip=True)
+    assert plain["clip"].shape == (3, 1, 64, 64) and plain["scale"] == (2.0, 4.0) and plain["size"] == (16, 32)
+    assert plain["boxes"].tolist() == [[8.0, 8.0, 24.0, 40.0]]
+    assert flipped["boxes"].tolist() == [[40.0, 8.0, 56.0, 40.0]]  # 64 - 24, 64 - 8
+    det = {
+        "boxes": torch.tensor([[8.0, 8.0, 24.0, 40.0], [60.0, 60.0, 70.0, 70.0], [66.0, 0.0, 70.0, 8.0]]),
+        "scores": torch.tensor([0.9, 0.8, 0.7]),
+        "labels": torch.tensor([1, 2, 1]),
+    }
+    back = _to_original(det, {k: plain[k] for k in ("image_id", "video", "frame", "size", "scale")})
+    # / (2, 4): [4, 2, 12, 10]; [30, 15, 35, 17.5] clipped to the 32x16 frame; [33, 0, 35, 2] is outside: dropped.
+    np.testing.assert_allclose(back["boxes"], [[4.0, 2.0, 12.0, 10.0], [30.0, 15.0, 32.0, 16.0]])
+    assert back["scores"].tolist() == pytest.approx([0.9, 0.8]) and back["labels"].tolist() == [1, 2]
 
 
 def test_prepare_item_resizes_flips_and_scales_boxes() -> None:
@@ -219,11 +256,11 @@ def test_evaluation_of_known_detections(tiny_benchmarks, tmp_path) -> None:
 # --- runs -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol", ["paper", "clean"])
-def test_finetune_writes_detections_and_evaluates(tiny_benchmarks, tmp_path, protocol) -> None:
+@pytest.mark.parametrize(("protocol", "resize"), [("paper", "square"), ("clean", "aspect")])
+def test_finetune_writes_detections_and_evaluates(tiny_benchmarks, tmp_path, protocol, resize) -> None:
     bench = tiny_benchmarks["kumc"]
     spec = RunSpec("kumc", "scratch", "none", protocol, "full", 0)
-    record = finetune_benchmark(spec, tiny_config(), bench.manifest, bench.raw, tmp_path / "run", MICRO)
+    record = finetune_benchmark(spec, tiny_config(resize), bench.manifest, bench.raw, tmp_path / "run", MICRO)
     assert record["selection"]["metric"] == "f1_paper" and 0 <= record["selection"]["epoch"] < 2
     assert record["test_split"] == ("val" if protocol == "paper" else "test") and record["predictions"] == [DETECTIONS]
     assert record["splits"]["select_is_test"] == (protocol == "paper")

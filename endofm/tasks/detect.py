@@ -1,8 +1,10 @@
 """KUMC polyp detection: the detector's input pipeline, fine-tuning task and evaluation (ENDOFM.md §4.3).
 
-Inputs follow the original (STFT on maskrcnn-benchmark): frames resized keeping the aspect ratio
-(short side to ``min_size`` unless the long side would exceed ``max_size``), horizontal flip in
-training, Caffe-style normalisation (BGR, 0-255, minus the pixel mean, std 1), zero padding at the
+Inputs follow the original (STFT on maskrcnn-benchmark): every frame resized to a ``max_size`` ×
+``max_size`` square, aspect not kept (``resize="square"``: the ``Resize.get_size`` the original calls
+returns ``(max_size, max_size)``, 640 × 640; ENDOFM.md §4.3), or, with ``resize="aspect"``,
+maskrcnn-benchmark's aspect-keeping rule (short side to ``min_size`` unless the long side would exceed
+``max_size``; the original has it as ``get_size_`` but does not call it), horizontal flip in training, Caffe-style normalisation (BGR, 0-255, minus the pixel mean, std 1), zero padding at the
 right/bottom to a multiple of ``size_divisibility`` and of the patch size. Training clips are the key
 frame with one reference drawn from ``[-hi, -lo]`` and one from ``[lo, hi]`` (T = 3); at test each
 frame is encoded alone (T = 1), or with its ``test_frames // 2`` neighbours on each side.
@@ -48,6 +50,8 @@ DETECTIONS = "detections.json"
 CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
 
 Normalization = Literal["caffe", "imagenet"]
+ResizeRule = Literal["square", "aspect"]
+RESIZE_RULES: tuple[str, ...] = ("square", "aspect")
 
 
 def _official_train() -> TrainConfig:
@@ -78,6 +82,9 @@ def _official_train() -> TrainConfig:
 class DetectConfig:
     """KUMC settings; the defaults are the official recipe (ENDOFM.md §4.3).
 
+    ``resize``: ``square`` (the original: every frame to ``max_size`` × ``max_size``, aspect not kept;
+    ``min_size`` unused) or ``aspect`` (short side ``min_size``, long side at most ``max_size``, aspect
+    kept). Boxes follow the frame's own x and y scales, and predictions are mapped back to original pixels.
     ``normalization``: ``caffe`` (the original's quirk: BGR 0-255 minus :data:`CAFFE_MEAN_BGR`, std 1,
     although the backbone was pretrained on RGB [0, 1] ImageNet-normalised input; ENDOFM.md §5 flaw 6)
     or ``imagenet`` (RGB, [0, 1], ImageNet mean/std). ``train_ref_range`` ``[lo, hi]``: training clips
@@ -86,6 +93,7 @@ class DetectConfig:
     ``iou_threshold`` define ``f1_paper`` / ``f1_iou``.
     """
 
+    resize: ResizeRule = "square"
     min_size: int = 600
     max_size: int = 640
     size_divisibility: int = 32
@@ -103,6 +111,8 @@ class DetectConfig:
             raise ValueError(
                 f"expected 1 <= min_size <= max_size, got min_size {self.min_size}, max_size {self.max_size}"
             )
+        if self.resize not in RESIZE_RULES:
+            raise ValueError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
         if self.size_divisibility < 1:
             raise ValueError(f"size_divisibility must be >= 1, got {self.size_divisibility}")
         if len(self.train_ref_range) != 2 or not 1 <= self.train_ref_range[0] <= self.train_ref_range[1]:
@@ -128,12 +138,20 @@ class DetectConfig:
 # Input pipeline
 
 
-def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """``(height, width)`` after maskrcnn-benchmark's ``Resize``: the short side becomes ``min_size``, or
-    ``round(max_size · short / long)`` when the long side would exceed ``max_size``; the long side is
-    truncated (``int``); an image already at that short side is kept."""
+def resized_size(
+    height: int, width: int, min_size: int, max_size: int, rule: ResizeRule = "square"
+) -> tuple[int, int]:
+    """``(height, width)`` the network sees. ``square``: ``(max_size, max_size)`` whatever the frame (the
+    original's ``Resize.get_size``). ``aspect``: maskrcnn-benchmark's rule, the short side becomes
+    ``min_size``, or ``round(max_size · short / long)`` when the long side would exceed ``max_size``; the
+    long side is truncated (``int``); an image already at that short side is kept (the original's uncalled
+    ``get_size_``, without its STFT floor of 384 px)."""
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
+    if rule == "square":
+        return max_size, max_size
+    if rule != "aspect":
+        raise ValueError(f"resize rule must be one of {RESIZE_RULES}, got {rule!r}")
     short, long = min(height, width), max(height, width)
     size = min_size
     if long / short * size > max_size:
@@ -171,11 +189,12 @@ def prepare_item(item: Mapping[str, Any], cfg: DetectConfig, flip: bool = False)
 
     Returns ``clip`` (3, T, h, w) normalised and unpadded, ``boxes`` (N, 4) scaled to it (and mirrored
     when ``flip``: ``x0' = w - x1``, ``x1' = w - x0``), ``labels``, ``key_index``, ``image_id``, ``video``,
-    ``frame`` (1-based, as the manifest), ``size`` = original (H, W) and ``scale`` = (w / W, h / H).
+    ``frame`` (1-based, as the manifest), ``size`` = original (H, W) and ``scale`` = (w / W, h / H) (two
+    different factors under the ``square`` resize).
     """
     frames = item["frames"].numpy() if torch.is_tensor(item["frames"]) else np.asarray(item["frames"])
     height, width = frames.shape[1:3]
-    h, w = resized_size(height, width, cfg.min_size, cfg.max_size)
+    h, w = resized_size(height, width, cfg.min_size, cfg.max_size, cfg.resize)
     frames = resize_frames(frames, h, w)
     sx, sy = w / width, h / height
     boxes = torch.as_tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4) * torch.tensor([sx, sy, sx, sy])
