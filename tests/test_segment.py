@@ -79,6 +79,7 @@ def test_config_defaults_are_the_official_recipe():
     assert (cfg.decoder, cfg.num_classes, cfg.transunet) == ("transunet", 2, TransUNetConfig())
     assert (cfg.train_size, cfg.crop_size, cfg.hflip, cfg.rotation, cfg.test_size) == (256, 224, 0.5, 5.0, 224)
     assert (cfg.normalization, cfg.max_train_frames, cfg.ce_weight, cfg.dice_weight) == ("minmax", None, 0.5, 0.5)
+    assert (cfg.augment, cfg.channels) == ("per_frame", "bgr")
     t = cfg.train
     assert (t.epochs, t.batch_size, t.optim.name, t.optim.lr, t.optim.weight_decay) == (150, 1, "adamw", 1e-4, 0.05)
     assert (t.optim.schedule, t.optim.poly_power, t.optim.batch_scaled) == ("poly", 0.9, False)
@@ -147,6 +148,98 @@ def test_normalizations():
     np.testing.assert_allclose(video[:, 0, -1, -1].numpy(), expected, rtol=1e-5)
 
 
+class ScriptedRng:
+    """Replays planned draws: crop offsets (integers), flips (random), angles (uniform)."""
+
+    def __init__(self, integers=(), randoms=(), uniforms=()):
+        self.integers_, self.randoms, self.uniforms = list(integers), list(randoms), list(uniforms)
+
+    def integers(self, lo, hi):
+        value = self.integers_.pop(0)
+        assert lo <= value < hi
+        return value
+
+    def random(self):
+        return self.randoms.pop(0)
+
+    def uniform(self, lo, hi):
+        value = self.uniforms.pop(0)
+        assert lo <= value <= hi
+        return value
+
+    def done(self) -> bool:
+        return not (self.integers_ or self.randoms or self.uniforms)
+
+
+def test_crop_and_flip_are_drawn_per_frame_as_the_original():
+    """Frame t holds 10 * (4y + x) + t; the mask is 1 where (4y + x) % 3 == 0. Frame 0: crop at (0, 0), no
+    flip; frame 1: crop at (2, 2), flipped."""
+    ids = 4 * np.arange(4)[:, None] + np.arange(4)[None, :]
+    frames = np.stack([np.repeat((10 * ids + t)[..., None], 3, axis=-1) for t in range(2)]).astype(np.uint8)
+    masks = np.stack([(ids % 3 == 0)] * 2).astype(np.uint8)
+    transform = SequenceTransform(4, crop=2, hflip=0.5, normalization="imagenet", augment="per_frame")
+    rng = ScriptedRng(integers=[0, 0, 2, 2], randoms=[0.9, 0.1])
+    video, out = transform(frames, masks, rng)
+    assert rng.done()
+    values = (video[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255  # channel R
+    np.testing.assert_allclose(values[0].numpy(), [[0, 10], [40, 50]], atol=1e-3)
+    np.testing.assert_allclose(values[1].numpy(), [[111, 101], [151, 141]], atol=1e-3)  # ids [[11, 10], [15, 14]]
+    assert out.tolist() == [[[1, 0], [0, 0]], [[0, 0], [1, 0]]]
+    # per_sequence: frame 0's draws apply to both frames; only two numbers are drawn
+    rng = ScriptedRng(integers=[0, 0], randoms=[0.9])
+    video, out = SequenceTransform(4, crop=2, hflip=0.5, normalization="imagenet", augment="per_sequence")(
+        frames, masks, rng
+    )
+    values = (video[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255
+    np.testing.assert_allclose(values[1].numpy(), [[1, 11], [41, 51]], atol=1e-3)
+    assert rng.done() and out.tolist() == [[[1, 0], [0, 0]]] * 2
+
+
+def test_rotation_is_drawn_per_frame_as_the_original():
+    masks = l_shape(t=2, h=12, w=12)
+    transform = SequenceTransform(12, rotation=179.0, normalization="imagenet", augment="per_frame")
+    rng = ScriptedRng(uniforms=[90.0, -90.0])
+    _, out = transform(np.zeros((2, 12, 12, 3), np.uint8), masks, rng)
+    source = torch.from_numpy(masks[0]).long()
+    assert torch.equal(out[0], torch.rot90(source, 1)) and torch.equal(out[1], torch.rot90(source, -1))
+    # Real draws: identical frames come out different under per_frame, identical under per_sequence.
+    frames = np.repeat(l_shape(t=4, h=40, w=40)[..., None] * 200, 3, axis=-1).astype(np.uint8)
+    cfg = tiny_config()
+    video, _ = train_transform(cfg)(frames, None, np.random.default_rng(0))
+    assert not any(torch.equal(video[:, 0], video[:, t]) for t in range(1, 4))
+    cfg.augment = "per_sequence"
+    video, _ = train_transform(cfg)(frames, None, np.random.default_rng(0))
+    assert all(torch.equal(video[:, 0], video[:, t]) for t in range(1, 4))
+
+
+@pytest.mark.parametrize(("channels", "expected"), [("bgr", [-1.0, -1.0, 1.0]), ("rgb", [1.0, -1.0, -1.0])])
+def test_channel_order(channels, expected):
+    """A pure red frame (RGB 255, 0, 0), min-maxed over the frame (255 -> +1, 0 -> -1): the original reads
+    frames with OpenCV, so the network sees BGR and red is channel 2."""
+    red = np.zeros((1, 48, 48, 3), np.uint8)
+    red[..., 0] = 255
+    cfg = tiny_config()
+    cfg.channels, cfg.rotation = channels, 0.0  # no rotation: no zero fill
+    for transform in (train_transform(cfg), eval_transform(cfg)):
+        video, _ = transform(red, None, np.random.default_rng(0))
+        torch.testing.assert_close(video, torch.tensor(expected).view(3, 1, 1, 1).expand_as(video))
+
+
+@pytest.mark.parametrize(("normalization", "expected"), [
+    ("minmax", [[-1.0, 1.0], [-1.0, 1.0]]),
+    ("minmax_once", [[2 * 100 / 255 - 1, 2 * 200 / 255 - 1]] * 2),
+])  # fmt: skip
+def test_minmax_again_after_the_spatial_transforms(normalization, expected):
+    """A grey frame spanning [0, 255] whose bottom-right 2x2 crop spans [100, 200]: the original's ToTensor
+    stretches the crop to [0, 1] again."""
+    frame = np.full((1, 4, 4, 3), 100, np.uint8)
+    frame[0, 0, 0], frame[0, 0, 1], frame[0, 2:, 3] = 0, 255, 200
+    transform = SequenceTransform(4, crop=2, normalization=normalization)
+    video, _ = transform(frame, None, ScriptedRng(integers=[2, 2]))
+    for c in range(3):
+        np.testing.assert_allclose(video[c, 0].numpy(), expected, atol=1e-6)
+
+
 def test_temporal_window_takes_consecutive_frames():
     frames = np.stack([np.full((16, 16, 3), 10 * t, np.uint8) for t in range(6)])
     transform = SequenceTransform(16, normalization="imagenet", max_frames=3)
@@ -183,7 +276,9 @@ def test_crop_and_flip_move_image_and_mask_together_exactly():
 def test_resize_crop_flip_rotation_keep_image_and_mask_aligned():
     masks = l_shape(h=48, w=64)
     frames = np.repeat(masks[..., None] * 200 + 30, 3, axis=-1).astype(np.uint8)
-    transform = train_transform(tiny_config())  # 40² resize, 32 crop, flip 0.5, ±5° rotation
+    cfg = tiny_config()
+    cfg.augment = "per_sequence"
+    transform = train_transform(cfg)  # 40² resize, 32 crop, flip 0.5, ±5° rotation
     for seed in range(8):
         video, out = transform(frames, masks, np.random.default_rng(seed))
         image = video[0] > 0  # the polyp is the bright half of the min-max range

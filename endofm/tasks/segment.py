@@ -9,7 +9,7 @@ metric is the paper's per-sequence volume Dice (:func:`endofm.metrics.dice_paper
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -38,8 +38,12 @@ from endofm.tasks.protocols import ProtocolSplits
 
 MASKS = "masks.npz"
 
-Normalization = Literal["minmax", "imagenet"]
-NORMALIZATIONS: tuple[str, ...] = ("minmax", "imagenet")
+Normalization = Literal["minmax", "minmax_once", "imagenet"]
+NORMALIZATIONS: tuple[str, ...] = ("minmax", "minmax_once", "imagenet")
+Channels = Literal["bgr", "rgb"]
+CHANNELS: tuple[str, ...] = ("bgr", "rgb")
+Augment = Literal["per_frame", "per_sequence"]
+AUGMENTS: tuple[str, ...] = ("per_frame", "per_sequence")
 
 
 def _official_train() -> TrainConfig:
@@ -58,12 +62,17 @@ class SegmentConfig:
     Model: ``decoder`` "transunet" (sized by ``transunet``, the paper's R50-ViT-B_16 by default) or
     "light" (widths ``light_channels``), ``num_classes`` outputs. Training input: resize to
     ``train_size``² (square, aspect not kept, as the original) -> a random ``crop_size`` crop -> h-flip with
-    probability ``hflip`` -> rotation by an angle uniform in ±``rotation`` degrees, the same draws for every
-    frame of a sequence (masks resized and rotated with nearest). Test input: resize to ``test_size``².
-    ``normalization``: "minmax" is the original's per-image min-max to [0, 1] then Normalize(0.5, 0.5);
-    "imagenet" scales by 1/255 and uses the ImageNet mean/std. ``max_train_frames``: None trains on whole
-    sequences (the original); an int trains on a random window of that many consecutive frames (bounds
-    memory). Loss: ``ce_weight``·CE + ``dice_weight``·soft Dice.
+    probability ``hflip`` -> rotation by an angle uniform in ±``rotation`` degrees (masks resized and rotated
+    with nearest). ``augment``: "per_frame" draws crop, flip and angle independently for every frame of a
+    sequence (the original calls its transform inside the frame loop, TransUNet/dataset.py); "per_sequence"
+    draws them once and applies them to every frame alike. Test input: resize to ``test_size``².
+    ``channels``: "bgr" (the original reads frames with OpenCV, so the network sees BGR) or "rgb".
+    ``normalization``: "minmax" is the original's: per-image min-max to [0, 1] on the native frame, again
+    after the spatial transforms (its ``ToTensor``, train and test), then Normalize(0.5, 0.5); "minmax_once"
+    skips the second min-max; "imagenet" scales by 1/255 and uses the ImageNet mean/std (in the order of
+    ``channels``). ``max_train_frames``: None trains on whole sequences (the original); an int trains on a
+    random window of that many consecutive frames (bounds memory). Loss: ``ce_weight``·CE +
+    ``dice_weight``·soft Dice.
     """
 
     decoder: DecoderKind = "transunet"
@@ -75,6 +84,8 @@ class SegmentConfig:
     hflip: float = 0.5
     rotation: float = 5.0
     test_size: int = 224
+    augment: Augment = "per_frame"
+    channels: Channels = "bgr"
     normalization: Normalization = "minmax"
     max_train_frames: int | None = None
     ce_weight: float = 0.5
@@ -104,6 +115,10 @@ class SegmentConfig:
             raise ValueError(f"rotation must be in [0, 180) degrees, got {self.rotation}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {self.channels!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         if self.max_train_frames is not None and self.max_train_frames < 1:
             raise ValueError(f"max_train_frames must be >= 1 or null, got {self.max_train_frames}")
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
@@ -116,29 +131,41 @@ class SegmentConfig:
 # Input pipeline
 
 
-def rotate(x: torch.Tensor, degrees: float, mode: Literal["bilinear", "nearest"]) -> torch.Tensor:
-    """Rotate (N, C, H, W) counter-clockwise by ``degrees`` about the image centre, zeros outside; the same
-    sampling as torchvision's ``rotate`` (pixel-centre grid, ``align_corners=False``)."""
+def rotate(x: torch.Tensor, degrees: float | Sequence[float], mode: Literal["bilinear", "nearest"]) -> torch.Tensor:
+    """Rotate (N, C, H, W) counter-clockwise by ``degrees`` (one angle, or one per image) about the image
+    centre, zeros outside; the same sampling as torchvision's ``rotate`` (pixel-centre grid,
+    ``align_corners=False``)."""
     n, _, h, w = x.shape
-    a = math.radians(degrees)
-    cos, sin = math.cos(a), math.sin(a)
+    angles = torch.tensor(degrees, dtype=torch.float64).reshape(-1).deg2rad().expand(n)
+    cos, sin = angles.cos(), angles.sin()
+    zero = torch.zeros_like(cos)
     # Output -> input map in normalised coordinates: the inverse rotation, rescaled for non-square frames.
-    theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=x.dtype, device=x.device)
-    grid = F.affine_grid(theta.expand(n, 2, 3), list(x.shape), align_corners=False)
+    theta = torch.stack([torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Each image of (N, C, H, W) to [0, 1] by its own minimum and maximum over all channels."""
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
 
 
 @dataclass
 class SequenceTransform:
-    """uint8 frames (T, H, W, 3) and {0, 1} masks (T, H, W) -> float video (3, T', S, S) and int64 masks
+    """uint8 RGB frames (T, H, W, 3) and {0, 1} masks (T, H, W) -> float video (3, T', S, S) and int64 masks
     (T', S, S), S = ``crop`` or ``size``.
 
-    In order: a random window of ``max_frames`` consecutive frames (if the sequence is longer); each frame to
-    [0, 1] (``minmax``: per-frame min-max, ``imagenet``: /255); resize to ``size``² (bilinear, antialiased;
-    masks nearest); a random ``crop``² crop; h-flip with probability ``hflip``; rotation by an angle uniform
-    in ±``rotation`` degrees (masks nearest, zero fill); normalisation (``minmax``: (x - 0.5) / 0.5,
-    ``imagenet``: ImageNet mean/std). All draws come from one ``rng`` and apply to every frame alike.
-    The min-max is taken on the native frame, so the rotation's zero fill is the frame's minimum (black).
+    In order: a random window of ``max_frames`` consecutive frames (if the sequence is longer); channels
+    reordered to ``channels``; each frame to [0, 1] (``minmax``/``minmax_once``: per-frame min-max,
+    ``imagenet``: /255); resize to ``size``² (bilinear, antialiased; masks nearest); a random ``crop``² crop;
+    h-flip with probability ``hflip``; rotation by an angle uniform in ±``rotation`` degrees (masks
+    nearest, zero fill); ``minmax`` only: per-frame min-max again; normalisation (min-max: (x - 0.5) / 0.5,
+    ``imagenet``: ImageNet mean/std in the order of ``channels``). Crop, flip and angle are drawn from
+    ``rng`` in that order, once per frame (``augment="per_frame"``) or once for the whole sequence
+    (``"per_sequence"``). The first min-max is taken on the native frame, so the rotation's zero fill is the
+    frame's minimum (black). :class:`SegmentConfig` holds the original's choices; the defaults here
+    change nothing about the frames' channels or draws.
     """
 
     size: int
@@ -147,12 +174,19 @@ class SequenceTransform:
     rotation: float = 0.0
     normalization: Normalization = "minmax"
     max_frames: int | None = None
+    augment: Augment = "per_sequence"
+    channels: Channels = "rgb"
 
     def __post_init__(self) -> None:
         if self.size < 1 or (self.crop is not None and not 1 <= self.crop <= self.size):
             raise ValueError(f"size must be >= 1 and crop in [1, size], got size {self.size}, crop {self.crop}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.augment not in AUGMENTS or self.channels not in CHANNELS:
+            raise ValueError(
+                f"augment must be one of {AUGMENTS} and channels one of {CHANNELS}, got {self.augment!r}, "
+                f"{self.channels!r}"
+            )
 
     @property
     def random(self) -> bool:
@@ -162,6 +196,15 @@ class SequenceTransform:
             or self.rotation > 0
             or self.max_frames is not None
         )
+
+    def _draw(self, rng: np.random.Generator) -> tuple[int, int, bool, float]:
+        """(top, left, flip, angle) of one frame or sequence."""
+        top = left = 0
+        if self.crop is not None and self.crop < self.size:
+            top, left = crop_offsets(self.size, self.size, self.crop, "random", rng)
+        flip = bool(self.hflip > 0 and rng.random() < self.hflip)
+        angle = float(rng.uniform(-self.rotation, self.rotation)) if self.rotation > 0 else 0.0
+        return top, left, flip, angle
 
     def __call__(
         self, frames: np.ndarray, masks: np.ndarray | None = None, rng: np.random.Generator | None = None
@@ -177,35 +220,46 @@ class SequenceTransform:
             start = int(rng.integers(0, len(frames) - self.max_frames + 1))
             frames = frames[start : start + self.max_frames]
             masks = None if masks is None else masks[start : start + self.max_frames]
+        if self.channels == "bgr":
+            frames = frames[..., ::-1]
 
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-        if self.normalization == "minmax":
-            lo = x.amin(dim=(1, 2, 3), keepdim=True)
-            x = (x - lo) / (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
-        else:
-            x = x / 255.0
+        x = x / 255.0 if self.normalization == "imagenet" else _minmax(x)
         m = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks))[:, None].float()
 
         if tuple(x.shape[-2:]) != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
             if m is not None:
                 m = F.interpolate(m, size=(self.size, self.size), mode="nearest-exact")
-        if self.crop is not None and self.crop < self.size:
-            top, left = crop_offsets(self.size, self.size, self.crop, "random", rng)
-            x = x[..., top : top + self.crop, left : left + self.crop]
-            m = None if m is None else m[..., top : top + self.crop, left : left + self.crop]
-        if self.hflip > 0 and rng.random() < self.hflip:
-            x = x.flip(-1)
-            m = None if m is None else m.flip(-1)
-        if self.rotation > 0:
-            angle = float(rng.uniform(-self.rotation, self.rotation))
-            x = rotate(x, angle, "bilinear")
-            m = None if m is None else rotate(m, angle, "nearest")
+        if self.random:
+            n = len(x) if self.augment == "per_frame" else 1
+            draws = [self._draw(rng) for _ in range(n)] * (len(x) // n)
+            if self.crop is not None and self.crop < self.size:
+                c = self.crop
+                x = torch.stack([x[t, :, y : y + c, z : z + c] for t, (y, z, _, _) in enumerate(draws)])
+                m = (
+                    None
+                    if m is None
+                    else torch.stack([m[t, :, y : y + c, z : z + c] for t, (y, z, _, _) in enumerate(draws)])
+                )
+            flips = torch.tensor([d[2] for d in draws]).view(-1, 1, 1, 1)
+            if flips.any():
+                x = torch.where(flips, x.flip(-1), x)
+                m = None if m is None else torch.where(flips, m.flip(-1), m)
+            if self.rotation > 0:
+                angles = [d[3] for d in draws]
+                x = rotate(x, angles, "bilinear")
+                m = None if m is None else rotate(m, angles, "nearest")
 
-        if self.normalization == "minmax":
-            x = (x - 0.5) / 0.5
+        if self.normalization == "imagenet":
+            mean, std = (
+                (IMAGENET_MEAN, IMAGENET_STD) if self.channels == "rgb" else (IMAGENET_MEAN[::-1], IMAGENET_STD[::-1])
+            )
+            x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
         else:
-            x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            if self.normalization == "minmax":
+                x = _minmax(x)
+            x = (x - 0.5) / 0.5
         video = x.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
         return video, None if m is None else m[:, 0].round().long()
 
@@ -213,13 +267,20 @@ class SequenceTransform:
 def train_transform(cfg: SegmentConfig) -> SequenceTransform:
     """The training view of ``cfg``: resize, random crop, flip, rotation, optional temporal window."""
     return SequenceTransform(
-        cfg.train_size, cfg.crop_size, cfg.hflip, cfg.rotation, cfg.normalization, cfg.max_train_frames
+        cfg.train_size,
+        cfg.crop_size,
+        cfg.hflip,
+        cfg.rotation,
+        cfg.normalization,
+        cfg.max_train_frames,
+        cfg.augment,
+        cfg.channels,
     )
 
 
 def eval_transform(cfg: SegmentConfig) -> SequenceTransform:
     """The evaluation view of ``cfg``: whole sequence resized to ``test_size``², nothing random."""
-    return SequenceTransform(cfg.test_size, normalization=cfg.normalization)
+    return SequenceTransform(cfg.test_size, normalization=cfg.normalization, channels=cfg.channels)
 
 
 class SequenceDataset(Dataset):
