@@ -54,6 +54,19 @@ def test_clip_dataset_shapes_and_test_view_is_deterministic(tiny_benchmarks, one
     assert torch.equal(clips[0], test[1][0])  # the first window is the single-clip test view
 
 
+def test_window_settings_reach_every_role(tiny_benchmarks):
+    """The original's window (256 frames at 30 fps, short videos clamped) is the default; the options reach
+    the training and test datasets."""
+    assert (ClassifyConfig().window, ClassifyConfig().window_fps, ClassifyConfig().short_video) == (256, 30.0, "clamp")
+    bench = tiny_benchmarks["polypdiag"]
+    splits = protocol_splits("polypdiag", read_manifest(bench.manifest), "paper")
+    for window_fps, short_video in ((30.0, "clamp"), (None, "spread")):
+        cfg = ClassifyConfig(**{**tiny_config().__dict__, "window_fps": window_fps, "short_video": short_video})
+        for role in ("train", "test"):
+            base = clip_dataset(cfg, splits, bench.raw, role).dataset
+            assert (base.window, base.window_fps, base.short_video) == (8, window_fps, short_video)
+
+
 def test_knn_votes_by_similarity():
     train_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     train_y = np.array([0, 0, 1, 1])

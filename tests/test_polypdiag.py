@@ -11,7 +11,7 @@ import torch
 
 from endofm.data import video
 from endofm.data.benchmarks import build_manifest, read_manifest
-from endofm.data.polypdiag import PolypDiagDataset, index_polypdiag, sample_indices
+from endofm.data.polypdiag import PolypDiagDataset, index_polypdiag, sample_indices, window_frames
 from endofm.data.video import VideoDecodeError, write_video
 
 H, W = 32, 64
@@ -99,7 +99,7 @@ def test_missing_split_and_bad_video(polypdiag: Path) -> None:
 def test_sample_indices() -> None:
     assert sample_indices(24, 8).tolist() == [0, 3, 6, 9, 13, 16, 19, 23]
     assert sample_indices(24, 8, window=8).tolist() == list(range(8))
-    assert sample_indices(24, 4, window=100).tolist() == [0, 7, 15, 23]  # window longer than the video
+    assert sample_indices(24, 4, window=100, short_video="spread").tolist() == [0, 7, 15, 23]
     assert sample_indices(3, 6).tolist() == [0, 0, 0, 1, 1, 2]  # short video: floor(linspace) repeats
     starts = set()
     for s in range(30):
@@ -111,6 +111,48 @@ def test_sample_indices() -> None:
         sample_indices(24, 4, "random", rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="sampling must be 'uniform' or 'random'"):
         sample_indices(24, 4, "dense")
+
+
+def test_short_video_clamps_to_its_last_frame_as_the_original() -> None:
+    """100 frames, the 256-frame window: floor(linspace(0, 255, 8)) = 0, 36, 72, 109, 145, 182, 218, 255,
+    clamped to frame 99. The spread rule: floor(linspace(0, 99, 8)) = 0, 14, 28, 42, 56, 70, 84, 99."""
+    assert sample_indices(100, 8, window=256).tolist() == [0, 36, 72, 99, 99, 99, 99, 99]
+    assert sample_indices(100, 8, window=256, short_video="spread").tolist() == [0, 14, 28, 42, 56, 70, 84, 99]
+    rng = np.random.default_rng(0)
+    for rule in ("clamp", "spread"):  # a short video has one window, starting at frame 0
+        random = sample_indices(100, 8, "random", window=256, rng=rng, short_video=rule)
+        assert random.tolist() == sample_indices(100, 8, window=256, short_video=rule).tolist()
+    # Long videos: both rules agree.
+    assert sample_indices(300, 8, window=256).tolist() == [0, 36, 72, 109, 145, 182, 218, 255]
+    assert sample_indices(300, 8, window=256, short_video="spread").tolist() == [0, 36, 72, 109, 145, 182, 218, 255]
+
+
+def test_window_scales_with_the_frame_rate() -> None:
+    """256 frames at 30 fps is 204.8 frames at 24 fps: floor(linspace(0, 203.8, 8)), step 29.114."""
+    assert window_frames(256, 24.0, 30.0) == pytest.approx(204.8) and window_frames(256, 24.0, None) == 256
+    assert sample_indices(1000, 8, window=204.8).tolist() == [0, 29, 58, 87, 116, 145, 174, 203]
+    for s in range(20):  # a random window of 204.8 frames starts in [0, 795]
+        idx = sample_indices(1000, 8, "random", window=204.8, rng=np.random.default_rng(s))
+        assert (idx - idx[0]).tolist() == [0, 29, 58, 87, 116, 145, 174, 203] and 0 <= idx[0] <= 795
+
+
+def test_dataset_window_follows_each_videos_fps(polypdiag: Path) -> None:
+    """a.mp4 has 24 frames at 25 fps: a 16-frame window at 30 fps is 13.33 of its frames,
+    floor(linspace(0, 12.33, 4)) = 0, 4, 8, 12; at a manifest fps of 15 it is 8 frames: 0, 2, 4, 7."""
+    m = index_polypdiag(polypdiag)
+    assert m.loc[0, "sample_id"] == "a" and m.loc[0, "fps"] == pytest.approx(25)
+    assert PolypDiagDataset(m, polypdiag, "train", num_frames=4, window=16, window_fps=30)[0]["indices"] == [
+        0,
+        4,
+        8,
+        12,
+    ]
+    m.loc[0, "fps"] = 15.0
+    assert PolypDiagDataset(m, polypdiag, "train", num_frames=4, window=16, window_fps=30)[0]["indices"] == [0, 2, 4, 7]
+    assert PolypDiagDataset(m, polypdiag, "train", num_frames=4, window=16)[0]["indices"] == [0, 5, 10, 15]
+    m.loc[0, "fps"] = 0.0
+    with pytest.raises(ValueError, match=r"a.mp4: the manifest's fps is '0.0'"):
+        PolypDiagDataset(m, polypdiag, "train", num_frames=4, window=16, window_fps=30)
 
 
 def test_dataset_decodes_exactly_the_sampled_frames(polypdiag: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,9 +172,11 @@ def test_dataset_decodes_exactly_the_sampled_frames(polypdiag: Path, monkeypatch
     assert item["frames"].shape == (4, H, W, 3) and item["frames"].dtype == torch.uint8
     assert decoded_index(item["frames"]) == item["indices"]
     assert item["label"] == 1 and item["sample_id"] == "a"
-    item = ds[1]  # sub/b.avi has 10 frames (< window)
-    assert item["indices"] == [0, 3, 6, 9] and decoded_index(item["frames"]) == [0, 3, 6, 9]
+    item = ds[1]  # sub/b.avi has 10 frames (< window): linspace(0, 15, 4) clamped to frame 9
+    assert item["indices"] == [0, 5, 9, 9] and decoded_index(item["frames"]) == [0, 5, 9, 9]
     assert item["label"] == 0 and item["sample_id"] == "sub/b"
+    spread = PolypDiagDataset(m, polypdiag, "train", num_frames=4, window=16, short_video="spread")[1]
+    assert spread["indices"] == [0, 3, 6, 9] and decoded_index(spread["frames"]) == [0, 3, 6, 9]
 
     val = PolypDiagDataset(m, polypdiag, "val", num_frames=3, transform=lambda d: {**d, "label": -d["label"]})
     assert val[0]["label"] == -1 and val[0]["indices"] == [0, 5, 11]

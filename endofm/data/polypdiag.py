@@ -7,6 +7,7 @@ numbers stay comparable, and a ``clean`` protocol must carve its own validation 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -97,27 +98,40 @@ def index_polypdiag(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+ShortVideo = Literal["clamp", "spread"]
+SHORT_VIDEO: tuple[str, ...] = ("clamp", "spread")
+
+
 def sample_indices(
     video_frames: int,
     num_frames: int,
     sampling: Literal["uniform", "random"] = "uniform",
-    window: int | None = None,
+    window: float | None = None,
     rng: np.random.Generator | None = None,
+    short_video: ShortVideo = "clamp",
 ) -> np.ndarray:
-    """Frame indices of one clip: ``num_frames`` evenly spaced (floor of a linspace) inside a window.
+    """Frame indices of one clip: ``num_frames`` evenly spaced (floor of a linspace) over a window.
 
-    ``uniform``: the window is the first ``window`` frames (the whole video if ``None``), which is the
-    official single deterministic test view. ``random``: a window of ``window`` frames starting
-    uniformly at random (official training). A video shorter than the window uses all its frames,
-    so indices repeat when it has fewer than ``num_frames``.
+    ``window`` is the window's length in frames, fractional when it comes from a frame rate (the
+    original's ``256 × fps / 30``); ``None`` is the whole video. ``uniform``: the window starts at frame 0,
+    the official single deterministic test view. ``random``: it starts at an integer drawn uniformly from
+    ``[0, video_frames - window]`` (official training; the original draws a float start and seeks to it).
+    The indices are ``start + floor(linspace(0, window - 1, num_frames))``. A video shorter than the
+    window: ``short_video="clamp"`` (the original, ``datasets/decoder.py``) spreads the frames over the
+    whole window and clamps indices to the last frame, which then repeats; ``"spread"`` spreads them over
+    the video instead. Either way indices repeat when the video has fewer than ``num_frames`` frames.
     """
     if video_frames < 1:
         raise ValueError(f"video has {video_frames} frames")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if window is not None and window < 1:
+    if window is not None and not window >= 1:
         raise ValueError(f"window must be >= 1 or None, got {window}")
-    length = video_frames if window is None else min(window, video_frames)
+    if short_video not in SHORT_VIDEO:
+        raise ValueError(f"short_video must be one of {SHORT_VIDEO}, got {short_video!r}")
+    length = video_frames if window is None else window
+    if short_video == "spread":
+        length = min(length, video_frames)
     if sampling == "uniform":
         start = 0
     elif sampling == "random":
@@ -125,21 +139,32 @@ def sample_indices(
             raise ValueError("random sampling needs a window length")
         if rng is None:
             raise ValueError("random sampling needs an rng")
-        start = int(rng.integers(0, video_frames - length + 1))
+        start = int(rng.integers(0, math.floor(max(video_frames - length, 0)) + 1))
     else:
         raise ValueError(f"sampling must be 'uniform' or 'random', got {sampling!r}")
-    return start + np.floor(np.linspace(0, length - 1, num_frames)).astype(np.int64)
+    offsets = np.floor(np.linspace(0, length - 1, num_frames)).astype(np.int64)
+    return np.minimum(start + offsets, video_frames - 1)
 
 
-def clip_windows(video_frames: int, num_frames: int, window: int | None, clips: int) -> np.ndarray:
+def clip_windows(
+    video_frames: int, num_frames: int, window: float | None, clips: int, short_video: ShortVideo = "clamp"
+) -> np.ndarray:
     """(clips, num_frames) indices: ``clips`` windows of ``window`` frames with evenly spaced starts
     from the first to the last possible one, each sampled as :func:`sample_indices` does (multi-clip testing)."""
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
-    first = sample_indices(video_frames, num_frames, "uniform", window)
+    first = sample_indices(video_frames, num_frames, "uniform", window, short_video=short_video)
     length = video_frames if window is None else min(window, video_frames)
     starts = np.floor(np.linspace(0, video_frames - length, clips)).astype(np.int64)
-    return starts[:, None] + first[None, :]
+    return np.minimum(starts[:, None] + first[None, :], video_frames - 1)
+
+
+def window_frames(window: int | None, fps: float, window_fps: float | None) -> float | None:
+    """The window in a video's frames: ``window × fps / window_fps`` (the original: SAMPLING_RATE ×
+    NUM_FRAMES = 256 frames at its TARGET_FPS 30), or ``window`` itself when ``window_fps`` is None."""
+    if window is None or window_fps is None:
+        return window
+    return window * fps / window_fps
 
 
 class PolypDiagDataset(Dataset):
@@ -149,6 +174,9 @@ class PolypDiagDataset(Dataset):
     ``clips`` > 1 (uniform sampling) ``frames`` is (clips, T, H, W, 3) from :func:`clip_windows`;
     ``transform`` (if given) maps that dict to the returned one. Random sampling draws from an rng
     seeded by ``(seed, epoch, index)``, so an item is reproducible; call :meth:`set_epoch` to vary it.
+    ``window`` is in frames, or, with ``window_fps``, in frames at that rate: each video's window is then
+    ``window × fps / window_fps`` of its own frames (``fps`` from the manifest; :func:`window_frames`).
+    ``short_video``: see :func:`sample_indices`.
     """
 
     def __init__(
@@ -162,6 +190,8 @@ class PolypDiagDataset(Dataset):
         seed: int = 0,
         transform=None,
         clips: int = 1,
+        window_fps: float | None = None,
+        short_video: ShortVideo = "clamp",
     ) -> None:
         if split not in PolypDiagLayout.SPLITS:
             raise ValueError(f"split must be one of {PolypDiagLayout.SPLITS}, got {split!r}")
@@ -169,9 +199,21 @@ class PolypDiagDataset(Dataset):
         if rows.empty:
             raise ValueError(f"manifest has no rows for split {split!r}")
         # Validate the arguments once, here, rather than on the first item.
-        sample_indices(1, num_frames, sampling, window, np.random.default_rng(0))
+        sample_indices(1, num_frames, sampling, window, np.random.default_rng(0), short_video)
         if clips < 1 or (clips > 1 and sampling != "uniform"):
             raise ValueError(f"clips must be >= 1 (more than 1 only with uniform sampling), got {clips}")
+        if window_fps is not None and not window_fps > 0:
+            raise ValueError(f"window_fps must be > 0 or None, got {window_fps}")
+        if window_fps is not None and window is not None:
+            fps = pd.to_numeric(rows["fps"], errors="coerce")
+            bad = ~(fps > 0)
+            if bad.any():
+                row = rows[bad].iloc[0]
+                raise ValueError(
+                    f"{row['path']}: the manifest's fps is {str(row['fps'])!r}; a window of {window} frames at "
+                    f"{window_fps} fps needs each video's frame rate (re-index, or set window_fps to null)"
+                )
+        self.window_fps, self.short_video = window_fps, short_video
         self.clips = clips
         self.rows = rows.reset_index(drop=True)
         self.root = Path(root)
@@ -193,10 +235,12 @@ class PolypDiagDataset(Dataset):
                     f"{path}: has {reader.num_frames} frames but the manifest says {row['num_frames']}; re-index"
                 )
             rng = np.random.default_rng([self.seed, self.epoch, index])
+            window = window_frames(self.window, float(row["fps"]) if self.window_fps else 0.0, self.window_fps)
+            n = reader.num_frames
             if self.clips == 1:
-                indices = sample_indices(reader.num_frames, self.num_frames, self.sampling, self.window, rng)
+                indices = sample_indices(n, self.num_frames, self.sampling, window, rng, self.short_video)
             else:
-                indices = clip_windows(reader.num_frames, self.num_frames, self.window, self.clips).reshape(-1)
+                indices = clip_windows(n, self.num_frames, window, self.clips, self.short_video).reshape(-1)
             frames = reader.get_frames(indices)
             if self.clips > 1:
                 frames = frames.reshape(self.clips, self.num_frames, *frames.shape[1:])

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from endofm.data.polypdiag import PolypDiagDataset
+from endofm.data.polypdiag import SHORT_VIDEO, PolypDiagDataset, ShortVideo
 from endofm.data.transforms import KINETICS_MEAN, KINETICS_STD, ClipTransform, torch_rng
 from endofm.engine import resolve_device, seed_everything
 from endofm.io import write_csv, write_json
@@ -70,14 +70,20 @@ def _official_train() -> TrainConfig:
 class ClassifyConfig:
     """PolypDiag settings; the defaults are the official recipe (ENDOFM.md §4.1).
 
-    Training: a random ``window``-frame window, ``num_frames`` uniformly inside it, short side drawn
-    from ``train_short_side``, a random ``crop_size`` crop, horizontal flip. Testing: the first window,
+    Training: a random window of ``window`` frames at ``window_fps`` (a video at ``fps`` gets
+    ``window × fps / window_fps`` of its frames, the original's ``256 × fps / 30``; ``window_fps: null``
+    takes ``window`` frames at any rate), ``num_frames`` evenly over it (a video shorter than the window:
+    ``short_video`` "clamp", the original, spreads them over the whole window and repeats the last frame;
+    "spread" spreads them over the video), short side drawn from ``train_short_side``, a random
+    ``crop_size`` crop, horizontal flip. Testing: the first window,
     short side ``test_short_side``, a crop at ``test_crop`` (the original's ``top_left``: its spatial
     index 0); ``test_clips`` > 1 averages the softmax over evenly spaced windows (clean-protocol option).
     """
 
     num_frames: int = 8
     window: int = 256
+    window_fps: float | None = 30.0
+    short_video: ShortVideo = "clamp"
     train_short_side: list[int] = field(default_factory=lambda: [256, 320])
     crop_size: int = 224
     test_short_side: int = 224
@@ -93,6 +99,10 @@ class ClassifyConfig:
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.window < 1 or self.test_clips < 1:
             raise ValueError("num_frames, window and test_clips must be >= 1")
+        if self.window_fps is not None and self.window_fps <= 0:
+            raise ValueError(f"window_fps must be > 0 or null, got {self.window_fps}")
+        if self.short_video not in SHORT_VIDEO:
+            raise ValueError(f"short_video must be one of {SHORT_VIDEO}, got {self.short_video!r}")
         ClipTransform(self.train_short_side, self.crop_size)  # validates the sizes
         ClipTransform(self.test_short_side, self.crop_size)
 
@@ -127,12 +137,16 @@ def clip_dataset(
     ``test_view``), the deterministic test view otherwise."""
     part = getattr(splits, role)
     if role == "train" and not test_view:
-        base = PolypDiagDataset(part.rows, root, part.split, cfg.num_frames, "random", cfg.window, seed)
+        base = PolypDiagDataset(
+            part.rows, root, part.split, cfg.num_frames, "random", cfg.window, seed,
+            window_fps=cfg.window_fps, short_video=cfg.short_video,
+        )  # fmt: skip
         transform = ClipTransform(cfg.train_short_side, cfg.crop_size, "random", cfg.hflip, cfg.mean, cfg.std)
     else:
         base = PolypDiagDataset(
-            part.rows, root, part.split, cfg.num_frames, "uniform", cfg.window, clips=cfg.test_clips
-        )
+            part.rows, root, part.split, cfg.num_frames, "uniform", cfg.window, clips=cfg.test_clips,
+            window_fps=cfg.window_fps, short_video=cfg.short_video,
+        )  # fmt: skip
         transform = ClipTransform(cfg.test_short_side, cfg.crop_size, cfg.test_crop, 0.0, cfg.mean, cfg.std)
     return _Transformed(base, transform)
 
