@@ -22,12 +22,12 @@ from endofm.tasks.detect import (
     DetectConfig,
     DetectionDataset,
     DetectTask,
+    _to_original,
     detection_metrics,
     evaluate_detection,
     normalize_frames,
     pad_clips,
     prepare_item,
-    _to_original,
     resized_size,
 )
 from endofm.tasks.finetune import OptimConfig, RunSpec, TrainConfig, run_finetune

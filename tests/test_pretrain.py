@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: learning rate is chosen so that the scaled rate (× total batch / 256) is 1e-3.
 TINY = {
     "backbone": {"name": "vit_micro_patch8"},
+    "init": "random",
     "views": {"global_frames": [2, 4], "global_size": 32, "local_frames": [2, 2], "local_size": 16},
     "out_dim": 64,
     "hidden_dim": 32,
@@ -209,6 +210,50 @@ def test_init_checkpoint_loads_backbone_and_head_strictly(tmp_path):
         load_init_checkpoint(build_model(cfg), tmp_path / "nohead.pth")
     with pytest.raises(CheckpointError, match="DINO head does not match"):
         load_init_checkpoint(build_model(tiny_config(out_dim=32)), flat)
+
+
+def test_paper_config_without_the_svt_checkpoint_fails_at_start(clips, tmp_path, monkeypatch):
+    from endofm.settings import load_workflow_config
+
+    paper = load_workflow_config(yaml.safe_load((REPO / "config/paper.yaml").read_text())).pretrain.variant("default")
+    assert paper.init == "resources/weights/kinetics400_vitb_ssl.pth" == train.SVT_CHECKPOINT
+    monkeypatch.chdir(tmp_path)  # no resources/weights here
+    with pytest.raises(ConfigError) as info:
+        pretrain(paper, [clips], tmp_path / "run")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("pretrain init: resources/weights/kinetics400_vitb_ssl.pth")
+    assert "https://github.com/kahnchana/svt/releases/download/v1.0/kinetics400_vitb_ssl.pth" in message
+    assert "init: random" in message
+    assert not (tmp_path / "run").exists()  # failed before writing anything
+    demo = load_workflow_config(yaml.safe_load((REPO / "config/config.yaml").read_text())).pretrain
+    assert demo.variant("default").init == "random"  # the CPU demo says so explicitly
+
+
+def test_init_random_is_recorded_in_the_resolved_config(reference):
+    saved = yaml.safe_load((reference / "config.yaml").read_text())
+    assert saved["pretrain"]["init"] == "random"
+    assert load_checkpoint(reference / "checkpoint.pt")["config"]["init"] == "random"
+
+
+def test_init_checkpoint_path_is_loaded_and_cannot_replace_random_on_resume(reference, clips, tmp_path, monkeypatch):
+    flat = tmp_path / "svt.pth"
+    torch.save(to_official({"teacher": build_model(tiny_config()).state_dict()})["teacher"], flat)
+    loaded = []
+
+    def record(model, path):
+        loaded.append(Path(path))
+        raise KeyboardInterrupt  # stop here: the run got as far as loading its initial weights
+
+    monkeypatch.setattr(train, "load_init_checkpoint", record)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_config(init=str(flat)), [clips], tmp_path / "fresh")
+    assert loaded == [flat]
+    monkeypatch.undo()
+    run = tmp_path / "resumed"
+    run.mkdir()
+    shutil.copy(reference / "checkpoint_0001.pt", run / "checkpoint.pt")  # started from random weights
+    with pytest.raises(ConfigError, match=r"cannot resume with different settings \(init: 'random' -> '.*svt.pth'\)"):
+        pretrain(tiny_config(init=str(flat)), [clips], run)
 
 
 def test_changed_settings_fail_or_restart(reference, clips, tmp_path):

@@ -105,13 +105,25 @@ SUPERSEDED_NAME = "superseded"
 
 OnConfigChange = Literal["error", "restart"]
 
-#: Settings that may change between a run and its resumption (they do not change the maths).
-RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every", "device", "precision", "init_checkpoint"})
+#: Settings that may change between a run and its resumption (they do not change the maths). ``init``
+#: may move to another path, but not change between ``random`` and a checkpoint.
+RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every", "device", "precision", "init"})
+
+#: The original's starting point, SVT's Kinetics-400 self-supervised ViT-B (ENDOFM.md §2.4, §3.6): where
+#: the default ``init`` expects it, and where to download it.
+SVT_CHECKPOINT = "resources/weights/kinetics400_vitb_ssl.pth"
+SVT_URL = "https://github.com/kahnchana/svt/releases/download/v1.0/kinetics400_vitb_ssl.pth"
 
 
 @dataclass
 class PretrainConfig:
     """Pretraining settings; the defaults are the official recipe (ENDOFM.md §3.5, §3.6).
+
+    ``init``: the initial student and teacher weights, a checkpoint path (backbone and head, loaded
+    strictly; any layout :mod:`endofm.models.checkpoint` reads) or ``random``. The original always starts
+    from SVT's Kinetics-400 self-supervised checkpoint, so the default is its path
+    (:data:`SVT_CHECKPOINT`) and a run fails at start while the file is missing; random weights must be
+    asked for with ``init: random``, which the run's ``config.yaml`` then records.
 
     ``epochs`` is 30, not the original's default of 100: the authors call 30 epochs "good enough"
     (Endo-FM issue #16). Every schedule spans ``epochs``, so a 30-epoch run completes its cosine
@@ -153,9 +165,7 @@ class PretrainConfig:
     device: str = "auto"
     num_workers: int = 4
     seed: int = 0
-    # Initial student and teacher weights (backbone and head, loaded strictly): the original starts
-    # from SVT's Kinetics-400 checkpoint. Any layout endofm.models.checkpoint reads.
-    init_checkpoint: Path | None = None
+    init: str = SVT_CHECKPOINT  # "random" or a checkpoint path (see the docstring)
     data_fraction: float = 1.0
     checkpoint_every: int = 5  # numbered copies; 0 keeps only checkpoint.pt
     max_steps_per_epoch: int | None = None  # cap for tests and demos
@@ -179,6 +189,8 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.data_fraction <= 1:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
+        if not self.init:
+            raise ValueError("init must be 'random' or a checkpoint path, got an empty string")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
@@ -220,6 +232,21 @@ def build_model(cfg: PretrainConfig) -> MultiViewModel:
     return MultiViewModel(backbone, head)
 
 
+def init_checkpoint(cfg: PretrainConfig) -> Path | None:
+    """The checkpoint ``cfg.init`` names (None for ``random``); a missing file is a one-line
+    :class:`~endofm.config.ConfigError` saying what to download and where to put it."""
+    if cfg.init == "random":
+        return None
+    path = Path(cfg.init)
+    if not path.is_file():
+        raise ConfigError(
+            f"pretrain init: {path} not found; the original starts from SVT's Kinetics-400 self-supervised "
+            f"checkpoint: download {SVT_URL} to {path} (or set init to where it is), or set init: random to "
+            "start from random weights"
+        )
+    return path
+
+
 def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike) -> None:
     """Load backbone and head strictly from an initial checkpoint (SVT's flat ``{backbone.*, head.*}``,
     an official or our pretraining checkpoint (its teacher), ...). A missing head is an error."""
@@ -258,6 +285,8 @@ def _resume_problem(ckpt: Mapping[str, Any], cfg: PretrainConfig, spe: int, path
     onto ``spe`` steps per epoch), or None."""
     now, before = to_dict(cfg), ckpt.get("config", {})
     changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k) and k not in RESUMABLE_CHANGES)
+    if (now.get("init") == "random") != (before.get("init") == "random"):
+        changed.append("init")
     if changed:
         detail = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
         return ConfigError(
@@ -290,6 +319,7 @@ class _Pretraining:
         on_config_change: OnConfigChange,
     ) -> None:
         self.cfg, self.out_dir, self.info = cfg, out_dir, info
+        init = init_checkpoint(cfg)  # fail at start when the file is missing
         self.precision = resolve_precision(cfg.precision, info.device)
         seed_everything(cfg.seed)  # the same initial weights on every rank
 
@@ -307,8 +337,10 @@ class _Pretraining:
         self.global_batch = cfg.batch_size_per_gpu * info.world_size
 
         student = build_model(cfg)
-        if cfg.init_checkpoint is not None:
-            load_init_checkpoint(student, cfg.init_checkpoint)
+        if init is None:
+            log.info("init: random weights (the original starts from SVT's Kinetics-400 checkpoint)")
+        else:
+            load_init_checkpoint(student, init)
         self.student = wrap_ddp(student.to(info.device), info)  # DDP broadcasts rank 0's weights
         self.teacher = build_model(cfg).to(info.device)
         self.teacher.load_state_dict(student.state_dict())
@@ -610,9 +642,12 @@ __all__ = [
     "BACKBONE_NAME",
     "CONFIG_NAME",
     "METRICS_NAME",
+    "SVT_CHECKPOINT",
+    "SVT_URL",
     "PretrainConfig",
     "build_model",
     "export_backbone",
+    "init_checkpoint",
     "load_init_checkpoint",
     "load_pretrain_config",
     "main",

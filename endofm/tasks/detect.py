@@ -138,9 +138,7 @@ class DetectConfig:
 # Input pipeline
 
 
-def resized_size(
-    height: int, width: int, min_size: int, max_size: int, rule: ResizeRule = "square"
-) -> tuple[int, int]:
+def resized_size(height: int, width: int, min_size: int, max_size: int, rule: ResizeRule = "square") -> tuple[int, int]:
     """``(height, width)`` the network sees. ``square``: ``(max_size, max_size)`` whatever the frame (the
     original's ``Resize.get_size``). ``aspect``: maskrcnn-benchmark's rule, the short side becomes
     ``min_size``, or ``round(max_size · short / long)`` when the long side would exceed ``max_size``; the
