@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import pytest
 import torch
@@ -11,7 +13,8 @@ from endofm.engine import Preempted, PreemptionHandler
 from endofm.models.checkpoint import load_checkpoint, save_checkpoint, to_official
 from endofm.models.heads import DINOHead
 from endofm.models.vit import build_backbone
-from endofm.tasks.finetune import RunSpec, config_hash
+from endofm.tasks import finetune
+from endofm.tasks.finetune import OptimConfig, RunSpec, config_hash
 from endofm.tasks.runs import finetune_benchmark
 
 
@@ -94,3 +97,55 @@ def test_resuming_with_other_settings_is_refused(tiny_benchmarks, tmp_path, monk
 def test_config_hash_ignores_key_order():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_fp16_fine_tuning_scales_the_loss_and_unscales_before_clipping(
+    tiny_benchmarks, tmp_path, monkeypatch, one_torch_thread
+):
+    """``auto`` precision is fp16 on GPUs without bf16. Simulated on the CPU (autocast off, a real CPU
+    GradScaler): every step scales the loss, unscales before clipping, steps and updates through the
+    scaler, and as the scale is a power of two the run matches fp32 training."""
+    bench = tiny_benchmarks["polypdiag"]
+    spec = RunSpec("polypdiag", "scratch", "none", "clean", "full", 0)
+    cfg = tiny_config(epochs=2, optim=OptimConfig(name="sgd", lr=0.5, clip_grad=0.01))
+    finetune_benchmark(spec, cfg, bench.manifest, bench.raw, tmp_path / "fp32", MICRO)
+
+    calls, created = [], []
+
+    class RecordingScaler(torch.amp.GradScaler):
+        def scale(self, outputs):
+            calls.append("scale")
+            return super().scale(outputs)
+
+        def unscale_(self, optimizer):
+            calls.append("unscale_")
+            return super().unscale_(optimizer)
+
+        def step(self, optimizer, *args, **kwargs):
+            calls.append("step")
+            return super().step(optimizer, *args, **kwargs)
+
+        def update(self, new_scale=None):
+            calls.append("update")
+            return super().update(new_scale)
+
+    def make_scaler(precision, device):
+        created.append(precision)
+        return RecordingScaler("cpu", enabled=precision == "fp16")
+
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(*args, **kwargs):
+        calls.append("clip")
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "resolve_precision", lambda precision, device: "fp16")
+    monkeypatch.setattr(finetune, "autocast", lambda precision, device: contextlib.nullcontext())
+    monkeypatch.setattr(finetune, "grad_scaler", make_scaler)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    record = finetune_benchmark(spec, cfg, bench.manifest, bench.raw, tmp_path / "fp16", MICRO)
+    assert created == ["fp16"] and record["steps"] >= 2
+    assert calls == ["scale", "unscale_", "clip", "step", "update"] * record["steps"]
+    a, b = (load_checkpoint(tmp_path / name / "model.pt")["student"] for name in ("fp32", "fp16"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)

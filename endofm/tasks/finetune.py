@@ -44,6 +44,7 @@ from endofm.engine import (
     check_finite,
     checkpoint_path,
     distributed_session,
+    grad_scaler,
     load_training_checkpoint,
     lr_schedule,
     progress,
@@ -256,6 +257,7 @@ def run_finetune(
         model = task.build_model(backbone).to(device)
         set_trainable(model, spec.mode)
         optimizer = _optimizer(_param_groups(model, cfg.optim, spec.mode == "frozen"), cfg.optim)
+        scaler = grad_scaler(precision, device)  # loss scaling in fp16 (auto on GPUs without bf16); off otherwise
         loader = build_loader(
             task.train_dataset(),
             cfg.batch_size,
@@ -292,6 +294,8 @@ def run_finetune(
                 )
             model.load_state_dict(ckpt["student"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scaler") and scaler.is_enabled():
+                scaler.load_state_dict(ckpt["scaler"])
             start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
             best, history = ckpt["extra"]["best"], ckpt["extra"]["history"]
             restore_rng_state(ckpt["rng"])
@@ -315,12 +319,14 @@ def run_finetune(
                         loss = task.loss(model, batch, device)
                     check_finite(loss.item(), epoch=epoch, step=step, checkpoint=checkpoint_path(out_dir))
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     if cfg.optim.clip_grad > 0:
+                        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                         nn.utils.clip_grad_norm_(
                             [p for p in model.parameters() if p.requires_grad], cfg.optim.clip_grad
                         )
-                    optimizer.step()
+                    scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+                    scaler.update()
                     losses.append(loss.item())
                     step += 1
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
@@ -348,6 +354,7 @@ def run_finetune(
                     step=step,
                     student=model.state_dict(),
                     optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict(),
                     rng=capture_rng_state(),
                     extra={"config_hash": digest, "best": best, "history": metrics.rows},
                 )
