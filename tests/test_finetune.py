@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 
 import pandas as pd
@@ -10,7 +11,7 @@ import torch
 from test_classify import MICRO, tiny_config
 
 from endofm.engine import Preempted, PreemptionHandler
-from endofm.models.checkpoint import load_checkpoint, save_checkpoint, to_official
+from endofm.models.checkpoint import load_backbone, load_checkpoint, save_checkpoint, to_official
 from endofm.models.heads import DINOHead
 from endofm.models.vit import build_backbone
 from endofm.tasks import finetune
@@ -28,6 +29,112 @@ def _pretrained(tmp_path):
     official = tmp_path / "endo_fm.pth"
     torch.save(to_official(load_checkpoint(ours)), official)
     return ours, official, backbone
+
+
+# The official teacher keys (ENDOFM.md §2.2), written out by hand rather than derived from our model or
+# converter, with the micro backbone's shapes: width D = 32, MLP hidden 64, patch 8 on 32 px (4 x 4 = 16
+# patches + CLS), 4 frames, 2 blocks; a small DINO head in the legacy weight-norm naming.
+D, HIDDEN = 32, 64
+OFFICIAL_STEM = {
+    "backbone.cls_token": (1, 1, D),
+    "backbone.pos_embed": (1, 17, D),
+    "backbone.time_embed": (1, 4, D),
+    "backbone.patch_embed.proj.weight": (D, 3, 8, 8),
+    "backbone.patch_embed.proj.bias": (D,),
+    "backbone.norm.weight": (D,),
+    "backbone.norm.bias": (D,),
+}
+OFFICIAL_BLOCK = {
+    "norm1.weight": (D,),
+    "norm1.bias": (D,),
+    "attn.qkv.weight": (3 * D, D),
+    "attn.qkv.bias": (3 * D,),
+    "attn.proj.weight": (D, D),
+    "attn.proj.bias": (D,),
+    "temporal_norm1.weight": (D,),
+    "temporal_norm1.bias": (D,),
+    "temporal_attn.qkv.weight": (3 * D, D),
+    "temporal_attn.qkv.bias": (3 * D,),
+    "temporal_attn.proj.weight": (D, D),
+    "temporal_attn.proj.bias": (D,),
+    "temporal_fc.weight": (D, D),
+    "temporal_fc.bias": (D,),
+    "norm2.weight": (D,),
+    "norm2.bias": (D,),
+    "mlp.fc1.weight": (HIDDEN, D),
+    "mlp.fc1.bias": (HIDDEN,),
+    "mlp.fc2.weight": (D, HIDDEN),
+    "mlp.fc2.bias": (D,),
+}
+OFFICIAL_HEAD = {
+    "head.mlp.0.weight": (16, D),
+    "head.mlp.0.bias": (16,),
+    "head.mlp.2.weight": (16, 16),
+    "head.mlp.2.bias": (16,),
+    "head.mlp.4.weight": (8, 16),
+    "head.mlp.4.bias": (8,),
+    "head.last_layer.weight_g": (10, 1),
+    "head.last_layer.weight_v": (10, 8),
+}
+
+
+@pytest.fixture
+def handmade_official(tmp_path):
+    """An ``endo_fm.pth`` in the official pretraining layout (ENDOFM.md §2.1) from the hand-written key
+    table, every tensor distinct; returns the path and the teacher's backbone tensors by official key."""
+    shapes = dict(OFFICIAL_STEM)
+    for i in range(2):
+        shapes |= {f"backbone.blocks.{i}.{name}": shape for name, shape in OFFICIAL_BLOCK.items()}
+    assert len(shapes) == 2 * 20 + 7  # 20 tensors per block, 7 stem and final-norm tensors
+    generator = torch.Generator().manual_seed(3)
+    backbone = {k: 0.2 * torch.randn(shape, generator=generator) for k, shape in shapes.items()}
+    head = {k: torch.randn(shape, generator=generator) for k, shape in OFFICIAL_HEAD.items()}
+    checkpoint = {
+        "teacher": backbone | head,
+        "student": {f"module.{k}": v + 1 for k, v in (backbone | head).items()},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": []}]},
+        "epoch": 30,
+        "args": argparse.Namespace(arch="timesformer", lr=5e-4),
+        "fp16_scaler": {"scale": 1024.0},
+        "dino_loss": {"center": torch.zeros(1, 10)},
+        "motion_student": 0,
+        "motion_teacher": 0,
+    }
+    path = tmp_path / "endo_fm.pth"
+    torch.save(checkpoint, path)
+    return path, backbone
+
+
+def test_official_keys_written_by_hand_load_every_tensor_in_place(handmade_official):
+    path, official = handmade_official
+    backbone = build_backbone(MICRO)
+    load_backbone(backbone, path)  # strict: every tensor present, none left over
+    state = backbone.state_dict()
+    assert set(state) == {k.removeprefix("backbone.") for k in official}
+    for key, value in official.items():
+        torch.testing.assert_close(state[key.removeprefix("backbone.")], value, rtol=0, atol=0, msg=key)
+
+
+def test_frozen_fine_tuning_from_the_handmade_official_file_keeps_its_tensors(
+    tiny_benchmarks, handmade_official, tmp_path, one_torch_thread
+):
+    """Through the fine-tuning path (the run's own loader): the frozen backbone in model.pt holds, under
+    each official name, the tensor the file has under it."""
+    from endofm.tasks.finetune import TrainConfig
+    from endofm.tasks.segment import SegmentConfig
+
+    path, official = handmade_official
+    cfg = SegmentConfig(
+        decoder="light", light_channels=[8], train_size=40, crop_size=32, test_size=32,
+        train=TrainConfig(epochs=1, batch_size=1, num_workers=0, optim=OptimConfig(name="adamw", lr=1e-2)),
+    )  # fmt: skip
+    spec = RunSpec("cvc12k", "official", "external", "clean", "frozen", 0)
+    finetune_benchmark(
+        spec, cfg, tiny_benchmarks["cvc12k"].manifest, tiny_benchmarks["cvc12k"].raw, tmp_path, MICRO, path
+    )
+    state = load_checkpoint(tmp_path / "model.pt")["student"]
+    for key, value in official.items():
+        torch.testing.assert_close(state["encoder." + key.removeprefix("backbone.")], value, rtol=0, atol=0, msg=key)
 
 
 def test_official_checkpoint_fine_tunes_exactly_like_ours(tiny_benchmarks, tmp_path, one_torch_thread):
