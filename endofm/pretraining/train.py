@@ -263,7 +263,7 @@ def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike) -> None
         if bare.startswith("head."):
             head[bare[len("head.") :]] = value
     if not head:
-        raise CheckpointError(f"{path}: has no DINO head (head.*) weights; init_checkpoint needs backbone and head")
+        raise CheckpointError(f"{path}: has no DINO head (head.*) weights; init needs backbone and head")
     head = legacy_to_parametrized(head)
     try:
         model.head.load_state_dict(head, strict=True)

@@ -112,7 +112,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # clean protocol: share of training videos held out for validation
     num_workers: int = 2
     device: str = "auto"
-    precision: Precision = "auto"
+    precision: Precision = "auto"  # auto: bf16 on CUDA, fp16 with loss scaling on GPUs without bf16, fp32 on CPU
     max_steps_per_epoch: int | None = None  # cap for tests and demos
 
     def __post_init__(self) -> None:
