@@ -164,7 +164,8 @@ class SequenceTransform:
     ``imagenet``: ImageNet mean/std in the order of ``channels``). Crop, flip and angle are drawn from
     ``rng`` in that order, once per frame (``augment="per_frame"``) or once for the whole sequence
     (``"per_sequence"``). The first min-max is taken on the native frame, so the rotation's zero fill is the
-    frame's minimum (black). :class:`SegmentConfig` holds the original's choices; the defaults here
+    frame's minimum (black); the original stores that first min-max as uint8 (truncated), here it stays
+    float. :class:`SegmentConfig` holds the original's choices; the defaults here
     change nothing about the frames' channels or draws.
     """
 
