@@ -165,8 +165,8 @@ class SequenceTransform:
     ``rng`` in that order, once per frame (``augment="per_frame"``) or once for the whole sequence
     (``"per_sequence"``). The first min-max is taken on the native frame, so the rotation's zero fill is the
     frame's minimum (black); the original stores that first min-max as uint8 (truncated), here it stays
-    float. :class:`SegmentConfig` holds the original's choices; the defaults here
-    change nothing about the frames' channels or draws.
+    float. :class:`SegmentConfig` holds the original's choices; this class
+    defaults to RGB and one draw per sequence.
     """
 
     size: int
