@@ -192,4 +192,3 @@ def load_image_backbone(
     ``clip_vitb16`` download's ``open_clip_model.safetensors``; the text tower set aside).
     """
     return load_backbone(model, path_or_dict, which=which, trusted=trusted, skip_missing=(ADAPTER_PREFIX,))
-
