@@ -15,7 +15,7 @@ from timm.models.vision_transformer import _convert_openai_clip
 from endofm.config import ConfigError, from_dict
 from endofm.models.checkpoint import BackboneLoadError, from_openai_clip
 from endofm.models.detection import DetectionModel
-from endofm.models.heads import VideoClassifier
+from endofm.models.heads import DINOHead, VideoClassifier
 from endofm.models.segmentation import SegmentationModel
 from endofm.models.st_adapter import (
     AdapterConfig,
@@ -25,6 +25,8 @@ from endofm.models.st_adapter import (
     load_image_backbone,
 )
 from endofm.models.vit import BackboneConfig, DenseFeatures, TimeSformer, build_backbone
+from endofm.pretraining.objective import MultiViewModel
+from endofm.pretraining.train import export_backbone
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -210,11 +212,16 @@ def test_tasks_build_and_run_on_it() -> None:
         assert out.cls_logits[0].shape[0] == 1
     with pytest.raises(ValueError, match=r"TransUNet: .*divided space-time"):
         SegmentationModel(backbone, "transunet", 2)
-    backbone.set_grad_checkpointing(True)
-    backbone.train()
-    loss = VideoClassifier(backbone, 2)(x).sum()
-    loss.backward()
-    assert all(p.grad is not None for p in backbone.adapter_parameters())
+    randomise(backbone, adapters=True).train()
+    grads = []
+    for flag in (False, True):
+        backbone.zero_grad()
+        backbone.set_grad_checkpointing(flag)
+        dense = backbone.forward_features(x, dense=True)
+        (dense.cls.sum() + dense.patches.square().sum()).backward()
+        grads.append([p.grad.clone() for p in backbone.adapter_parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
+    assert all(g.any() for g in grads[0])
 
 
 # ----------------------------------------------------------------------------------- loading image weights
@@ -222,7 +229,7 @@ def test_tasks_build_and_run_on_it() -> None:
 
 def test_loads_our_image_backbone_and_refuses_a_video_one(tmp_path) -> None:
     vit = randomise(build_backbone(MICRO))
-    torch.save(vit.state_dict(), tmp_path / "backbone.pt")
+    export_backbone(MultiViewModel(vit, DINOHead(32, 16, 8, 4)), tmp_path / "backbone.pt")  # pretraining's writer
     model = build_st_adapter(MICRO, SMALL_ADAPTER)
     init = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("adapters.")}
     report = load_image_backbone(model, tmp_path / "backbone.pt")
