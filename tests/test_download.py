@@ -242,3 +242,33 @@ def test_fetch_source_without_downloads_explains(tmp_path: Path, name: str) -> N
 def test_fetch_builtin_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match=r"built in and generated"):
         fetch_source("synthetic_colonoscopy", tmp_path / "raw", tmp_path / "dl", overrides=[], progress=False)
+
+
+def test_clip_weights_download_is_one_verified_file(server, tmp_path: Path) -> None:
+    """``download_clip_vitb16``: the registry's single file, kept as is (not unpacked) after its checksum passes,
+    and readable by the image-backbone loader; a wrong checksum leaves nothing."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from endofm.models.checkpoint import load_backbone_state
+
+    base, b = server
+    (entry,) = get_source("clip_vitb16").downloads
+    weights = {"visual.class_embedding": torch.arange(4.0), "logit_scale": torch.tensor(4.6)}
+    save_file(weights, tmp_path / "w.safetensors")
+    payload = (tmp_path / "w.safetensors").read_bytes()
+    b.files[f"/{entry.filename}"] = payload
+    local = dataclasses.replace(entry, url=f"{base}/{entry.filename}", sha256=hashlib.sha256(payload).hexdigest())
+    raw, dl = tmp_path / "raw" / "clip_vitb16", tmp_path / "downloads"
+    assert fetch_source("clip_vitb16", raw, dl, overrides=[local], progress=False) == raw
+    assert tree(raw) == {entry.filename: payload}
+    state = load_backbone_state(raw / entry.filename)
+    assert list(state) == ["cls_token"] and torch.equal(state["cls_token"], torch.arange(4.0).reshape(1, 1, 4))
+
+    wrong = dataclasses.replace(local, sha256="0" * 64)
+    raw2 = tmp_path / "raw2" / "clip_vitb16"
+    with pytest.raises(DownloadError, match=r"checksum mismatch"):
+        fetch_source("clip_vitb16", raw2, tmp_path / "dl2", overrides=[wrong], progress=False)
+    assert not raw2.exists()

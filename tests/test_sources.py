@@ -22,14 +22,15 @@ TABLE_3_1 = {
 #: ENDOFM.md section 4 (videos, frames) for the benchmarks.
 BENCHMARKS = {"polypdiag": (253, 485_561), "cvc12k": (29, 612), "kumc": (53, 19_832)}
 SYNTHETIC = {"synthetic_colonoscopy": "videos", "synthetic_gastroscopy": "videos", "synthetic_laparoscopy": "frames"}
+WEIGHTS = {"clip_vitb16"}
 
 
 def test_registry_names_are_snake_case_unique_and_keyed() -> None:
     names = [s.name for s in S.SOURCES.values()]
-    assert len(names) == len(set(names)) == 12
+    assert len(names) == len(set(names)) == 13
     assert all(re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", n) for n in names)
     assert all(key == s.name for key, s in S.SOURCES.items())
-    assert set(names) == set(TABLE_3_1) | set(BENCHMARKS) | set(SYNTHETIC)
+    assert set(names) == set(TABLE_3_1) | set(BENCHMARKS) | set(SYNTHETIC) | WEIGHTS
 
 
 def test_pretraining_counts_match_endofm_table() -> None:
@@ -59,7 +60,8 @@ def test_synthetic_sources_only_on_request() -> None:
 
 @pytest.mark.parametrize("source", list(S.SOURCES.values()), ids=list(S.SOURCES))
 def test_every_source_says_how_to_get_it(source: S.Source) -> None:
-    assert source.title and source.modality in ("colonoscope", "gastroscope", "capsule", "laparoscope")
+    endoscopy = ("colonoscope", "gastroscope", "capsule", "laparoscope")
+    assert source.title and (source.modality in endoscopy) == (source.kind != "weights")
     assert source.licence and source.raw_layout.startswith((S.RAW_DIR, "the PolypsSet release: <raw_dir>"))
     if source.access != "builtin":
         assert source.homepage.startswith(("http://", "https://"))
@@ -72,6 +74,21 @@ def test_every_source_says_how_to_get_it(source: S.Source) -> None:
         assert d.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", d.sha256)
         if d.sha256 is None:
             assert "No checksum is published" in source.notes
+
+
+def test_clip_weights_are_a_pinned_single_file_download() -> None:
+    """ST-Adapter's CLIP ViT-B/16 (ENDOFM.md §7.2): one checksummed file at a fixed Hub revision, kept as is,
+    neither a pretraining source nor a benchmark (so no default target fetches it)."""
+    src = S.get_source("clip_vitb16")
+    assert src.kind == "weights" and src.layout == "weights" and src.access == "open"
+    (d,) = src.downloads
+    assert d.url == (
+        "https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/"
+        "977e3dd0ec55ab8da155f2fbeb6b5f54948b6e3d/open_clip_model.safetensors"
+    )
+    assert d.filename == "open_clip_model.safetensors" and d.unpack is False
+    assert d.sha256 == "4b8699299b1e8997753c64b052ba32031449d5d853f55a039148560ee02b820f"
+    assert src not in S.pretrain_sources(include_synthetic=True) and src not in S.benchmark_sources()
 
 
 def test_unverified_tags_are_kept() -> None:

@@ -331,3 +331,55 @@ def test_config_from_dict_and_registry():
         build_backbone("vit_huge")
     with pytest.raises(ValueError, match="attention must be one of"):
         micro().set_attention("flash")
+
+
+def test_space_only_and_clip_settings():
+    """``space_only`` (the official option's name): no temporal modules or ``time_embed``; the CLIP flags
+    come from the ``vit_base_patch16_clip`` preset and can be set on any preset."""
+    cfg = from_dict(BackboneConfig, {"name": "vit_micro_patch8", "attention_type": "space_only", "pre_norm": True})
+    assert (cfg.attention_type, cfg.pre_norm, cfg.act_layer, cfg.norm_eps, cfg.patch_bias) == (
+        "space_only",
+        True,
+        "gelu",
+        1e-6,
+        True,
+    )
+    assert from_dict(BackboneConfig, to_dict(cfg)) == cfg
+    names = set(build_backbone(cfg).state_dict())
+    assert not any("temporal" in n or n == "time_embed" for n in names)
+    assert {"norm_pre.weight", "norm_pre.bias", "patch_embed.proj.bias"} <= names
+    default = BackboneConfig()
+    assert (default.attention_type, default.pre_norm, default.act_layer, default.norm_eps, default.patch_bias) == (
+        "divided_space_time",
+        False,
+        "gelu",
+        1e-6,
+        True,
+    )
+    clip = BackboneConfig(name="vit_base_patch16_clip")
+    assert (clip.attention_type, clip.pre_norm, clip.act_layer, clip.norm_eps, clip.patch_bias) == (
+        "space_only",
+        True,
+        "quick_gelu",
+        1e-5,
+        False,
+    )
+    assert BackboneConfig(name="vit_base_patch16_clip", act_layer="gelu").act_layer == "gelu"
+    with pytest.raises(ConfigError, match="attention_type: .*'joint_space_time'"):
+        from_dict(BackboneConfig, {"attention_type": "joint_space_time"})
+    with pytest.raises(ConfigError, match="norm_eps must be > 0"):
+        from_dict(BackboneConfig, {"norm_eps": 0.0})
+
+
+def test_space_only_gradient_checkpointing_same_values_and_grads():
+    model = micro(attention_type="space_only", pre_norm=True).train()
+    x = torch.randn(2, 3, 3, 16, 16)
+    out = model(x)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out2 = model(x)
+    out2.square().sum().backward()
+    assert torch.equal(out, out2)
+    assert all(torch.allclose(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))

@@ -5,7 +5,12 @@ Official layouts accepted by :func:`load_backbone_state` (ENDOFM.md §2):
 - pretraining checkpoint ``{"teacher": {backbone.*, head.*}, "student": {module.backbone.*, ...}, ...}``;
 - TimeSformer ``{"model_state": {model.*}}``;
 - PolypDiag fine-tune ``{"backbone_state_dict": {module.*}}``;
-- a flat state dict, with or without ``module.``/``backbone.`` prefixes (e.g. the SVT initialisation).
+- a flat state dict, with or without ``module.``/``backbone.`` prefixes (e.g. the SVT initialisation,
+  or timm's ``vit_base_patch16_clip_*`` image tower, whose names are ours);
+- OpenAI / OpenCLIP CLIP weights (``visual.conv1.weight``, ``visual.transformer.resblocks.{i}.*``, ...):
+  the image tower renamed to ours (:func:`from_openai_clip`), the projection and text tower set aside.
+
+Files are torch pickles or ``.safetensors``.
 
 Our own training checkpoint (:func:`save_checkpoint`) is a dict tagged ``format``/``format_version``
 whose ``teacher``/``student`` hold plain ``{backbone.*, head.*}`` state dicts, the DINO head using the
@@ -101,11 +106,19 @@ def _names(keys: list[str]) -> str:
 
 
 def read_checkpoint_file(path: str | os.PathLike, trusted: bool = False) -> Any:
-    """``torch.load`` on CPU. Without ``trusted`` only tensors, containers and ``argparse.Namespace``
-    (the official ``args``) are unpickled."""
+    """``torch.load`` on CPU (a ``.safetensors`` file: its tensors). Without ``trusted`` only tensors,
+    containers and ``argparse.Namespace`` (the official ``args``) are unpickled."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
     try:
         if trusted:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -145,8 +158,51 @@ def _strip(key: str, prefixes: tuple[str, ...]) -> str:
     return key
 
 
+#: OpenAI CLIP image-tower names -> ours (= timm's), applied in order to the name after ``visual.``.
+_OPENAI_CLIP_RENAMES = (
+    ("conv1.", "patch_embed.proj."),
+    ("ln_pre.", "norm_pre."),
+    ("ln_post.", "norm."),
+    ("transformer.resblocks.", "blocks."),
+    (".ln_1.", ".norm1."),
+    (".ln_2.", ".norm2."),
+    (".attn.in_proj_weight", ".attn.qkv.weight"),
+    (".attn.in_proj_bias", ".attn.qkv.bias"),
+    (".attn.out_proj.", ".attn.proj."),
+    (".mlp.c_fc.", ".mlp.fc1."),
+    (".mlp.c_proj.", ".mlp.fc2."),
+)
+
+
+def from_openai_clip(state: Mapping[str, torch.Tensor], prefix: str = "visual.") -> tuple[dict, list[str]]:
+    """CLIP weights in OpenAI's layout (also OpenCLIP's for the ``openai`` tag) -> (image tower with our
+    names, keys set aside). ``class_embedding`` (C,) becomes ``cls_token`` (1, 1, C), ``positional_embedding``
+    (1 + N, C) ``pos_embed`` (1, 1 + N, C); the projection ``proj`` and the text tower are set aside."""
+    out, aside = {}, []
+    for key, value in state.items():
+        if not key.startswith(prefix) or key == f"{prefix}proj":
+            aside.append(key)
+            continue
+        name = key[len(prefix) :]
+        if name == "class_embedding":
+            out["cls_token"] = value.reshape(1, 1, -1)
+        elif name == "positional_embedding":
+            out["pos_embed"] = value.unsqueeze(0)
+        else:
+            for old, new in _OPENAI_CLIP_RENAMES:
+                name = name.replace(old, new)
+            out[name] = value
+    return out, aside
+
+
 def _split(ckpt: Mapping[str, Any], which: str, source: str) -> tuple[dict[str, torch.Tensor], list[str], str]:
     """(backbone state with bare keys, head keys set aside, layout name)."""
+    if "visual.class_embedding" in ckpt:
+        bad = [str(k) for k, v in ckpt.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"{source}: CLIP state dict has non-tensor entries: {_names(bad)}")
+        backbone, aside = from_openai_clip(ckpt)
+        return backbone, aside, "OpenAI CLIP (visual.*)"
     if "teacher" in ckpt or "student" in ckpt:
         if which not in ("teacher", "student"):
             raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
@@ -197,8 +253,12 @@ def load_backbone(
     which: str = "teacher",
     strict: bool = True,
     trusted: bool = False,
+    skip_missing: tuple[str, ...] = (),
 ) -> LoadReport:
     """Load a backbone checkpoint into ``model`` (a :class:`~endofm.models.vit.TimeSformer`).
+
+    Model keys starting with a prefix in ``skip_missing`` (e.g. ST-Adapter's ``adapters.``) are not
+    expected in the file: they keep their values and are not reported missing.
 
     ``pos_embed``/``time_embed`` of another grid or frame count are resized (nearest) to the
     model's in memory; the file is never changed. With ``strict`` (default) any missing,
@@ -227,7 +287,7 @@ def load_backbone(
         log.info("%s: resized %s %s -> %s (nearest)", source, key, list(old.shape), list(want))
         resized.append(key)
 
-    missing = [k for k in target if k not in state]
+    missing = [k for k in target if k not in state and not k.startswith(skip_missing)]
     unexpected = [k for k in state if k not in target]
     mismatched = [
         (k, tuple(v.shape), tuple(target[k].shape))
@@ -242,7 +302,8 @@ def load_backbone(
             BackboneLoadError(f"{source} [{layout}] (strict=False, loading the rest)", missing, unexpected, mismatched),
         )
     bad = {k for k, *_ in mismatched} | set(unexpected)
-    model.load_state_dict({k: v for k, v in state.items() if k not in bad}, strict=strict)
+    kept = {k: v for k, v in model.state_dict().items() if k.startswith(skip_missing) and k not in state}
+    model.load_state_dict({**kept, **{k: v for k, v in state.items() if k not in bad}}, strict=strict)
     log.info(
         "%s: loaded %d backbone tensors from %s; %d head tensors set aside",
         source,

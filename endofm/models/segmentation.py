@@ -365,6 +365,8 @@ class TransUNet(nn.Module):
         super().__init__()
         if not isinstance(backbone, TimeSformer):
             raise TypeError(f"TransUNet: backbone must be a TimeSformer, got {type(backbone).__name__}")
+        if backbone.space_only:
+            raise ValueError("TransUNet: the backbone must use divided space-time attention, not space_only")
         if num_classes < 1:
             raise ValueError(f"TransUNet: num_classes must be >= 1, got {num_classes}")
         self.config = config if config is not None else TransUNetConfig()

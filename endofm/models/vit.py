@@ -7,6 +7,12 @@ resized at run time (nearest by default) for any grid and frame count. Parameter
 official state dict, so the released teacher backbone loads strictly (see ``checkpoint.py``).
 
 Tokens of a clip are ``[CLS] + patches ordered (h, w, t)``: space-major, time-minor.
+
+``attention_type="space_only"`` (the official TimeSformer's option of that name) makes it an image
+ViT run frame by frame: no temporal modules and no ``time_embed``, every frame its own CLS through
+the blocks, the clip's CLS the mean of the frames' CLS before the final norm. With ``pre_norm``,
+``act_layer="quick_gelu"``, ``norm_eps=1e-5`` and ``patch_bias=False`` (preset
+``vit_base_patch16_clip``) it is CLIP's image tower, parameter names as timm's ``vit_base_patch16_clip_*``.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from typing import Literal, NamedTuple, overload
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, QuickGELU, trunc_normal_
 from torch import nn
 
 AttentionKind = Literal["sdpa", "explicit"]
 GridInterp = Literal["nearest", "bilinear", "bicubic"]
 TimeInterp = Literal["nearest", "linear"]
+AttentionType = Literal["divided_space_time", "space_only"]
+ActLayer = Literal["gelu", "quick_gelu"]
 
 #: Size presets. ``vit_base_patch16`` is the official Endo-FM backbone; the patch-8 sizes are for CPU runs.
 PRESETS: dict[str, dict[str, int | float]] = {
@@ -58,6 +66,22 @@ PRESETS: dict[str, dict[str, int | float]] = {
         mlp_ratio=4.0,
         drop_path_rate=0.1,
     ),
+    # CLIP's ViT-B/16 image tower (OpenAI weights, timm's ``vit_base_patch16_clip_quickgelu_224``), per frame.
+    "vit_base_patch16_clip": dict(
+        img_size=224,
+        num_frames=1,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+        drop_path_rate=0.0,
+        attention_type="space_only",
+        pre_norm=True,
+        act_layer="quick_gelu",
+        norm_eps=1e-5,
+        patch_bias=False,
+    ),
     # For unit tests only.
     "vit_micro_patch8": dict(
         img_size=32,
@@ -72,6 +96,10 @@ PRESETS: dict[str, dict[str, int | float]] = {
 }
 
 _SIZE_FIELDS = tuple(PRESETS["vit_base_patch16"])
+#: Architecture fields: a preset may set them; left ``None`` they take these values (the TimeSformer's).
+_ARCH_DEFAULTS: dict[str, object] = dict(
+    attention_type="divided_space_time", pre_norm=False, act_layer="gelu", norm_eps=1e-6, patch_bias=True
+)
 
 
 @dataclasses.dataclass
@@ -81,6 +109,11 @@ class BackboneConfig:
     ``img_size``/``num_frames`` fix the stored ``pos_embed``/``time_embed`` sizes only; inputs of
     other sizes are handled by resizing them at run time with ``pos_interp`` (spatial grid) and
     ``time_interp`` (frames). The official model uses ``nearest`` for both.
+
+    Architecture fields left ``None`` come from the preset, else from the TimeSformer's values:
+    ``attention_type`` (``space_only``: a per-frame image ViT, see the module docstring), ``pre_norm``
+    (a LayerNorm ``norm_pre`` after the embeddings), ``act_layer`` of the MLP, ``norm_eps`` of every
+    LayerNorm, ``patch_bias`` of the patch projection.
     """
 
     name: str = "vit_base_patch16"
@@ -96,9 +129,17 @@ class BackboneConfig:
     time_interp: TimeInterp = "nearest"
     attention: AttentionKind = "sdpa"
     grad_checkpointing: bool = False
+    attention_type: AttentionType | None = None
+    pre_norm: bool | None = None
+    act_layer: ActLayer | None = None
+    norm_eps: float | None = None
+    patch_bias: bool | None = None
 
     def __post_init__(self) -> None:
         preset = PRESETS.get(self.name)
+        for f, default in _ARCH_DEFAULTS.items():
+            if getattr(self, f) is None:
+                setattr(self, f, (preset or {}).get(f, default))
         unset = [f for f in _SIZE_FIELDS if getattr(self, f) is None]
         if preset is None and unset:
             raise ValueError(
@@ -118,9 +159,21 @@ class BackboneConfig:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        for f, allowed in (("pos_interp", GridInterp), ("time_interp", TimeInterp), ("attention", AttentionKind)):
+        for f, allowed in (
+            ("pos_interp", GridInterp),
+            ("time_interp", TimeInterp),
+            ("attention", AttentionKind),
+            ("attention_type", AttentionType),
+            ("act_layer", ActLayer),
+        ):
             if getattr(self, f) not in allowed.__args__:
                 raise ValueError(f"{f} must be one of {list(allowed.__args__)}, got {getattr(self, f)!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+
+    @property
+    def space_only(self) -> bool:
+        return self.attention_type == "space_only"
 
 
 class DenseFeatures(NamedTuple):
@@ -152,24 +205,47 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
+_ACT_LAYERS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
 class Block(nn.Module):
-    """Divided space-time block: temporal attention, then spatial attention, then MLP (all pre-norm)."""
+    """Divided space-time block: temporal attention, then spatial attention, then MLP (all pre-norm).
+
+    With ``space_only`` it is a plain ViT block (attention, then MLP) without the temporal modules.
+    """
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, attention: AttentionKind = "sdpa"
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        attention: AttentionKind = "sdpa",
+        *,
+        space_only: bool = False,
+        act_layer: ActLayer = "gelu",
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.space_only = space_only
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, attention)
-        self.temporal_norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.temporal_attn = Attention(dim, num_heads, attention)
-        self.temporal_fc = nn.Linear(dim, dim)
+        if not space_only:
+            self.temporal_norm1 = nn.LayerNorm(dim, eps=norm_eps)
+            self.temporal_attn = Attention(dim, num_heads, attention)
+            self.temporal_fc = nn.Linear(dim, dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=_ACT_LAYERS[act_layer])
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """``x``: (B, 1 + N·T, C) with patches ordered (n, t); returns the same shape."""
+        """``x``: (B, 1 + N·T, C) with patches ordered (n, t); returns the same shape.
+
+        ``space_only``: ``x`` is (B·T, 1 + N, C), one image per row, and ``frames`` is not used.
+        """
+        if self.space_only:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
         b, length, c = x.shape
         t = frames
         n = (length - 1) // t
@@ -195,9 +271,9 @@ class Block(nn.Module):
 class PatchEmbed(nn.Module):
     """Per-frame non-overlapping patch projection (Conv2d, kernel = stride = patch size)."""
 
-    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3) -> None:
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3, bias: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B·T, 3, H, W) -> (B·T, H/p · W/p, C), patches row-major."""
@@ -220,11 +296,13 @@ def check_video(x: torch.Tensor, multiple: int, what: str = "", who: str = "") -
 
 
 class TimeSformer(nn.Module):
-    """Divided space-time ViT backbone (no classifier head).
+    """Divided space-time ViT backbone (no classifier head), or a per-frame image ViT (``space_only``).
 
     Input (B, 3, T, H, W) for any T >= 1 and H, W multiples of the patch size. ``forward`` returns
     the CLS embedding after the final LayerNorm (B, C); ``forward_features`` returns all tokens or,
-    with ``dense=True``, the CLS and the patch grid (B, T, H/p, W/p, C).
+    with ``dense=True``, the CLS and the patch grid (B, T, H/p, W/p, C). ``space_only``: the frames
+    run as a batch of images; the clip's CLS is the final norm of the mean of the frames' CLS tokens
+    (as the official ``space_only`` and ST-Adapter), and the patch grid keeps every frame.
     """
 
     def __init__(self, config: BackboneConfig | None = None) -> None:
@@ -236,15 +314,29 @@ class TimeSformer(nn.Module):
         self.grid_size = cfg.img_size // cfg.patch_size
         self.grad_checkpointing = cfg.grad_checkpointing
 
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        self.space_only = cfg.space_only
+
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, cfg.embed_dim))
-        self.time_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.embed_dim))
+        if not self.space_only:
+            self.time_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.embed_dim))
+        self.norm_pre = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear 0 -> rate
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, rate, cfg.attention) for rate in rates
+            Block(
+                cfg.embed_dim,
+                cfg.num_heads,
+                cfg.mlp_ratio,
+                rate,
+                cfg.attention,
+                space_only=self.space_only,
+                act_layer=cfg.act_layer,
+                norm_eps=cfg.norm_eps,
+            )
+            for rate in rates
         )
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.init_weights()
 
     @torch.no_grad()
@@ -253,7 +345,8 @@ class TimeSformer(nn.Module):
         ``time_embed`` 0, patch conv left at PyTorch's default, and every ``temporal_fc`` zeroed."""
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        nn.init.zeros_(self.time_embed)
+        if not self.space_only:
+            nn.init.zeros_(self.time_embed)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=0.02)
@@ -264,11 +357,12 @@ class TimeSformer(nn.Module):
         # The original meant to skip block 0 (loop guard `i > 0`), but index 0 is the ModuleList
         # container, so every block's temporal branch starts as a no-op. Reproduced deliberately.
         for blk in self.blocks:
-            nn.init.zeros_(blk.temporal_fc.weight)
-            nn.init.zeros_(blk.temporal_fc.bias)
+            if not blk.space_only:
+                nn.init.zeros_(blk.temporal_fc.weight)
+                nn.init.zeros_(blk.temporal_fc.bias)
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "time_embed"}
+        return {"pos_embed", "cls_token"} | (set() if self.space_only else {"time_embed"})
 
     @property
     def attention(self) -> AttentionKind:
@@ -303,23 +397,32 @@ class TimeSformer(nn.Module):
         return resize_time_embed(self.time_embed, frames, self.config.time_interp)
 
     def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
-        """Embed a clip: (B, 1 + gh·gw·T, C) with patches ordered (h, w, t)."""
+        """Embed a clip: (B, 1 + gh·gw·T, C) with patches ordered (h, w, t); ``space_only``: one
+        image per frame, (B·T, 1 + gh·gw, C), each with its CLS."""
         b, t, gh, gw = self._check_input(x)
         x = self.patch_embed(x.transpose(1, 2).flatten(0, 1))  # (B·T, N, C)
         pos = self.interpolate_pos_embed(gh, gw)
         x = x + pos[:, 1:]
+        if self.space_only:
+            cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+            return self.norm_pre(torch.cat([cls, x], dim=1)), t, gh, gw
         n, c = x.shape[1], x.shape[2]
         x = x.reshape(b, t, n, c).transpose(1, 2) + self.interpolate_time_embed(t).unsqueeze(1)  # (B, N, T, C)
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)  # identical for every frame; no time embedding
-        return torch.cat([cls, x.reshape(b, n * t, c)], dim=1), t, gh, gw
+        return self.norm_pre(torch.cat([cls, x.reshape(b, n * t, c)], dim=1)), t, gh, gw
+
+    def _run_block(self, index: int, x: torch.Tensor, t: int, gh: int, gw: int) -> torch.Tensor:
+        return self.blocks[index](x, t)
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
         x, t, gh, gw = self._tokens(x)
-        for blk in self.blocks:
+        for i in range(len(self.blocks)):
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, t, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(self._run_block, i, x, t, gh, gw, use_reentrant=False)
             else:
-                x = blk(x, t)
+                x = self._run_block(i, x, t, gh, gw)
+        if self.space_only:
+            x = frames_to_clip(x, t)
         return self.norm(x), t, gh, gw
 
     @overload
@@ -339,6 +442,16 @@ class TimeSformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """CLS embedding after the final LayerNorm: (B, C)."""
         return self._encode(x)[0][:, 0]
+
+
+def frames_to_clip(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Per-frame tokens (B·T, 1 + N, C) -> clip tokens (B, 1 + N·T, C): the mean of the frames' CLS,
+    then the patches ordered (n, t)."""
+    bt, length, c = x.shape
+    b, n = bt // frames, length - 1
+    cls = x[:, 0].reshape(b, frames, c).mean(dim=1, keepdim=True)
+    patches = x[:, 1:].reshape(b, frames, n, c).transpose(1, 2).reshape(b, n * frames, c)
+    return torch.cat([cls, patches], dim=1)
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], mode: GridInterp = "nearest") -> torch.Tensor:
