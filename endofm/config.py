@@ -8,6 +8,7 @@ its dotted name whichever way the settings arrive.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -15,11 +16,24 @@ from typing import Any, TypeVar
 
 import yaml
 
+from endofm.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is unknown, missing or of the wrong type; the message names the key."""
+
+
+def unknown_key_message(where: str, unknown: list[str], valid: list[str]) -> str:
+    """``where: unknown key 'k' (did you mean 'key'?)``, the nearest valid key found by :mod:`difflib`;
+    all valid keys listed when none is near."""
+    parts = []
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}?" if near else f"expected one of {', '.join(valid)}"
+        parts.append(f"{key!r} ({hint})")
+    return f"{where}: unknown key{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -95,12 +109,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = Non
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
-            f"expected some of {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(unknown_key_message(where, unknown, sorted(fields)))
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -133,8 +144,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with path.open() as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
