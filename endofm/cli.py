@@ -25,7 +25,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or "default" in text
+        ):
             return text
         return super()._get_help_string(action)
 
@@ -251,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="parallel workers over videos")
 
     p = add("index", cmd_index, "Index a downstream benchmark's official layout into manifest.csv/json.")
-    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"])
+    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"], help="benchmark to index")
     p.add_argument("--raw", type=Path, help="benchmark folder (default: <data.raw_dir>/<benchmark>)")
     p.add_argument("--out", type=Path, help="output folder (default: <data.benchmarks_dir>/<benchmark>)")
 
@@ -306,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
     p = add("finetune", cmd_finetune, "Fine-tune (or read out frozen) a backbone on one benchmark under one protocol.")
-    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"])
+    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"], help="benchmark to fine-tune on")
     p.add_argument(
         "--method",
         default="endofm",

@@ -18,6 +18,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, Va
 
 
 def error_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (a ``KeyError``'s without its quotes)."""
+    """The message of ``exc`` on one line (its lines joined by ``; ``, a ``KeyError``'s without quotes)."""
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(exc).__name__
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(exc).__name__

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from endofm.config import ConfigError, from_dict, load_yaml, to_dict
+from endofm.config import ConfigError, config_file_of, from_dict, load_yaml, to_dict
 from endofm.data.clips import ClipConfig
 from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
@@ -206,12 +206,11 @@ def load_workflow_config(config: dict[str, Any] | str | Path) -> WorkflowConfig:
     errors from a file name it."""
     if not isinstance(config, (str, Path)):
         return from_dict(WorkflowConfig, config, "config")
+    data = load_yaml(config)
     try:
-        return from_dict(WorkflowConfig, load_yaml(config), "config")
+        return from_dict(WorkflowConfig, data, "config")
     except ConfigError as exc:
-        if str(exc).startswith(str(config)):
-            raise
-        raise ConfigError(f"{config}: {exc}") from None
+        raise ConfigError(f"{config_file_of(exc.key, [config])}: {exc}", key=exc.key) from None
 
 
 def load_pretrain_settings(path: str | Path | None, variant: str | None = None) -> PretrainConfig:

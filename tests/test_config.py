@@ -101,7 +101,9 @@ def test_pretrain_variants_are_overlays():
     assert ablation.dm_weight == 0.0 and ablation.views.local_size == 16
     assert ablation.views.global_size == base.views.global_size and ablation.epochs == base.epochs
     data["pretrain"]["variants"]["typo"] = {"dm_wieght": 0.0}
-    with pytest.raises(ConfigError, match=r"pretrain\.variants\.typo: unknown key 'dm_wieght' \(did you mean 'dm_weight'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"pretrain\.variants\.typo: unknown key 'dm_wieght' \(did you mean 'dm_weight'\?\)"
+    ):
         load_workflow_config(data)
 
 

@@ -235,9 +235,11 @@ def extract_clips(
             "%s: %d clip files are not in the manifest (e.g. %s); left in place", out_dir, len(orphans), orphans[0]
         )
     write_csv(out_dir / CLIPS_MANIFEST, manifest)
+    names = "".join(f"; {s['source_video']} ({s['reason']})" for s in skipped[:20])
+    more = f"; ... and {len(skipped) - 20} more in {out_dir / SKIPPED_REPORT}" if len(skipped) > 20 else ""
     log.info(
-        "source %r: %d videos -> %d clips (%d encoded, %d kept), %d skipped",
-        source, len(videos) - len(skipped), len(manifest), encoded, len(manifest) - encoded, len(skipped),
+        "source %r: %d videos -> %d clips (%d encoded, %d kept), %d skipped%s%s",
+        source, len(videos) - len(skipped), len(manifest), encoded, len(manifest) - encoded, len(skipped), names, more,
     )  # fmt: skip
     return manifest
 
