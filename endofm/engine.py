@@ -545,7 +545,7 @@ def check_finite(value: float, *, epoch: int, step: int, checkpoint: str | os.Pa
 def progress(iterable: Iterable, info: DistInfo, *, total: int | None = None, desc: str | None = None):
     """A progress bar on rank 0 only (:func:`endofm.logs.progress`: a tqdm bar on a terminal, one log
     line at most every 30 s in a job log)."""
-    return log_progress(iterable, total=total, desc=desc, disable=not info.is_main)
+    return log_progress(iterable, total=total, desc=desc, unit="step", disable=not info.is_main)
 
 
 class EpochMeter:

@@ -84,7 +84,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a ``manifest.csv`` back with the written types (names stay strings, empty stays empty)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found")
+        raise FileNotFoundError(f"{path}: manifest not found; index the benchmark first (`endofm index BENCHMARK`)")
     names = {"sample_id": str, "path": str, "sequence": str, "video": str, "image": str, "annotation": str}
     header = pd.read_csv(path, nrows=0).columns
     return pd.read_csv(path, keep_default_na=False, dtype={k: v for k, v in names.items() if k in header})
