@@ -7,15 +7,39 @@ exists) so the command line and the workflow never disagree; a few flags overrid
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
-from endofm.config import ConfigError, from_dict, to_dict
+from endofm.config import from_dict, to_dict
+from endofm.errors import USER_ERRORS, UserError, error_line
 
 log = logging.getLogger("endofm")
 
 DEFAULT_CONFIG = Path("config/config.yaml")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` unless the default is unset or the help text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or "default" in text
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
+def _need(path: Path, what: str, hint: str) -> Path:
+    """``path``, or a UserError saying what is missing and how to make it."""
+    if not Path(path).exists():
+        raise UserError(f"{path}: {what} not found; {hint}")
+    return Path(path)
 
 
 def _workflow_config(path: Path | None):
@@ -67,7 +91,7 @@ def cmd_index(args: argparse.Namespace) -> None:
     raw = Path(args.raw or Path(cfg.data.raw_dir) / args.benchmark)
     out = Path(args.out or Path(cfg.data.benchmarks_dir) / args.benchmark)
     summary = build_manifest(args.benchmark, raw, out)
-    print(summary)
+    print(json.dumps(summary, indent=1))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -83,15 +107,22 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_features(args: argparse.Namespace) -> None:
     from endofm.data.layouts import FRAME_GLOB
     from endofm.data.sources import find_videos
-    from endofm.features import extract_features, load_pretrained_backbone, save_features
+    from endofm.features import check_feature_path, extract_features, load_pretrained_backbone, save_features
 
+    check_feature_path(args.out)
+    for name in ("clip_frames", "frame_step", "stride", "size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     videos: list[Path] = []
     for path in args.videos:
         found = find_videos(path) if path.is_dir() and not any(path.glob(FRAME_GLOB)) else [path]
-        if not found:
-            raise FileNotFoundError(f"{path}: no video files or frame folders found")
+        if not found or not path.exists():
+            raise UserError(f"{path}: no video files or frame folders found")
         videos += found
     model = load_pretrained_backbone(args.checkpoint, args.backbone)
+    patch = model.config.patch_size
+    if args.size % patch:
+        raise UserError(f"--size {args.size}: must be a multiple of the backbone's patch size {patch}")
     table = extract_features(
         model,
         videos,
@@ -106,26 +137,28 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
-    import torch
+    from endofm.models.checkpoint import convert_checkpoint
 
-    from endofm.io import atomic_path
-    from endofm.models.checkpoint import (
-        from_official,
-        load_checkpoint,
-        read_checkpoint_file,
-        save_checkpoint,
-        to_official,
-    )
+    print(convert_checkpoint(args.input, args.output, args.to))
 
-    if args.to == "official":
-        with atomic_path(args.output) as tmp:
-            torch.save(to_official(load_checkpoint(args.input)), tmp)
-    else:
-        save_checkpoint(args.output, **from_official(read_checkpoint_file(args.input)))
-    print(args.output)
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    import os
+
+    from endofm.pretraining.train import pretrain
+    from endofm.settings import load_pretrain_settings
+
+    if os.environ.get("RANK", "0") != "0" and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+    config = args.config if args.config is not None or not DEFAULT_CONFIG.is_file() else DEFAULT_CONFIG
+    cfg = load_pretrain_settings(config, args.variant)
+    for path in args.clips:
+        _need(path, "clip manifest", "cut the source into clips first (`endofm extract-clips SOURCE`)")
+    pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from endofm.models.checkpoint import saved_backbone
     from endofm.models.vit import BackboneConfig
     from endofm.settings import run_backbone
     from endofm.tasks.finetune import RunSpec
@@ -135,49 +168,61 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     bench = args.benchmark
     if args.checkpoint is not None:
         method, variant = "external", "external"
-        backbone = BackboneConfig(name=args.backbone) if args.backbone else cfg.pretrain.variant("default").backbone
-        checkpoint = args.checkpoint
+        checkpoint = _need(args.checkpoint, "checkpoint", "give our backbone.pt/checkpoint.pt or endo_fm.pth")
+        if args.backbone:
+            backbone = BackboneConfig(name=args.backbone)
+        else:
+            backbone = saved_backbone(checkpoint) or cfg.pretrain.variant("default").backbone
     else:
         method = args.method
         variant = args.variant or cfg.finetune.method_variants(method)[0]
         backbone, checkpoint = run_backbone(cfg, method, variant)
+        if checkpoint is not None:
+            hint = f"run `snakemake pretrain` (variant {variant}) first" if method == "endofm" else "check the path"
+            _need(Path(checkpoint), f"backbone of method {method}", hint)
+    manifest = _need(
+        Path(cfg.data.benchmarks_dir) / bench / "manifest.csv",
+        f"{bench} index",
+        f"run `endofm index {bench}` (or `snakemake data`) first",
+    )
     spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed)
     out = args.out or Path("results/finetune") / spec.path
     task = cfg.finetune.task(bench)
     if args.device:
         task.train.device = args.device
-    record = finetune_benchmark(
-        spec, task, Path(cfg.data.benchmarks_dir) / bench / "manifest.csv", Path(cfg.data.raw_dir) / bench, out,
-        backbone, checkpoint,
-    )  # fmt: skip
+    record = finetune_benchmark(spec, task, manifest, Path(cfg.data.raw_dir) / bench, out, backbone, checkpoint)
     print(f"{spec.path}: selected epoch {record['selection']['epoch']} -> {out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import json
-
-    from endofm.tasks.runs import evaluate_run
+    from endofm.tasks.runs import evaluate_run, read_run
 
     cfg = _workflow_config(args.config)
-    run = json.loads((args.run_dir / "run.json").read_text())
-    bench = run["benchmark"]
+    bench = read_run(args.run_dir)["benchmark"]
+    manifest = _need(
+        Path(cfg.data.benchmarks_dir) / bench / "manifest.csv",
+        f"{bench} index",
+        f"run `endofm index {bench}` (or `snakemake data`) first",
+    )
     out = args.out or args.run_dir / "metrics.json"
     record = evaluate_run(
-        args.run_dir, Path(cfg.data.benchmarks_dir) / bench / "manifest.csv", Path(cfg.data.raw_dir) / bench, out,
-        synthetic=cfg.data.origin == "synthetic",
-    )  # fmt: skip
+        args.run_dir, manifest, Path(cfg.data.raw_dir) / bench, out, synthetic=cfg.data.origin == "synthetic"
+    )
     print(json.dumps(record["metrics"], indent=1))
 
 
 def cmd_sources(args: argparse.Namespace) -> None:
     from endofm.data.sources import registry_markdown
 
+    if args.config is not None:
+        _workflow_config(args.config)  # a named config must exist and be valid
     print(registry_markdown())
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="endofm",
+        formatter_class=_HelpFormatter,
         description="Endo-FM reimplementation: data preparation, pretraining, fine-tuning and reports. "
         "Each subcommand is one stage of the Snakemake workflow; run `endofm <command> --help` for details.",
     )
@@ -185,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
         p.add_argument("--config", type=Path, help=f"workflow config YAML (default: {DEFAULT_CONFIG} if present)")
         p.set_defaults(func=func)
         return p
@@ -211,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="parallel workers over videos")
 
     p = add("index", cmd_index, "Index a downstream benchmark's official layout into manifest.csv/json.")
-    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"])
+    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"], help="benchmark to index")
     p.add_argument("--raw", type=Path, help="benchmark folder (default: <data.raw_dir>/<benchmark>)")
     p.add_argument("--out", type=Path, help="output folder (default: <data.benchmarks_dir>/<benchmark>)")
 
@@ -225,8 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("sources", cmd_sources, "List the known pretraining sources and benchmarks with access and licence.")
 
-    # Listed for --help; main() hands its arguments to the training entry point unparsed.
-    sub.add_parser("pretrain", help="Endo-FM self-supervised pretraining (= python -m endofm.pretraining.train).")
+    p = add(
+        "pretrain",
+        cmd_pretrain,
+        "Endo-FM self-supervised pretraining of one variant (one process, or each process of a torchrun launch).",
+    )
+    p.add_argument(
+        "--variant",
+        help="pretraining variant of a workflow --config (default: default); a file holding one variant's "
+        "resolved 'pretrain:' settings (the workflow's pretrain.yaml) takes none",
+    )
+    p.add_argument("--clips", type=Path, nargs="+", required=True, help="clips.csv manifests")
+    p.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds a checkpoint)")
+    p.add_argument("--workers", type=int, help="data-loading workers per process (default: the config's num_workers)")
+    p.add_argument(
+        "--on-config-change",
+        choices=["error", "restart"],
+        default="error",
+        help="when the checkpoint in --out cannot be continued with these settings: fail, or move the previous "
+        "run to OUT/superseded/ and start afresh",
+    )
 
     p = add(
         "features", cmd_features, "Per-clip CLS embeddings of videos from a pretrained checkpoint (ours or official)."
@@ -234,16 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="our checkpoint.pt/backbone.pt or the official endo_fm.pth")
     p.add_argument("videos", type=Path, nargs="+", help="video files, frame folders, or folders searched for them")
     p.add_argument("--out", type=Path, required=True, help="output .npz (video, start_frame, embedding) or .parquet")
-    p.add_argument("--backbone", help="backbone preset for files without a config (default: vit_base_patch16)")
-    p.add_argument("--clip-frames", type=int, default=8, help="frames per clip (default 8, as the paper)")
+    p.add_argument(
+        "--backbone",
+        help="backbone preset for files without a saved config, e.g. endo_fm.pth (default: vit_base_patch16)",
+    )
+    p.add_argument("--clip-frames", type=int, default=8, help="frames per clip (8 as the paper)")
     p.add_argument("--frame-step", type=int, default=1, help="take every n-th frame inside a clip")
     p.add_argument("--stride", type=int, default=8, help="a clip starts every this many frames")
-    p.add_argument("--size", type=int, default=224, help="short side resize + centre crop (default 224)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--size", type=int, default=224, help="short side resize + centre crop; a multiple of the patch size"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
     p = add("finetune", cmd_finetune, "Fine-tune (or read out frozen) a backbone on one benchmark under one protocol.")
-    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"])
+    p.add_argument("benchmark", choices=["polypdiag", "cvc12k", "kumc"], help="benchmark to fine-tune on")
     p.add_argument(
         "--method",
         default="endofm",
@@ -253,17 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--variant", help="pretraining variant for --method endofm (default: the first of finetune.variants)"
     )
     p.add_argument("--checkpoint", type=Path, help="start from this file instead (ours or the official endo_fm.pth)")
-    p.add_argument("--backbone", help="backbone preset of --checkpoint (default: the pretraining config's)")
     p.add_argument(
-        "--protocol", choices=["paper", "clean"], default="clean", help="paper: official splits and test-set selection"
+        "--backbone",
+        help="backbone preset of --checkpoint (default: the one saved in our files, else the pretraining config's)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["paper", "clean"],
+        default="clean",
+        help="paper: the official splits, model selection on the test split; clean: validation carved from "
+        "the training videos, selection on it, one final test",
     )
     p.add_argument(
         "--mode",
         choices=["full", "frozen"],
         default="full",
-        help="frozen: backbone fixed (linear/k-NN read-outs, decoder-only fits)",
+        help="full: the whole backbone fine-tuned (the paper's); frozen: backbone fixed (linear/k-NN read-outs, "
+        "decoder-only fits)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the run (initialisation, data order, clean split)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's, auto)")
     p.add_argument(
         "--out",
@@ -280,27 +356,31 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_convert_checkpoint,
         "Convert a pretraining checkpoint between our and the official layout.",
     )
-    p.add_argument("input", type=Path)
-    p.add_argument("output", type=Path)
-    p.add_argument("--to", choices=["official", "ours"], required=True, help="layout of the output file")
+    p.add_argument(
+        "input", type=Path, help="checkpoint to read (our checkpoint.pt/backbone.pt, or the official layout)"
+    )
+    p.add_argument("output", type=Path, help="file to write (written atomically)")
+    p.add_argument(
+        "--to",
+        choices=["official", "ours"],
+        required=True,
+        help="official: the original train_ssl.py layout (weight_g/weight_v, module. student); ours: our tagged format",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error (bad input, missing file) is one line on stderr and exit status 1
+    (``-v`` adds the traceback)."""
     from endofm.logs import setup_logging
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["pretrain"]:
-        from endofm.pretraining.train import main as pretrain_main
-
-        return pretrain_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+    except USER_ERRORS as exc:
         log.debug("error", exc_info=True)
-        print(f"endofm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"endofm {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -8,6 +8,7 @@ its dotted name whichever way the settings arrive.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -15,11 +16,29 @@ from typing import Any, TypeVar
 
 import yaml
 
+from endofm.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration value is unknown, missing or of the wrong type; the message names the key."""
+class ConfigError(UserError):
+    """A configuration value is unknown, missing or of the wrong type; the message names the key
+    (``key``: its dotted path, where known)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def unknown_key_message(where: str, unknown: list[str], valid: list[str]) -> str:
+    """``where: unknown key 'k' (did you mean 'key'?)``, the nearest valid key found by :mod:`difflib`;
+    all valid keys listed when none is near."""
+    parts = []
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}?" if near else f"expected one of {', '.join(valid)}"
+        parts.append(f"{key!r} ({hint})")
+    return f"{where}: unknown key{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -95,12 +114,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = Non
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
-            f"expected some of {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(unknown_key_message(where, unknown, sorted(fields)), key=f"{where}.{unknown[0]}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -133,8 +149,62 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with path.open() as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def check_schema(data: Any, schema: str | Path, source: str = "config") -> None:
+    """Validate ``data`` against the JSON schema in file ``schema``; the first problem is one
+    :class:`ConfigError` line with the dotted key (and the nearest valid key for an unknown one)."""
+    import jsonschema
+
+    spec = load_yaml(schema)
+    validator = jsonschema.validators.validator_for(spec)(spec)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return
+    where = ".".join([source, *map(str, error.absolute_path)])
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed), key=str)
+        raise ConfigError(unknown_key_message(where, unknown, allowed), key=f"{where}.{unknown[0]}")
+    if error.validator == "type":
+        message = f"expected {error.validator_value}, got {error.instance!r:.60}"
+    elif error.validator == "enum":
+        message = f"expected one of {error.validator_value}, got {error.instance!r:.60}"
+    else:
+        message = error.message if len(error.message) <= 200 else error.message[:200] + " ..."
+    raise ConfigError(f"{where}: {message}", key=where)
+
+
+def config_file_of(key: str | None, files: list[str | Path]) -> str:
+    """``file:line`` of dotted ``key`` (its first part, ``config``, is the root) in the last of the merged
+    config ``files`` (later ones override) that sets it, else all the files."""
+    parts = (key or "").split(".")[1:]
+    for path in reversed([Path(f) for f in files]):
+        try:
+            node: Any = yaml.compose(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        line = None
+        for part in parts:
+            if not isinstance(node, yaml.MappingNode):
+                line = None
+                break
+            match = [(k, v) for k, v in node.value if k.value == part]
+            if not match:
+                line = None
+                break
+            line, node = match[0][0].start_mark.line + 1, match[0][1]
+        if line is not None:
+            return f"{path}:{line}"
+    return ", ".join(map(str, files)) or "config"

@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +39,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
 
 from endofm.io import atomic_path, write_csv
+from endofm.logs import progress as log_progress
 from endofm.models.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -543,18 +542,10 @@ def check_finite(value: float, *, epoch: int, step: int, checkpoint: str | os.Pa
 # Progress and metrics
 
 
-def progress(iterable: Iterable, info: DistInfo, *, total: int | None = None, desc: str | None = None) -> tqdm:
-    """A tqdm bar on rank 0 only; redrawn at most every 30 s when stderr is not a terminal (job logs)."""
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        disable=not info.is_main,
-        dynamic_ncols=True,
-        mininterval=0.5 if interactive else 30.0,
-        file=sys.stderr,
-    )
+def progress(iterable: Iterable, info: DistInfo, *, total: int | None = None, desc: str | None = None):
+    """A progress bar on rank 0 only (:func:`endofm.logs.progress`: a tqdm bar on a terminal, one log
+    line at most every 30 s in a job log)."""
+    return log_progress(iterable, total=total, desc=desc, unit="step", disable=not info.is_main)
 
 
 class EpochMeter:

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from endofm.config import from_dict
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
 from endofm.data.video import VideoReader
+from endofm.errors import UserError
 from endofm.io import atomic_path
-from endofm.models.checkpoint import FORMAT, load_backbone, read_checkpoint_file
+from endofm.logs import progress as progress_bar
+from endofm.models.checkpoint import load_backbone, read_checkpoint_dict, saved_backbone
 from endofm.models.vit import BackboneConfig, TimeSformer, build_backbone
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,13 @@ def load_pretrained_backbone(
     Our checkpoints carry their backbone config; an official file needs ``backbone`` (default:
     ``vit_base_patch16``, the released Endo-FM). A string names a preset.
     """
-    ckpt = read_checkpoint_file(checkpoint)
+    ckpt = read_checkpoint_dict(checkpoint)
     if isinstance(backbone, str):
         backbone = BackboneConfig(name=backbone)
     if backbone is None:
-        saved = ckpt.get("config", {}).get("backbone") if ckpt.get("format") == FORMAT else None
-        backbone = from_dict(BackboneConfig, saved, f"{checkpoint}: config.backbone") if saved else BackboneConfig()
+        backbone = saved_backbone(ckpt, str(checkpoint)) or BackboneConfig()
     model = build_backbone(backbone)
-    load_backbone(model, ckpt, which=which)
+    load_backbone(model, ckpt, which=which, source=str(checkpoint))
     return model.eval()
 
 
@@ -109,7 +108,7 @@ def extract_features(
         rows.extend((c.video, c.start) for c in batch)
         batch.clear()
 
-    for clip in tqdm(
+    for clip in progress_bar(
         _clips(videos, clip_frames, frame_step, stride), desc="features", unit="clip", disable=not progress
     ):
         batch.append(clip)
@@ -122,10 +121,23 @@ def extract_features(
     return table
 
 
+FEATURE_SUFFIXES = (".npz", ".parquet")
+
+
+def check_feature_path(path: str | Path) -> Path:
+    """``path`` if :func:`save_features` can write it (checked before any feature is computed)."""
+    path = Path(path)
+    if path.suffix not in FEATURE_SUFFIXES:
+        raise UserError(
+            f"{path}: feature files are {' or '.join(FEATURE_SUFFIXES)}, not {path.suffix or 'extensionless'}"
+        )
+    return path
+
+
 def save_features(table: pd.DataFrame, path: str | Path) -> Path:
     """Write a feature table atomically: ``.npz`` (arrays ``video``, ``start_frame``, ``embedding``) or
     ``.parquet`` (needs pyarrow)."""
-    path = Path(path)
+    path = check_feature_path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".npz":
             with tmp.open("wb") as fh:
@@ -135,10 +147,8 @@ def save_features(table: pd.DataFrame, path: str | Path) -> Path:
                     start_frame=table["start_frame"].to_numpy(dtype=np.int64),
                     embedding=np.stack(table["embedding"].to_list()).astype(np.float32),
                 )
-        elif path.suffix == ".parquet":
-            table.assign(embedding=[np.asarray(v, dtype=np.float32) for v in table["embedding"]]).to_parquet(tmp)
         else:
-            raise ValueError(f"{path}: feature files are .npz or .parquet")
+            table.assign(embedding=[np.asarray(v, dtype=np.float32) for v in table["embedding"]]).to_parquet(tmp)
     return path
 
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from endofm.config import ConfigError, from_dict, load_yaml, to_dict
+from endofm.config import ConfigError, config_file_of, from_dict, load_yaml, to_dict
 from endofm.data.clips import ClipConfig
 from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
 from endofm.models.vit import BackboneConfig
-from endofm.pretraining.train import PretrainConfig
+from endofm.pretraining.train import PretrainConfig, load_pretrain_config
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
 from endofm.tasks.finetune import MODES, RunSpec
@@ -202,6 +202,32 @@ def run_backbone(cfg: WorkflowConfig, method: str, variant: str) -> tuple[Backbo
 
 
 def load_workflow_config(config: dict[str, Any] | str | Path) -> WorkflowConfig:
-    """Build the typed config from a YAML file or an already-loaded mapping (Snakemake's ``config``)."""
-    data = load_yaml(config) if isinstance(config, (str, Path)) else config
-    return from_dict(WorkflowConfig, data, "config")
+    """Build the typed config from a YAML file or an already-loaded mapping (Snakemake's ``config``);
+    errors from a file name it."""
+    if not isinstance(config, (str, Path)):
+        return from_dict(WorkflowConfig, config, "config")
+    data = load_yaml(config)
+    try:
+        return from_dict(WorkflowConfig, data, "config")
+    except ConfigError as exc:
+        raise ConfigError(f"{config_file_of(exc.key, [config])}: {exc}", key=exc.key) from None
+
+
+def load_pretrain_settings(path: str | Path | None, variant: str | None = None) -> PretrainConfig:
+    """The settings of one pretraining run: variant ``variant`` (default ``default``) of a workflow
+    config, or the resolved ``pretrain:`` file the workflow writes for its job (which takes no variant).
+    ``None``: the defaults of :class:`WorkflowConfig`."""
+    if path is None:
+        return WorkflowConfig().pretrain.variant(variant or "default")
+    data = load_yaml(path)
+    section = data.get("pretrain")
+    stage_keys = set(PretrainStage.__dataclass_fields__)
+    if set(data) == {"pretrain"} and isinstance(section, dict) and not set(section) & stage_keys:
+        if variant is not None:
+            raise ConfigError(f"{path}: holds one run's resolved settings, not variants; drop --variant {variant}")
+        return load_pretrain_config(path)
+    stage = load_workflow_config(path).pretrain
+    try:
+        return stage.variant(variant or "default")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -3,16 +3,19 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-from endofm.config import to_dict
+from endofm.config import ConfigError, check_schema, config_file_of, to_dict
 from endofm.data.sources import SOURCES, missing_data_message
 from endofm.settings import finetune_runs, load_workflow_config, run_backbone
 
-validate(config, schema="../config/schema.yaml")
-# Typed config: fills the defaults of keys left out and checks what the schema cannot express.
+# The schema, then the typed config (it fills the defaults of keys left out and checks what the schema
+# cannot express); a problem stops the run with one line naming the file and the dotted key.
 # Rules pass resolved sections as params, so any change of a value reruns the jobs it affects.
-CFG = load_workflow_config(config)
+try:
+    check_schema(config, Path(workflow.basedir) / "config/schema.yaml")
+    CFG = load_workflow_config(config)
+except ConfigError as exc:
+    raise WorkflowError(f"{config_file_of(exc.key, workflow.configfiles)}: {exc}") from None
 DATA = CFG.data
 RAW = DATA.raw_dir
 CLIPS = DATA.clips_dir

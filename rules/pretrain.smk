@@ -37,5 +37,5 @@ rule pretrain_model:
     conda:
         "../envs/endofm.yaml"
     shell:
-        "{params.launcher} -m endofm.pretraining.train --config {input.config} --clips {input.clips}"
+        "{params.launcher} -m endofm.cli pretrain --config {input.config} --clips {input.clips}"
         " --out {params.run_dir} --workers {threads} --on-config-change restart > {log} 2>&1"

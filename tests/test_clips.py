@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -164,14 +165,17 @@ def test_bad_source_fails_the_job_by_default(raw, tmp_path):
     assert not (tmp_path / "clips" / CLIPS_MANIFEST).exists()
 
 
-def test_skip_mode_lists_bad_sources(raw, tmp_path):
+def test_skip_mode_lists_bad_sources(raw, tmp_path, caplog):
     (raw / "junk.mp4").write_bytes(b"\x00not a video" * 100)
     (raw / "empty.avi").touch()
     out = tmp_path / "clips"
     cfg = ClipConfig(clip_length=10, short_side=32, on_error="skip")
-    manifest = extract_clips(
-        raw, [*videos_of(raw), raw / "junk.mp4", raw / "empty.avi"], out, "demo", cfg, progress=False
-    )
+    with caplog.at_level(logging.INFO, logger="endofm.data.clips"):
+        manifest = extract_clips(
+            raw, [*videos_of(raw), raw / "junk.mp4", raw / "empty.avi"], out, "demo", cfg, progress=False
+        )
+    summary = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(summary) == 1 and "2 skipped; empty.avi (" in summary[0] and "; junk.mp4 (" in summary[0]
     assert set(manifest["source_video"]) == {"vid/a.mp4", "b.avi", "c"}
     skipped = pd.read_csv(out / SKIPPED_REPORT)
     assert skipped["source_video"].tolist() == ["empty.avi", "junk.mp4"]

@@ -39,13 +39,13 @@ def test_from_dict_fills_defaults_and_converts():
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"name": "x", "rtae": 1.0}, r"cfg: unknown key\(s\) 'rtae'"),
+        ({"name": "x", "rtae": 1.0}, r"cfg: unknown key 'rtae' \(did you mean 'rate'\?\)$"),
         ({}, r"cfg: missing required key 'name'"),
         ({"name": "x", "rate": "fast"}, r"cfg\.rate: expected a number"),
         ({"name": "x", "mode": "c"}, r"cfg\.mode: expected one of \['a', 'b'\]"),
         ({"name": "x", "span": [1]}, r"cfg\.span: expected 2 items"),
         ({"name": "x", "counts": {"a": "1"}}, r"cfg\.counts\.a: expected an integer"),
-        ({"name": "x", "inner": {"sise": 1}}, r"cfg\.inner: unknown key\(s\) 'sise'"),
+        ({"name": "x", "inner": {"sise": 1}}, r"cfg\.inner: unknown key 'sise' \(did you mean 'size'\?\)$"),
         ({"name": "x", "rate": True}, r"cfg\.rate: expected a number"),
     ],
 )
@@ -101,7 +101,9 @@ def test_pretrain_variants_are_overlays():
     assert ablation.dm_weight == 0.0 and ablation.views.local_size == 16
     assert ablation.views.global_size == base.views.global_size and ablation.epochs == base.epochs
     data["pretrain"]["variants"]["typo"] = {"dm_wieght": 0.0}
-    with pytest.raises(ConfigError, match=r"pretrain\.variants\.typo: unknown key\(s\) 'dm_wieght'"):
+    with pytest.raises(
+        ConfigError, match=r"pretrain\.variants\.typo: unknown key 'dm_wieght' \(did you mean 'dm_weight'\?\)"
+    ):
         load_workflow_config(data)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import pandas as pd
 from endofm.data import cvc, kumc, polypdiag
 from endofm.data.kumc import to_coco
 from endofm.io import write_csv, write_json
+
+log = logging.getLogger(__name__)
 
 #: Per benchmark: the indexer of its raw layout, and the summary of one split of its manifest.
 BENCHMARKS: dict[str, tuple[Callable[[Path], pd.DataFrame], Callable[[pd.DataFrame], dict[str, Any]]]] = {
@@ -64,6 +67,16 @@ def build_manifest(benchmark: str, raw_dir: Path, out_dir: Path) -> dict[str, An
             files.append(f"coco_{split}.json")
     summary["files"] = files
     write_json(out_dir / "manifest.json", summary)
+    counts = ", ".join(f"{split} {len(rows)}" for split, rows in manifest.groupby("split", sort=False))
+    log.info(
+        "%s: indexed %s -> %d rows (%s) in %s: %s",
+        benchmark,
+        raw_dir,
+        len(manifest),
+        counts,
+        out_dir,
+        ", ".join(files + ["manifest.json"]),
+    )
     return summary
 
 
@@ -71,7 +84,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a ``manifest.csv`` back with the written types (names stay strings, empty stays empty)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found")
+        raise FileNotFoundError(f"{path}: manifest not found; index the benchmark first (`endofm index BENCHMARK`)")
     names = {"sample_id": str, "path": str, "sequence": str, "video": str, "image": str, "annotation": str}
     header = pd.read_csv(path, nrows=0).columns
     return pd.read_csv(path, keep_default_na=False, dtype={k: v for k, v in names.items() if k in header})

@@ -22,7 +22,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from endofm.data.layouts import CLIP_PATTERN, CLIPS_MANIFEST, SKIPPED_REPORT, VIDEO_EXTENSIONS
 from endofm.data.video import (
@@ -34,6 +33,7 @@ from endofm.data.video import (
     write_video,
 )
 from endofm.io import write_csv
+from endofm.logs import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def extract_clips(
     # threads 11.6 s wall / 11.4 s CPU, forked processes 11.7 s / 12.1 s; threads also need no
     # fork (OpenMP, a Snakemake script without a main guard) and no per-worker imports.
     pool = cf.ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    bar = tqdm(total=len(videos), desc=f"clips {source}", unit="video", disable=not progress)
+    bar = progress_bar(total=len(videos), desc=f"clips {source}", unit="video", disable=not progress)
     try:
         if pool is None:
             results: Iterator = (_extract_video(v, raw_root, out_dir, source, cfg) for v in videos)
@@ -235,9 +235,11 @@ def extract_clips(
             "%s: %d clip files are not in the manifest (e.g. %s); left in place", out_dir, len(orphans), orphans[0]
         )
     write_csv(out_dir / CLIPS_MANIFEST, manifest)
+    names = "".join(f"; {s['source_video']} ({s['reason']})" for s in skipped[:20])
+    more = f"; ... and {len(skipped) - 20} more in {out_dir / SKIPPED_REPORT}" if len(skipped) > 20 else ""
     log.info(
-        "source %r: %d videos -> %d clips (%d encoded, %d kept), %d skipped",
-        source, len(videos) - len(skipped), len(manifest), encoded, len(manifest) - encoded, len(skipped),
+        "source %r: %d videos -> %d clips (%d encoded, %d kept), %d skipped%s%s",
+        source, len(videos) - len(skipped), len(manifest), encoded, len(manifest) - encoded, len(skipped), names, more,
     )  # fmt: skip
     return manifest
 

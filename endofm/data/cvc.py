@@ -7,6 +7,7 @@ every other value (including the anti-aliased greys at mask borders) is backgrou
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from endofm.data.layouts import CVCLayout
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 COLUMNS = (
@@ -112,12 +115,33 @@ def read_sequences(root: str | Path) -> list[Sequence]:
     layout = CVCLayout(Path(root))
     if layout.sequence_list.is_file():
         return _parse_sequence_list(layout.sequence_list)
+    log.info("%s not found: using the official CVC-ClinicDB sequence lists (frames 1-612)", layout.sequence_list)
     return official_sequences()
+
+
+def _check_official_frames(layout: CVCLayout, sequences: list[Sequence]) -> None:
+    """Without ``videolist.txt`` the official lists need every frame they name; say so up front."""
+    needed = sorted({n for seq in sequences for n in seq.frames})
+    missing = [n for n in needed if not layout.image(n).is_file()]
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise FileNotFoundError(
+            f"{layout.sequence_list}: not found, so the official CVC-ClinicDB sequence lists are used, which need "
+            f"frames {needed[0]}-{needed[-1]}.tif; {layout.images_dir} lacks {len(missing)} of them ({shown}): add a "
+            "videolist.txt ('<name> <start> <length> [train|test]' per line) for other data"
+        )
+
+
+def _read_tif(path: str | Path) -> np.ndarray:
+    try:
+        return tifffile.imread(path)
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable TIFF image ({exc})") from None
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """A CVC tif as uint8 RGB (H, W, 3): uint8 passes through, other depths are min-maxed to 0..255."""
-    image = tifffile.imread(path)
+    image = _read_tif(path)
     if image.ndim == 3 and image.shape[-1] == 4:
         image = image[..., :3]
     if image.ndim == 2:
@@ -135,7 +159,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
     Multi-channel masks use their first channel (the ground truth is grey; RGB copies repeat it).
     """
-    mask = tifffile.imread(path)
+    mask = _read_tif(path)
     if mask.ndim == 3:
         mask = mask[..., 0]
     if mask.ndim != 2:
@@ -144,8 +168,11 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
-    with tifffile.TiffFile(path) as tif:
-        shape = tif.pages[0].shape
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.pages[0].shape
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable TIFF image ({exc})") from None
     return int(shape[0]), int(shape[1])
 
 
@@ -158,6 +185,8 @@ def index_cvc(root: str | Path) -> pd.DataFrame:
     """
     layout = CVCLayout(Path(root))
     sequences = read_sequences(root)
+    if not layout.sequence_list.is_file():
+        _check_official_frames(layout, sequences)
     splits_of: dict[int, set[str]] = {}
     for seq in sequences:
         for number in seq.frames:

@@ -1,6 +1,6 @@
 """Fetch open sources: resumable, retried, checksum-verified downloads and safe archive unpacking.
 
-Standard library only (``urllib``); ``tqdm`` draws the progress bar. Gated sources are never
+Standard library only (``urllib``); :func:`endofm.logs.progress` reports progress. Gated sources are never
 fetched: asking for one raises :class:`DownloadError` with the instructions of
 :func:`endofm.data.sources.missing_data_message`.
 """
@@ -23,10 +23,9 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from endofm.data.sources import Download, Source, get_source, missing_data_message
 from endofm.io import atomic_path
+from endofm.logs import progress as progress_bar
 
 CHUNK = 1 << 20
 USER_AGENT = "endofm-downloader/0.1 (+python-urllib)"
@@ -103,7 +102,7 @@ def _attempt(url: str, part: Path, expected: str | None, timeout: float, progres
         size = offset
         with (
             open(part, mode) as out,
-            tqdm(
+            progress_bar(
                 total=total,
                 initial=offset,
                 unit="B",

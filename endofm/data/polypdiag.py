@@ -76,8 +76,15 @@ def index_polypdiag(root: str | Path) -> pd.DataFrame:
     """
     layout = PolypDiagLayout(Path(root))
     rows: list[dict[str, Any]] = []
+    listed: dict[str, str] = {}  # sample id -> "split file:line"
     for split in layout.SPLITS:
         for rel, label, lineno in read_split(layout, split):
+            where = f"{layout.split_file(split)}:{lineno}"
+            if sample_id_of(rel) in listed:
+                raise ValueError(
+                    f"{where}: video {rel!r} is also listed in {listed[sample_id_of(rel)]}; a video belongs to one split"
+                )
+            listed[sample_id_of(rel)] = where
             video = layout.videos_dir / rel
             try:
                 info = probe_video(video)

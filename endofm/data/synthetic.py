@@ -1453,10 +1453,10 @@ def synthesize(name: str, out_dir: str | Path, cfg: SynthConfig, progress: bool 
     """
     plans = plan_videos(name, cfg)
     out_dir = Path(out_dir)
-    from tqdm import tqdm
+    from endofm.logs import progress as progress_bar
 
     def videos():
-        for plan in tqdm(plans, desc=f"synthesize {name}", unit="video", disable=not progress):
+        for plan in progress_bar(plans, desc=f"synthesize {name}", unit="video", disable=not progress):
             yield plan, plan.render(cfg)
 
     with atomic_path(out_dir, directory=True) as tmp:

@@ -37,8 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from endofm.config import from_dict
+from endofm.errors import UserError
 from endofm.io import atomic_path
-from endofm.models.vit import resize_pos_embed, resize_time_embed
+from endofm.models.vit import PRESETS, BackboneConfig, resize_pos_embed, resize_time_embed
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +67,10 @@ _OFFICIAL_TO_OURS = {"epoch": "epoch", "optimizer": "optimizer", "fp16_scaler": 
 
 _LEGACY_WN = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
 _PREFIXES = ("module.", "backbone.")
-_MAX_NAMED = 60
+_MAX_NAMED = 8
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable or not in the expected layout; the message names it."""
 
 
@@ -87,6 +89,7 @@ class BackboneLoadError(CheckpointError):
         if mismatched:
             shown = [f"{k} (file {list(a)} vs model {list(b)})" for k, a, b in mismatched]
             parts.append(f"mis-shaped ({len(mismatched)}): {_names(shown)}")
+        parts.append(f"if the file holds another architecture, name its preset with --backbone ({', '.join(PRESETS)})")
         super().__init__("\n  ".join(parts))
 
 
@@ -139,13 +142,30 @@ def read_checkpoint_file(path: str | os.PathLike, trusted: bool = False) -> Any:
         raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {exc!r}") from exc
 
 
-def _open(path_or_dict: str | os.PathLike | Mapping[str, Any], trusted: bool) -> tuple[Mapping[str, Any], str]:
-    if isinstance(path_or_dict, Mapping):
-        return path_or_dict, "<dict>"
-    ckpt = read_checkpoint_file(path_or_dict, trusted)
+def read_checkpoint_dict(path: str | os.PathLike, trusted: bool = False) -> Mapping[str, Any]:
+    """:func:`read_checkpoint_file` for files that must hold a dict (every checkpoint layout does)."""
+    ckpt = read_checkpoint_file(path, trusted)
     if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"{path_or_dict}: expected a dict at the top level, got {type(ckpt).__name__}")
-    return ckpt, str(path_or_dict)
+        raise CheckpointError(f"{path}: expected a dict at the top level, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def _open(
+    path_or_dict: str | os.PathLike | Mapping[str, Any], trusted: bool, source: str | None = None
+) -> tuple[Mapping[str, Any], str]:
+    if isinstance(path_or_dict, Mapping):
+        return path_or_dict, source or "<dict>"
+    return read_checkpoint_dict(path_or_dict, trusted), source or str(path_or_dict)
+
+
+def saved_backbone(
+    path_or_dict: str | os.PathLike | Mapping[str, Any], source: str | None = None
+) -> BackboneConfig | None:
+    """The backbone settings saved in one of our checkpoints (``config.backbone``), or None (official files)."""
+    ckpt, source = _open(path_or_dict, False, source)
+    config = ckpt.get("config") if ckpt.get("format") == FORMAT else None
+    saved = config.get("backbone") if isinstance(config, Mapping) else None
+    return from_dict(BackboneConfig, saved, f"{source}: config.backbone") if saved else None
 
 
 def _strip(key: str, prefixes: tuple[str, ...]) -> str:
@@ -254,6 +274,7 @@ def load_backbone(
     strict: bool = True,
     trusted: bool = False,
     skip_missing: tuple[str, ...] = (),
+    source: str | None = None,
 ) -> LoadReport:
     """Load a backbone checkpoint into ``model`` (a :class:`~endofm.models.vit.TimeSformer`).
 
@@ -263,9 +284,10 @@ def load_backbone(
     ``pos_embed``/``time_embed`` of another grid or frame count are resized (nearest) to the
     model's in memory; the file is never changed. With ``strict`` (default) any missing,
     unexpected or mis-shaped key raises :class:`BackboneLoadError` naming them all, and nothing
-    is loaded; without it the matching keys are loaded and the rest is logged.
+    is loaded; without it the matching keys are loaded and the rest is logged. ``source`` names an
+    already-read dict in messages.
     """
-    ckpt, source = _open(path_or_dict, trusted)
+    ckpt, source = _open(path_or_dict, trusted, source)
     state, head, layout = _split(ckpt, which, source)
     target = model.state_dict()
 
@@ -423,6 +445,22 @@ def from_official(official: Mapping[str, Any]) -> dict[str, Any]:
     ``args`` becomes the ``config`` dict, ``dino_loss.center`` becomes ``center``; other top-level
     keys (``motion_student``, ``motion_teacher``, ...) are kept in ``extra``.
     """
+    if official.get("format") == FORMAT:
+        raise CheckpointError("already in our format; nothing to convert")
+    found = [k for k in ("teacher", "student") if k in official]
+    if not found:
+        raise CheckpointError(
+            "not an official pretraining checkpoint (no 'teacher'/'student' entry); top-level keys: "
+            f"{_names([str(k) for k in official])}"
+        )
+    for key in found:
+        bad = not isinstance(official[key], Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in official[key].values()
+        )
+        if bad:
+            raise CheckpointError(
+                f"official {key!r}: expected a state dict of tensors, got {type(official[key]).__name__}"
+            )
     ours: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in official.items():
@@ -432,9 +470,11 @@ def from_official(official: Mapping[str, Any]) -> dict[str, Any]:
                 raise CheckpointError(f"official {key!r}: expected every key to start with {prefix!r}")
             ours[key] = legacy_to_parametrized({k[len(prefix) :]: v for k, v in value.items()})
         elif key == "args":
+            if not isinstance(value, (argparse.Namespace, Mapping)):
+                raise CheckpointError(f"official 'args': expected a Namespace or dict, got {type(value).__name__}")
             ours["config"] = dict(vars(value)) if isinstance(value, argparse.Namespace) else dict(value)
         elif key == "dino_loss":
-            if set(value) != {"center"}:
+            if not isinstance(value, Mapping) or set(value) != {"center"}:
                 raise CheckpointError(f"official 'dino_loss': expected only 'center', got {sorted(value)}")
             ours["center"] = value["center"]
         elif key in _OFFICIAL_TO_OURS:
@@ -470,3 +510,30 @@ def to_official(ours: Mapping[str, Any]) -> dict[str, Any]:
         official["dino_loss"] = {"center": ours["center"]}
     official.update(ours.get("extra", {}))
     return official
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
+    """Convert file ``src`` to layout ``to`` (``official`` or ``ours``) in ``dst``, written atomically.
+
+    A file already in the requested layout, or not a pretraining checkpoint, is an error naming it;
+    nothing is written then.
+    """
+    if to == "official":
+        raw = read_checkpoint_dict(src)
+        if raw.get("format") != FORMAT:
+            what = "already in the official layout" if "teacher" in raw or "student" in raw else "not our checkpoint"
+            raise CheckpointError(f"{src}: {what}; --to official converts our checkpoint.pt/backbone.pt")
+        official = to_official(load_checkpoint(src))
+        with atomic_path(dst) as tmp:
+            torch.save(official, tmp)
+    elif to == "ours":
+        try:
+            ours = from_official(read_checkpoint_dict(src))
+        except CheckpointError as exc:
+            if str(exc).startswith(str(src)):
+                raise
+            raise CheckpointError(f"{src}: {exc}") from None
+        save_checkpoint(dst, **ours)
+    else:
+        raise ValueError(f"to must be 'official' or 'ours', got {to!r}")
+    return Path(dst)

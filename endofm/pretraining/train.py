@@ -20,9 +20,10 @@ Outputs in ``out_dir``:
   ``{"teacher": {"backbone.<name>": tensor}}``, the layout of the released ``endo_fm.pth`` that the
   official fine-tuning code and :func:`~endofm.models.checkpoint.load_backbone` both read.
 
-Command line (one process, or under ``torchrun --nproc_per_node N``)::
+Command line (one process, or under ``torchrun --nproc_per_node N``; ``python -m endofm.pretraining.train``
+takes the same arguments)::
 
-    python -m endofm.pretraining.train --config X.yaml --clips a/clips.csv b/clips.csv --out DIR [--workers N]
+    endofm pretrain --config config/config.yaml [--variant NAME] --clips a/clips.csv b/clips.csv --out DIR
 
 A run stopped by SIGTERM/SIGUSR1 writes its checkpoint and exits with status
 :data:`~endofm.engine.PREEMPTED_EXIT_CODE` (75; under torchrun each worker does, and torchrun itself
@@ -32,7 +33,6 @@ cannot be continued (other settings) is moved to ``out_dir/superseded/`` and tra
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import os
@@ -75,14 +75,14 @@ from endofm.engine import (
     unwrap,
     wrap_ddp,
 )
-from endofm.io import atomic_path, write_text
-from endofm.logs import setup_logging
+from endofm.io import write_text
 from endofm.models.checkpoint import (
     CheckpointError,
     legacy_to_parametrized,
     load_backbone,
     package_versions,
     read_checkpoint_file,
+    save_checkpoint,
 )
 from endofm.models.heads import DINOHead
 from endofm.models.vit import BackboneConfig, build_backbone
@@ -272,12 +272,12 @@ def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike) -> None
     log.info("initialised backbone and head from %s", path)
 
 
-def export_backbone(teacher: MultiViewModel, path: str | os.PathLike) -> Path:
-    """Write the teacher backbone as ``{"teacher": {"backbone.<name>": tensor}}`` atomically."""
+def export_backbone(teacher: MultiViewModel, path: str | os.PathLike, cfg: PretrainConfig | None = None) -> Path:
+    """Write the teacher backbone as ``{"teacher": {"backbone.<name>": tensor}}`` in our tagged format,
+    with the run's settings (``config``, so its backbone is rebuilt without naming it), atomically.
+    The official fine-tuning code reads the same ``teacher`` entry."""
     state = {f"backbone.{k}": v.detach().cpu() for k, v in teacher.backbone.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"teacher": state}, tmp)
-    return Path(path)
+    return save_checkpoint(path, teacher=state, **({"config": to_dict(cfg)} if cfg is not None else {}))
 
 
 def _resume_problem(ckpt: Mapping[str, Any], cfg: PretrainConfig, spe: int, path: Path) -> Exception | None:
@@ -581,7 +581,7 @@ class _Pretraining:
                 if stop and epoch + 1 < cfg.epochs:
                     raise self._preempted(preempt, epoch + 1, path)
         if info.is_main:
-            export_backbone(self.teacher, self.out_dir / BACKBONE_NAME)
+            export_backbone(self.teacher, self.out_dir / BACKBONE_NAME, self.cfg)
         barrier(info)
         return checkpoint_path(self.out_dir)
 
@@ -616,26 +616,10 @@ def pretrain(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m endofm.pretraining.train",
-        description="Endo-FM pretraining (one process, or every process of a torchrun launch).",
-    )
-    parser.add_argument("--config", type=Path, required=True, help="YAML file with a 'pretrain:' section")
-    parser.add_argument("--clips", type=Path, nargs="+", required=True, help="clips.csv manifests")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds a checkpoint)")
-    parser.add_argument("--workers", type=int, default=None, help="data-loading workers per process")
-    parser.add_argument(
-        "--on-config-change",
-        choices=["error", "restart"],
-        default="error",
-        help="when the checkpoint in --out cannot be continued with these settings: fail (default), or move "
-        "the previous run to OUT/superseded/ and start afresh",
-    )
-    args = parser.parse_args(argv)
-    setup_logging(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
-    cfg = load_pretrain_config(args.config)
-    pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change)
-    return 0
+    """``python -m endofm.pretraining.train ARGS`` is ``endofm pretrain ARGS`` (kept for torchrun launches)."""
+    from endofm.cli import main as cli_main
+
+    return cli_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])
 
 
 __all__ = [

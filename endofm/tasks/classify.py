@@ -23,12 +23,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from endofm.data.polypdiag import SHORT_VIDEO, PolypDiagDataset, ShortVideo
 from endofm.data.transforms import KINETICS_MEAN, KINETICS_STD, ClipTransform, torch_rng
 from endofm.engine import resolve_device, seed_everything
 from endofm.io import write_csv, write_json
+from endofm.logs import progress as progress_bar
 from endofm.metrics import classification_metrics
 from endofm.models.checkpoint import package_versions, save_checkpoint
 from endofm.models.heads import VideoClassifier
@@ -215,7 +215,7 @@ def clip_features(backbone: TimeSformer, dataset: _Transformed, device: torch.de
     averaged over test clips. Returns the two arrays and the labels."""
     loader = DataLoader(dataset, batch_size=batch_size)
     cls, pooled, labels = [], [], []
-    for video, label, _ in tqdm(loader, desc="features", mininterval=5, leave=False):
+    for video, label, _ in progress_bar(loader, desc="features", leave=False):
         video = video.to(device)
         clips = video.shape[1] if video.ndim == 6 else 1
         feats = backbone.forward_features(video.flatten(0, 1) if video.ndim == 6 else video, dense=True)

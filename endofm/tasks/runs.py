@@ -89,16 +89,28 @@ def finetune_benchmark(
     return run_finetune(task, task_config.train, spec, model, out_dir, settings)
 
 
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """The run record ``run_dir/run.json``; a missing or unreadable one is an error naming it."""
+    run_file = Path(run_dir) / RUN_NAME
+    if not run_file.exists():
+        raise FileNotFoundError(f"{run_file}: no run record; the fine-tuning job did not finish")
+    try:
+        run = json.loads(run_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{run_file}: not a readable run record ({exc}); rerun the fine-tuning job") from None
+    missing = [k for k in ("benchmark", "test_split", "selection") if not isinstance(run, dict) or k not in run]
+    if missing:
+        raise ValueError(f"{run_file}: not a run record (no {', '.join(missing)})")
+    return run
+
+
 def evaluate_run(
     run_dir: str | Path, manifest: str | Path, raw_dir: str | Path, out_path: str | Path, synthetic: bool
 ) -> dict[str, Any]:
     """Metrics of the run in ``run_dir`` on its test split, with the run's identity and provenance,
     written to ``out_path`` (JSON)."""
     run_dir, manifest = Path(run_dir), Path(manifest)
-    run_file = run_dir / RUN_NAME
-    if not run_file.exists():
-        raise FileNotFoundError(f"{run_file}: no run record; the fine-tuning job did not finish")
-    run = json.loads(run_file.read_text())
+    run = read_run(run_dir)
     rows = read_manifest(manifest)
     test_rows = rows[rows["split"] == run["test_split"]]
     if test_rows.empty:

@@ -1,0 +1,409 @@
+"""Bad input as a new user makes it: every command fails with one line naming the file or key, exit
+status 1, no traceback and nothing partial left; help texts and logs that explain themselves."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from endofm.cli import build_parser, main
+from endofm.config import ConfigError, check_schema, load_yaml, to_dict
+from endofm.data.cvc import index_cvc
+from endofm.data.polypdiag import index_polypdiag
+from endofm.data.video import write_video
+from endofm.errors import UserError
+from endofm.features import load_pretrained_backbone
+from endofm.logs import LineProgress, progress
+from endofm.models.checkpoint import load_checkpoint, saved_backbone
+from endofm.models.vit import BackboneConfig
+from endofm.settings import load_pretrain_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests/configs/tiny.yaml"
+TINY_DATA = yaml.safe_load(TINY.read_text())
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """main() points logging at the stderr of its test; drop that handler afterwards."""
+    yield
+    logging.getLogger().handlers.clear()
+
+
+def fails(args: list[str], capsys) -> str:
+    """Run the CLI expecting a user error: exit status 1, no traceback, and the error as stderr's only
+    ``error:`` line (after any INFO log lines); returns that line."""
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    command = args[0] if not args[0].startswith("-") else args[1]
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    assert errors[0].startswith(f"endofm {command}: error: ")
+    return errors[0]
+
+
+@pytest.fixture
+def clip_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "clips.csv"
+    path.write_text("path,frames\nx.mp4,3\n")  # wrong columns
+    return path
+
+
+# 1. pretrain takes the workflow config
+
+
+def test_pretrain_settings_from_the_workflow_config_and_its_variants(tmp_path):
+    shipped = yaml.safe_load((ROOT / "config/config.yaml").read_text())["pretrain"]
+    cfg = load_pretrain_settings(ROOT / "config/config.yaml")
+    assert cfg.epochs == shipped["settings"]["epochs"] == 15
+    assert cfg.views.local_size == shipped["settings"]["views"]["local_size"] == 32
+    data = yaml.safe_load(TINY.read_text())
+    data["pretrain"]["variants"] = {"default": {}, "short": {"epochs": 1, "views": {"local_size": 16}}}
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(data))
+    short = load_pretrain_settings(two, "short")
+    assert short.epochs == 1 and short.views.local_size == 16
+    assert short.out_dim == 64 and short.views.global_size == 16  # the rest from the shared settings
+    assert load_pretrain_settings(two).epochs == data["pretrain"]["settings"]["epochs"]
+    # the workflow's per-job file (one variant resolved) reads back to the same settings, without --variant
+    resolved = tmp_path / "pretrain.yaml"
+    resolved.write_text(yaml.safe_dump({"pretrain": to_dict(short)}))
+    assert load_pretrain_settings(resolved) == short
+    with pytest.raises(ConfigError, match=r"pretrain.yaml: holds one run's resolved settings.*drop --variant x"):
+        load_pretrain_settings(resolved, "x")
+    with pytest.raises(ConfigError, match=r"two.yaml: pretrain.variants: no variant 'long'; known: default, short"):
+        load_pretrain_settings(two, "long")
+
+
+# 2. pretrain errors are one line; -v works; help is fast and named
+
+
+def test_pretrain_errors_are_one_line_and_leave_nothing(tmp_path, clip_csv, capsys):
+    out = tmp_path / "out"
+    line = fails(
+        ["pretrain", "--config", str(TINY), "--clips", str(tmp_path / "no/clips.csv"), "--out", str(out)], capsys
+    )
+    assert str(tmp_path / "no/clips.csv") in line and "extract-clips" in line
+    line = fails(["pretrain", "--config", str(TINY), "--clips", str(clip_csv), "--out", str(out)], capsys)
+    assert f"{clip_csv}: missing column(s)" in line
+    assert main(["-v", "pretrain", "--config", str(TINY), "--clips", str(clip_csv), "--out", str(out)]) == 1
+    err = capsys.readouterr().err  # -v: the same line, after the traceback for a bug report
+    assert "Traceback" in err and err.strip().splitlines()[-1] == line
+    data = yaml.safe_load(TINY.read_text())
+    data["pretrain"]["settings"]["batch_size_per_gpu"] = -2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    line = fails(["pretrain", "--config", str(bad), "--clips", str(clip_csv), "--out", str(out)], capsys)
+    assert "bad.yaml" in line and "batch_size_per_gpu must be >= 1, got -2" in line
+    line = fails(
+        ["pretrain", "--config", str(TINY), "--variant", "nope", "--clips", str(clip_csv), "--out", str(out)], capsys
+    )
+    assert "no variant 'nope'" in line
+    assert not out.exists()
+
+
+def test_pretrain_help_is_the_endofm_command_and_does_not_import_torch():
+    code = (
+        "import sys\nfrom endofm.cli import main\ntry:\n    main(['pretrain', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: endofm pretrain")
+    assert "--variant" in proc.stdout and proc.stdout.strip().endswith("False")
+
+
+# 3. misspelt keys: one line, file:line, dotted key, nearest valid key
+
+
+def test_misspelt_workflow_key_names_file_line_and_nearest_key(tmp_path, capsys):
+    text = TINY.read_text().replace("\npretrain:", "\npretrian:").replace("clip_length:", "clip_lenght:")
+    path = tmp_path / "typo.yaml"
+    path.write_text(text)
+    line_no = text.splitlines().index("pretrian:") + 1
+    line = fails(["synth", "--config", str(path)], capsys)
+    assert (
+        line == (f"endofm synth: error: {path}:{line_no}: config: unknown key 'pretrian' (did you mean 'pretrain'?)")
+        or "clip_lenght" in line
+    )
+    path.write_text(TINY.read_text().replace("clip_length:", "clip_lenght:"))
+    line = fails(["synth", "--config", str(path)], capsys)
+    assert f"{path}:" in line and "config.clips: unknown key 'clip_lenght' (did you mean 'clip_length'?)" in line
+
+
+def test_schema_errors_are_one_line_with_the_dotted_key():
+    data = yaml.safe_load(TINY.read_text())
+    data["data"]["origin"] = "imaginary"
+    with pytest.raises(ConfigError) as err:
+        check_schema(data, ROOT / "config/schema.yaml")
+    assert str(err.value).startswith("config.data.origin: expected one of ['synthetic', 'real'], got 'imaginary'")
+    assert err.value.key == "config.data.origin" and "\n" not in str(err.value)
+    data = yaml.safe_load(TINY.read_text())
+    data["finetune"]["polypdiag"]["trian"] = {}
+    with pytest.raises(
+        ConfigError, match=r"^config.finetune.polypdiag: unknown key 'trian' \(did you mean 'train'\?\)$"
+    ):
+        check_schema(data, ROOT / "config/schema.yaml")
+
+
+# 4. YAML syntax errors; data errors inside a job
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data:\n  origin: synthetic\n  benchmarks: [kumc\nclips: {}\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:4:\d+: YAML syntax error"):
+        load_yaml(path)
+    line = fails(["index", "kumc", "--config", str(path)], capsys)
+    assert re.search(r"broken.yaml:4:\d+: YAML syntax error", line)
+
+
+JOB = """
+import sys
+from endofm.logs import job_log
+with job_log(sys.argv[1]):
+    print("working")
+    if sys.argv[2] == "user":
+        raise ValueError("data/x.csv:3: label must be 0 or 1, got '2'")
+    raise ZeroDivisionError("a bug")
+"""
+
+
+def test_job_user_error_is_one_line_in_the_log_and_exit_1(tmp_path):
+    log = tmp_path / "logs/job.log"
+    proc = subprocess.run([sys.executable, "-c", JOB, str(log), "user"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    text = log.read_text()
+    assert "working" in text and "error: data/x.csv:3: label must be 0 or 1, got '2'" in text
+    assert "Traceback" not in text + proc.stderr
+    assert proc.stderr.strip() == f"endofm: error: data/x.csv:3: label must be 0 or 1, got '2' (log: {log})"
+    proc = subprocess.run([sys.executable, "-c", JOB, str(log), "bug"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "Traceback" in log.read_text()  # a bug keeps its traceback
+
+
+# 5. checkpoints
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    path = tmp_path / "v.mp4"
+    write_video(path, (np.full((32, 32, 3), 10 * k, np.uint8) for k in range(10)), fps=25)
+    return path
+
+
+def _micro_backbone_pt(path: Path) -> tuple[Path, BackboneConfig]:
+    from endofm.pretraining.train import build_model, export_backbone
+
+    cfg = load_pretrain_settings(TINY)
+    torch.manual_seed(0)
+    return export_backbone(build_model(cfg), path, cfg), cfg.backbone
+
+
+def test_non_dict_and_foreign_checkpoints_are_named(tmp_path, video, capsys):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(2, 4)}, tmp_path / "convnet.pt")
+    for name, kind in (("tensor.pt", "Tensor"), ("list.pt", "list")):
+        for args in (["features", str(tmp_path / name), str(video), "--out", str(tmp_path / "f.npz")],
+                     ["convert-checkpoint", str(tmp_path / name), str(tmp_path / "o.pt"), "--to", "ours"]):  # fmt: skip
+            assert fails(args, capsys).endswith(f"{tmp_path / name}: expected a dict at the top level, got {kind}")
+    line = fails(["convert-checkpoint", str(tmp_path / "convnet.pt"), str(tmp_path / "o.pt"), "--to", "ours"], capsys)
+    assert f"{tmp_path / 'convnet.pt'}: not an official pretraining checkpoint" in line
+    line = fails(["features", str(tmp_path / "convnet.pt"), str(video), "--out", str(tmp_path / "f.npz")], capsys)
+    assert str(tmp_path / "convnet.pt") in line and "<dict>" not in line
+    assert "--backbone" in line and len(line) < 1000
+    assert not (tmp_path / "o.pt").exists() and not (tmp_path / "f.npz").exists()
+
+
+def test_our_backbone_pt_carries_its_backbone(tmp_path, video, capsys):
+    path, backbone = _micro_backbone_pt(tmp_path / "backbone.pt")
+    assert saved_backbone(path) == backbone and backbone.name == "vit_micro_patch8"
+    assert load_checkpoint(path)["teacher"].keys() >= {"backbone.cls_token", "backbone.blocks.0.attn.qkv.weight"}
+    assert load_pretrained_backbone(path).config == backbone  # no backbone named
+    out = tmp_path / "f.npz"
+    args = ["features", str(path), str(video), "--out", str(out), "--size", "32", "--clip-frames", "4"]
+    assert main(args) == 0
+    assert np.load(out)["embedding"].shape == (2, 32)  # micro width 32: 10 frames, windows at 0 and 6 (tail)
+    line = fails(["convert-checkpoint", str(path), str(tmp_path / "o.pt"), "--to", "ours"], capsys)
+    assert line.endswith(f"{path}: already in our format; nothing to convert")
+    official = tmp_path / "official.pth"
+    assert main(["convert-checkpoint", str(path), str(official), "--to", "official"]) == 0
+    capsys.readouterr()
+    line = fails(["convert-checkpoint", str(official), str(tmp_path / "o2.pth"), "--to", "official"], capsys)
+    assert line.endswith(
+        f"{official}: already in the official layout; --to official converts our checkpoint.pt/backbone.pt"
+    )
+
+
+# 6. PolypDiag: one video in two splits
+
+
+def test_polypdiag_video_in_train_and_val_names_both_lines(tmp_path):
+    root = tmp_path / "PolypDiag"
+    (root / "splits").mkdir(parents=True)
+    for name in ("a.mp4", "b.mp4"):
+        write_video(root / "videos" / name, (np.zeros((16, 16, 3), np.uint8) for _ in range(3)), fps=25)
+    (root / "splits/train.txt").write_text("a.mp4,1\nb.mp4,0\n")
+    (root / "splits/val.txt").write_text("\nb.mp4,0\n")
+    val, train = root / "splits/val.txt", root / "splits/train.txt"
+    with pytest.raises(ValueError) as err:
+        index_polypdiag(root)
+    assert str(err.value) == f"{val}:2: video 'b.mp4' is also listed in {train}:2; a video belongs to one split"
+
+
+# 7. CVC without videolist.txt; a mask that is not a TIFF
+
+
+def _cvc(root: Path, numbers) -> Path:
+    for sub in ("Original", "Ground Truth"):
+        (root / "CVC-ClinicDB" / sub).mkdir(parents=True, exist_ok=True)
+    for i in numbers:
+        tifffile.imwrite(root / "CVC-ClinicDB/Original" / f"{i}.tif", np.zeros((4, 4, 3), np.uint8))
+        tifffile.imwrite(root / "CVC-ClinicDB/Ground Truth" / f"{i}.tif", np.zeros((4, 4), np.uint8))
+    return root
+
+
+def test_cvc_official_lists_need_all_frames_and_say_so(tmp_path):
+    root = _cvc(tmp_path, range(1, 104))
+    with pytest.raises(FileNotFoundError) as err:
+        index_cvc(root)
+    msg = str(err.value)
+    assert msg.startswith(f"{root / 'videolist.txt'}: not found, so the official CVC-ClinicDB sequence lists are used")
+    assert "need frames 1-612.tif" in msg and re.search(r"lacks \d+ of them \(104, 105, ", msg)
+
+
+def test_cvc_mask_that_is_not_a_tiff_is_named(tmp_path):
+    root = _cvc(tmp_path, range(1, 5))
+    (root / "videolist.txt").write_text("a 1 2 train\nb 3 2 test\n")
+    bad = root / "CVC-ClinicDB/Ground Truth/3.tif"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not a tiff")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: not a readable TIFF image"):
+        index_cvc(root)
+
+
+# 8. arguments checked before work; "run ... first" hints; a corrupt run.json
+
+
+def test_features_arguments_are_checked_before_any_work(tmp_path, video, capsys, monkeypatch):
+    import endofm.features
+
+    def boom(*a, **k):
+        raise AssertionError("features computed before the arguments were checked")
+
+    monkeypatch.setattr(endofm.features, "extract_features", boom)
+    line = fails(["features", str(tmp_path / "absent.pt"), str(video), "--out", str(tmp_path / "f.txt")], capsys)
+    assert line.endswith(f"{tmp_path / 'f.txt'}: feature files are .npz or .parquet, not .txt")
+    path, _ = _micro_backbone_pt(tmp_path / "backbone.pt")
+    line = fails(["features", str(path), str(video), "--out", str(tmp_path / "f.npz"), "--size", "30"], capsys)
+    assert line.endswith("--size 30: must be a multiple of the backbone's patch size 8")
+    line = fails(["features", str(path), str(video), "--out", str(tmp_path / "f.npz"), "--stride", "0"], capsys)
+    assert line.endswith("--stride must be >= 1, got 0")
+
+
+def _config_in(tmp_path: Path) -> Path:
+    data = yaml.safe_load(TINY.read_text())
+    data["data"]["benchmarks_dir"] = str(tmp_path / "benchmarks")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_missing_inputs_say_what_to_run_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config_in(tmp_path)
+    line = fails(["finetune", "polypdiag", "--config", str(config), "--method", "endofm"], capsys)
+    assert line.endswith(
+        "results/pretrain/endofm/default/backbone.pt: backbone of method endofm not found; "
+        "run `snakemake pretrain` (variant default) first"
+    )
+    line = fails(["finetune", "polypdiag", "--config", str(config), "--method", "scratch"], capsys)
+    manifest = tmp_path / "benchmarks/polypdiag/manifest.csv"
+    assert line.endswith(
+        f"{manifest}: polypdiag index not found; run `endofm index polypdiag` (or `snakemake data`) first"
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"benchmark": "kumc", ')
+    line = fails(["evaluate", str(run), "--config", str(config)], capsys)
+    assert f"{run / 'run.json'}: not a readable run record" in line
+    assert not (run / "metrics.json").exists()
+
+
+# 9. help texts
+
+
+def test_every_argument_has_help_and_defaults_are_shown(capsys):
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0)" in out and "(default: clean)" in out and "(default: full)" in out
+    assert "paper: the official splits" in out and "clean: validation carved" in out
+    assert "full: the whole backbone" in out and "frozen: backbone fixed" in out
+
+
+def test_sources_with_a_missing_config_fails(tmp_path, capsys):
+    line = fails(["sources", "--config", str(tmp_path / "nope.yaml")], capsys)
+    assert line.endswith(f"{tmp_path / 'nope.yaml'}: config file not found")
+
+
+# 10. logs
+
+
+def test_progress_writes_lines_not_redraws_in_a_log(caplog, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    bar = progress(range(5), desc="epoch 0/2", unit="step")
+    assert isinstance(bar, LineProgress)
+    bar.interval = 0.0
+    with caplog.at_level(logging.INFO, logger="endofm.progress"):
+        for i in bar:
+            bar.set_postfix(loss=f"{i:.1f}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 6 and all("\r" not in line for line in lines)
+    assert lines[0].startswith("epoch 0/2: 1/5 step in ") and lines[-1].startswith("epoch 0/2: 5/5 step done in ")
+    assert lines[-1].endswith("loss=4.0")
+
+
+def test_index_prints_json_and_logs_a_summary(tiny_benchmarks, tmp_path, capsys):
+    raw = tiny_benchmarks["kumc"].raw
+    assert main(["index", "kumc", "--config", str(TINY), "--raw", str(raw), "--out", str(tmp_path / "idx")]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["benchmark"] == "kumc" and set(summary["splits"]) == {"train", "val", "test"}
+    logged = [line for line in captured.err.splitlines() if "endofm.data.benchmarks" in line]
+    assert len(logged) == 1 and f"kumc: indexed {raw} -> {summary['rows']} rows (train " in logged[0]
+
+
+def test_user_error_is_a_value_error():
+    assert issubclass(UserError, ValueError) and issubclass(ConfigError, UserError)
+
+
+# 11. the project's own reference page
+
+
+def test_every_cited_section_of_the_reference_page_exists():
+    """Docstrings cite ``ENDOFM.md §N`` (to become ``docs/original.md §N``): each section must be a
+    heading of docs/original.md, numbered as cited."""
+    text = (ROOT / "docs/original.md").read_text()
+    headings = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)[. ]", text, flags=re.M))
+    assert {str(n) for n in range(1, 11)} <= headings
+    cited = set()
+    for path in [*ROOT.glob("endofm/**/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("workflow_scripts/*.py")]:
+        text = path.read_text()
+        for match in re.finditer(r"(?:ENDOFM\.md|docs/original\.md),? *(?:table |section )?([§\d][§\d.,\- ]*)", text):
+            cited |= set(re.findall(r"\d+(?:\.\d+)?", match.group(1)))
+    assert len(cited) > 10 and cited <= headings, sorted(cited - headings)
