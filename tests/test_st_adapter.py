@@ -68,7 +68,7 @@ def test_adapter_config_defaults_and_errors() -> None:
         AdapterConfig(bottleneck=0)
     with pytest.raises(ConfigError, match=r"adapter\.kernel_t must be odd"):
         AdapterConfig(kernel_t=2)
-    with pytest.raises(ConfigError, match=r"st_adapter\.adapter: unknown key\(s\) 'width'"):
+    with pytest.raises(ConfigError, match=r"st_adapter\.adapter: unknown key 'width'"):
         from_dict(AdapterConfig, {"width": 3}, "st_adapter.adapter")
 
 
