@@ -141,7 +141,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         method = args.method
         variant = args.variant or cfg.finetune.method_variants(method)[0]
         backbone, checkpoint = run_backbone(cfg, method, variant)
-    spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed)
+    spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed, args.label_fraction)
     out = args.out or Path("results/finetune") / spec.path
     task = cfg.finetune.task(bench)
     if args.device:
@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="frozen: backbone fixed (linear/k-NN read-outs, decoder-only fits)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--label-fraction", type=float, default=1.0, help="train on this share of the training videos (stratified)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's, auto)")
     p.add_argument(
         "--out",

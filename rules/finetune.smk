@@ -1,8 +1,9 @@
-# Fine-tuning: one job per run of the matrix (benchmark × method × variant × protocol × mode × seed),
+# Fine-tuning: one job per run of the matrix (benchmark × method × variant × protocol × mode × seed
+# × label fraction: `labels` is "" for every training video, "-labels25" for a quarter of them),
 # one rule per benchmark because each writes its own prediction files. checkpoint.pt in the run folder
 # is the resume state of a pre-empted job and deliberately not an output.
 
-RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}"
+RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}{labels}"
 PREDICTIONS = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
 
 for _bench in BENCHMARKS:
@@ -25,6 +26,7 @@ for _bench in BENCHMARKS:
             gpu=CFG.finetune.gpus,
         params:
             benchmark=_bench,
+            label_fraction=label_fraction,
             settings=finetune_settings(_bench),
             run_dir=subpath(output.run, parent=True),
         conda:

@@ -19,8 +19,7 @@ rule pretrain_config:
 
 rule pretrain_model:
     input:
-        config="results/pretrain/{method}/{variant}/pretrain.yaml",
-        clips=expand(f"{CLIPS}/{{source}}/clips.csv", source=PRETRAIN_SOURCES),
+        unpack(pretrain_inputs),
     output:
         backbone="results/pretrain/{method}/{variant}/backbone.pt",
         metrics="results/pretrain/{method}/{variant}/metrics.csv",

@@ -33,6 +33,7 @@ cannot be continued (other settings) is moved to ``out_dir/superseded/`` and tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 import os
@@ -106,7 +107,9 @@ SUPERSEDED_NAME = "superseded"
 OnConfigChange = Literal["error", "restart"]
 
 #: Settings that may change between a run and its resumption (they do not change the maths).
-RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every", "device", "precision", "init_checkpoint"})
+RESUMABLE_CHANGES = frozenset(
+    {"num_workers", "checkpoint_every", "device", "precision", "init_checkpoint", "init_head"}
+)
 
 
 @dataclass
@@ -156,7 +159,12 @@ class PretrainConfig:
     # Initial student and teacher weights (backbone and head, loaded strictly): the original starts
     # from SVT's Kinetics-400 checkpoint. Any layout endofm.models.checkpoint reads.
     init_checkpoint: Path | None = None
-    data_fraction: float = 1.0
+    init_head: bool = True  # False: only the backbone comes from init_checkpoint (e.g. a backbone.pt)
+    # Dynamic positional encoding (SVT's): views keep their own frame counts and time_embed is resized
+    # to each; False samples every view at backbone.num_frames frames, so time_embed is used at its
+    # stored length (the "fixed T" ablation; local crops still resize the spatial grid).
+    dynamic_pos_embed: bool = True
+    data_fraction: float = 1.0  # share of each clip manifest used, drawn with `seed`
     checkpoint_every: int = 5  # numbered copies; 0 keeps only checkpoint.pt
     max_steps_per_epoch: int | None = None  # cap for tests and demos
 
@@ -191,6 +199,19 @@ class PretrainConfig:
                 )
 
     @property
+    def sampled_views(self) -> ViewConfig:
+        """The views as sampled: ``views``, or with ``dynamic_pos_embed`` off every view at
+        ``backbone.num_frames`` frames."""
+        if self.dynamic_pos_embed:
+            return self.views
+        t = self.backbone.num_frames
+        return dataclasses.replace(
+            self.views,
+            global_frames=(t,) * len(self.views.global_frames),
+            local_frames=(t,) * len(self.views.local_frames),
+        )
+
+    @property
     def n_global(self) -> int:
         return len(self.views.global_frames)
 
@@ -220,13 +241,17 @@ def build_model(cfg: PretrainConfig) -> MultiViewModel:
     return MultiViewModel(backbone, head)
 
 
-def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike) -> None:
+def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike, head: bool = True) -> None:
     """Load backbone and head strictly from an initial checkpoint (SVT's flat ``{backbone.*, head.*}``,
-    an official or our pretraining checkpoint (its teacher), ...). A missing head is an error."""
+    an official or our pretraining checkpoint (its teacher), ...). A missing head is an error;
+    ``head=False`` loads the backbone alone and keeps the head's random initialisation."""
     raw = read_checkpoint_file(path)
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path}: expected a dict at the top level, got {type(raw).__name__}")
     load_backbone(model.backbone, raw, which="teacher", strict=True)
+    if not head:
+        log.info("initialised the backbone from %s (head: random)", path)
+        return
     state = raw["teacher"] if "teacher" in raw else raw
     head = {}
     for key, value in state.items():
@@ -294,7 +319,7 @@ class _Pretraining:
         seed_everything(cfg.seed)  # the same initial weights on every rank
 
         self.clips = load_clip_manifests(clip_manifests, fraction=cfg.data_fraction, seed=cfg.seed)
-        dataset = MultiViewDataset(self.clips, cfg.views, seed=cfg.seed)
+        dataset = MultiViewDataset(self.clips, cfg.sampled_views, seed=cfg.seed)
         self.loader = build_loader(
             dataset,
             cfg.batch_size_per_gpu,
@@ -308,7 +333,7 @@ class _Pretraining:
 
         student = build_model(cfg)
         if cfg.init_checkpoint is not None:
-            load_init_checkpoint(student, cfg.init_checkpoint)
+            load_init_checkpoint(student, cfg.init_checkpoint, head=cfg.init_head)
         self.student = wrap_ddp(student.to(info.device), info)  # DDP broadcasts rank 0's weights
         self.teacher = build_model(cfg).to(info.device)
         self.teacher.load_state_dict(student.state_dict())
