@@ -26,7 +26,7 @@ Command line (one process, or under ``torchrun --nproc_per_node N``)::
 
 A run stopped by SIGTERM/SIGUSR1 writes its checkpoint and exits with status
 :data:`~endofm.engine.PREEMPTED_EXIT_CODE` (75; under torchrun each worker does, and torchrun itself
-exits 1); rerunning the command resumes it. With ``--on-config-change restart`` a checkpoint that
+exits 1, so launch it with ``python -m endofm.launch``, which exits 75); rerunning the command resumes it. With ``--on-config-change restart`` a checkpoint that
 cannot be continued (other settings) is moved to ``out_dir/superseded/`` and training starts afresh.
 """
 
