@@ -4,7 +4,11 @@
 # is the resume state of a pre-empted job and deliberately not an output.
 
 RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}{labels}"
-PREDICTIONS = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
+PREDICTIONS = {
+    "polypdiag": "predictions.csv",
+    "cvc12k": "masks.npz",
+    "kumc": "detections.json",
+}
 
 for _bench in BENCHMARKS:
 
@@ -21,6 +25,8 @@ for _bench in BENCHMARKS:
             f"{LOGS}/finetune/{_bench}/{RUN_PATH}.log",
         benchmark:
             f"results/benchmarks/finetune/{_bench}/{RUN_PATH}.tsv"
+        conda:
+            "../envs/endofm.yaml"
         threads: CFG.finetune.threads
         resources:
             gpu=CFG.finetune.gpus,
@@ -29,7 +35,5 @@ for _bench in BENCHMARKS:
             label_fraction=label_fraction,
             settings=finetune_settings(_bench),
             run_dir=subpath(output.run, parent=True),
-        conda:
-            "../envs/endofm.yaml"
         script:
             "../workflow_scripts/finetune.py"

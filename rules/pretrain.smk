@@ -8,11 +8,11 @@ rule pretrain_config:
         "results/pretrain/{method}/{variant}/pretrain.yaml",
     log:
         f"{LOGS}/pretrain_config/{{method}}/{{variant}}.log",
-    params:
-        settings=pretrain_settings,
     localrule: True
     conda:
         "../envs/endofm.yaml"
+    params:
+        settings=pretrain_settings,
     script:
         "../workflow_scripts/write_pretrain_config.py"
 
@@ -27,14 +27,15 @@ rule pretrain_model:
         f"{LOGS}/pretrain/{{method}}/{{variant}}.log",
     benchmark:
         "results/benchmarks/pretrain/{method}/{variant}.tsv"
+    conda:
+        "../envs/endofm.yaml"
     threads: 2
     resources:
         gpu=CFG.pretrain.gpus,
     params:
         launcher=launcher(CFG.pretrain.gpus),
+        workers=loader_workers,
         run_dir=subpath(output.backbone, parent=True),
-    conda:
-        "../envs/endofm.yaml"
     shell:
         "{params.launcher} -m endofm.pretraining.train --config {input.config} --clips {input.clips}"
-        " --out {params.run_dir} --workers {threads} --on-config-change restart > {log} 2>&1"
+        " --out {params.run_dir} --workers {params.workers} --on-config-change restart > {log} 2>&1"
