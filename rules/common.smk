@@ -7,12 +7,7 @@ from snakemake.utils import validate
 
 from endofm.config import to_dict
 from endofm.data.sources import SOURCES, missing_data_message
-from endofm.settings import (
-    ablation_runs,
-    finetune_runs,
-    load_workflow_config,
-    run_backbone,
-)
+from endofm.settings import ablation_runs, finetune_runs, load_workflow_config, run_backbone
 from endofm.tasks.finetune import label_tag
 
 validate(config, schema="../config/schema.yaml")
@@ -37,10 +32,7 @@ FINETUNE_RUNS = finetune_runs(CFG)
 ABLATIONS = {name: CFG.ablation_variants(name) for name in CFG.ablations}
 ABLATION_RUNS = {name: ablation_runs(CFG, name) for name in CFG.ablations}
 # Run-path suffix of each label fraction ("" for 1, "-labels25" for 0.25) -> the fraction.
-LABEL_FRACTIONS = {
-    label_tag(f): f
-    for f in {*CFG.finetune.label_fractions, *(r.label_fraction for r in FINETUNE_RUNS)}
-}
+LABEL_FRACTIONS = {label_tag(f): f for f in {*CFG.finetune.label_fractions, *(r.label_fraction for r in FINETUNE_RUNS)}}
 
 
 wildcard_constraints:
@@ -58,9 +50,7 @@ def benchmark_outputs(bench):
     """Files the index rule of ``bench`` writes."""
     outputs = [f"{BENCH}/{bench}/manifest.csv", f"{BENCH}/{bench}/manifest.json"]
     if bench == "kumc":
-        outputs += [
-            f"{BENCH}/kumc/coco_{split}.json" for split in ("train", "val", "test")
-        ]
+        outputs += [f"{BENCH}/kumc/coco_{split}.json" for split in ("train", "val", "test")]
     return outputs
 
 
@@ -92,11 +82,7 @@ def clip_source_input(wildcards):
 
 def pretrain_outputs():
     """The teacher backbone of every pretraining method and variant."""
-    return expand(
-        "results/pretrain/{method}/{variant}/backbone.pt",
-        method=PRETRAIN_METHODS,
-        variant=PRETRAIN_VARIANTS,
-    )
+    return expand("results/pretrain/{method}/{variant}/backbone.pt", method=PRETRAIN_METHODS, variant=PRETRAIN_VARIANTS)
 
 
 def pretrain_settings(wildcards):
@@ -106,8 +92,7 @@ def pretrain_settings(wildcards):
 
 def pretrain_inputs(wildcards):
     """Inputs of a pretraining job: its settings, every source's clips and its initial checkpoint
-    (made by the workflow, e.g. another variant's backbone.pt, or a file that must exist).
-    """
+    (made by the workflow, e.g. another variant's backbone.pt, or a file that must exist)."""
     init = CFG.pretrain_variant(wildcards.variant).init_checkpoint
     files = {
         "config": f"results/pretrain/{wildcards.method}/{wildcards.variant}/pretrain.yaml",
@@ -122,11 +107,6 @@ def launcher(gpus):
     if gpus > 1:
         return f"{sys.executable} -m endofm.launch --standalone --nproc-per-node={gpus}"
     return sys.executable
-
-
-def loader_workers(wildcards, threads):
-    """Data-loading workers per training process: the job's threads shared by its processes."""
-    return max(1, threads // max(1, CFG.pretrain.gpus))
 
 
 def finetune_inputs(bench):
@@ -146,10 +126,7 @@ def finetune_settings(bench):
 
     def settings(wildcards):
         backbone, _ = run_backbone(CFG, wildcards.method, wildcards.variant)
-        return {
-            "task": to_dict(CFG.finetune.task(bench)),
-            "backbone": to_dict(backbone),
-        }
+        return {"task": to_dict(CFG.finetune.task(bench)), "backbone": to_dict(backbone)}
 
     return settings
 
@@ -166,27 +143,15 @@ def finetune_outputs():
 
 def metrics_outputs(benchmark=None):
     """The metrics file of every run in the matrix (of one benchmark)."""
-    return [
-        f"results/metrics/{run.path}.json"
-        for run in FINETUNE_RUNS
-        if benchmark in (None, run.benchmark)
-    ]
+    return [f"results/metrics/{run.path}.json" for run in FINETUNE_RUNS if benchmark in (None, run.benchmark)]
 
 
 def ablation_metrics(name=None):
     """The metrics file of every fine-tuning run of ablation ``name`` (None: of every ablation)."""
     names = list(ABLATIONS) if name is None else [name]
-    return list(
-        dict.fromkeys(
-            f"results/metrics/{run.path}.json"
-            for n in names
-            for run in ABLATION_RUNS[n]
-        )
-    )
+    return list(dict.fromkeys(f"results/metrics/{run.path}.json" for n in names for run in ABLATION_RUNS[n]))
 
 
 def ablation_pretrain_outputs(name):
     """The metrics.csv of each pretraining variant of ablation ``name`` (row order)."""
-    return [
-        f"results/pretrain/endofm/{variant}/metrics.csv" for variant in ABLATIONS[name]
-    ]
+    return [f"results/pretrain/endofm/{variant}/metrics.csv" for variant in ABLATIONS[name]]

@@ -4,11 +4,7 @@
 # is the resume state of a pre-empted job and deliberately not an output.
 
 RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}{labels}"
-PREDICTIONS = {
-    "polypdiag": "predictions.csv",
-    "cvc12k": "masks.npz",
-    "kumc": "detections.json",
-}
+PREDICTIONS = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
 
 for _bench in BENCHMARKS:
 

@@ -34,8 +34,7 @@ rule pretrain_model:
         gpu=CFG.pretrain.gpus,
     params:
         launcher=launcher(CFG.pretrain.gpus),
-        workers=loader_workers,
         run_dir=subpath(output.backbone, parent=True),
     shell:
         "{params.launcher} -m endofm.pretraining.train --config {input.config} --clips {input.clips}"
-        " --out {params.run_dir} --workers {params.workers} --on-config-change restart > {log} 2>&1"
+        " --out {params.run_dir} --workers {threads} --on-config-change restart > {log} 2>&1"
