@@ -49,9 +49,6 @@ def test_an_ablation_target_plans_only_its_jobs(tmp_path):
     expected = {(rule, v) for v in arms for rule in ("pretrain_config", "pretrain_model", "finetune_polypdiag")}
     assert training_jobs(out) == expected | {("evaluate_run", v) for v in arms}
 
-    everything = training_jobs(snakemake(workdir, "-n", "ablations").stdout)
-    assert {v for _, v in everything} == {"default", "losses-cv_only", "losses-dm_only", "init-continued"}
-
 
 @pytest.mark.workflow
 def test_changing_one_ablation_reruns_only_its_jobs(tmp_path):
