@@ -32,7 +32,7 @@ FINETUNE_RUNS = finetune_runs(CFG)
 ABLATIONS = {name: CFG.ablation_variants(name) for name in CFG.ablations}
 ABLATION_RUNS = {name: ablation_runs(CFG, name) for name in CFG.ablations}
 # Run-path suffix of each label fraction ("" for 1, "-labels25" for 0.25) -> the fraction.
-LABEL_FRACTIONS = {label_tag(f): f for f in {*CFG.finetune.label_fractions, *(r.label_fraction for r in FINETUNE_RUNS)}}
+LABEL_FRACTIONS = {label_tag(f): f for f in {1.0, *CFG.finetune.label_fractions}}  # 1: the ablations' runs
 
 
 wildcard_constraints:
