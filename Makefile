@@ -28,8 +28,10 @@ test: setup  ## unit tests + one end-to-end workflow run on the tiny config
 test-fast: setup  ## unit tests only
 	$(PY) -m pytest -m "not workflow"
 
-lint: setup  ## ruff + snakemake --lint
+lint: setup  ## ruff, snakefmt --check and snakemake --lint
 	$(VENV)/bin/ruff check endofm tests benchmarks workflow_scripts
+	$(VENV)/bin/ruff format --check endofm tests benchmarks workflow_scripts
+	$(VENV)/bin/snakefmt --check Snakefile rules
 	$(VENV)/bin/snakemake --lint --configfile=$(CONFIG)
 
 clean:  ## remove generated results and resources (keeps .venv)

@@ -56,3 +56,19 @@ for _bench in BENCHMARKS:
         input:
             metrics_outputs(_bench),
         localrule: True
+
+
+rule ablations:
+    input:
+        ablation_metrics(),
+    localrule: True
+
+
+for _name in ABLATIONS:
+
+    rule:
+        name:
+            f"ablation_{_name}"
+        input:
+            ablation_metrics(_name),
+        localrule: True

@@ -185,7 +185,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         f"{bench} index",
         f"run `endofm index {bench}` (or `snakemake data`) first",
     )
-    spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed)
+    spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed, args.label_fraction)
     out = args.out or Path("results/finetune") / spec.path
     task = cfg.finetune.task(bench)
     if args.device:
@@ -340,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         "decoder-only fits)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the run (initialisation, data order, clean split)")
+    p.add_argument(
+        "--label-fraction", type=float, default=1.0, help="train on this share of the training videos (stratified)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's, auto)")
     p.add_argument(
         "--out",

@@ -7,6 +7,7 @@ in the registry, that synthetic and real sources are not mixed).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,8 +86,11 @@ class PretrainStage:
         """The settings of variant ``name``: the shared settings with its overlay applied."""
         if name not in self.variants:
             raise ConfigError(f"pretrain.variants: no variant {name!r}; known: {', '.join(self.variants)}")
-        merged = merge(to_dict(self.settings), self.variants[name] or {})
-        return from_dict(PretrainConfig, merged, f"pretrain.variants.{name}")
+        return self.resolve(self.variants[name], f"pretrain.variants.{name}")
+
+    def resolve(self, overlay: dict[str, Any] | None, where: str) -> PretrainConfig:
+        """The shared settings with ``overlay`` applied (``where`` names it in errors)."""
+        return from_dict(PretrainConfig, merge(to_dict(self.settings), overlay or {}), where)
 
 
 @dataclass
@@ -113,6 +117,10 @@ class FinetuneStage:
     seeds: list[int] = field(default_factory=lambda: [0])
     protocols: list[str] = field(default_factory=lambda: ["paper", "clean"])
     modes: list[str] = field(default_factory=lambda: ["full", "frozen"])
+    # Label efficiency: shares of each protocol's training videos (by video, stratified, nested, seeded
+    # by the run's seed); fractions below 1 run in label_fraction_modes only (null: every mode).
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    label_fraction_modes: list[str] | None = None
     gpus: int = 0
     threads: int = 4  # per job: torch threads, and data-loader workers (threads - 1)
     polypdiag: ClassifyConfig = field(default_factory=ClassifyConfig)
@@ -135,6 +143,14 @@ class FinetuneStage:
                 raise ConfigError(f"finetune.{key}: {bad or 'empty'}; allowed: {', '.join(allowed)}")
         if not self.seeds:
             raise ConfigError("finetune.seeds: at least one seed is needed")
+        bad = [f for f in self.label_fractions if not 0 < f <= 1]
+        if bad or not self.label_fractions or len(set(self.label_fractions)) < len(self.label_fractions):
+            raise ConfigError(
+                f"finetune.label_fractions: expected distinct values in (0, 1], got {self.label_fractions}"
+            )
+        unknown = [m for m in self.label_fraction_modes or [] if m not in MODES]
+        if unknown:
+            raise ConfigError(f"finetune.label_fraction_modes: {unknown}; allowed: {', '.join(MODES)}")
         if self.threads < 1:
             raise ConfigError(f"finetune.threads must be >= 1, got {self.threads}")
         if self.gpus not in (0, 1):
@@ -144,12 +160,35 @@ class FinetuneStage:
         """The settings of ``benchmark``."""
         return getattr(self, benchmark)
 
+    def mode_label_fractions(self, mode: str) -> list[float]:
+        """The label fractions a run in ``mode`` trains on."""
+        if self.label_fraction_modes is None or mode in self.label_fraction_modes:
+            return list(self.label_fractions)
+        return [f for f in self.label_fractions if f == 1]
+
     def method_variants(self, method: str) -> list[str]:
         """The variants a method runs with: pretraining variants for ``endofm``, ``none`` for
         ``scratch``, ``external`` for a checkpoint file."""
         if method == "endofm":
             return list(self.variants)
         return ["none"] if method == "scratch" else ["external"]
+
+
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+@dataclass
+class Ablation:
+    """One ablation: named arms, each a pretraining overlay on ``pretrain.settings`` (pretrained as
+    variant ``<ablation>-<arm>``) or the name of a variant in ``pretrain.variants`` (reused, not
+    retrained), and the fine-tuning cells (method endofm) that compare them. Cells left null take the
+    main matrix's: ``data.benchmarks``, ``finetune.protocols``, ``finetune.modes``, ``finetune.seeds``."""
+
+    variants: dict[str, dict[str, Any] | str]
+    benchmarks: list[str] | None = None
+    protocols: list[str] | None = None
+    modes: list[str] | None = None
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -159,6 +198,7 @@ class WorkflowConfig:
     clips: ClipConfig = field(default_factory=ClipConfig)
     pretrain: PretrainStage = field(default_factory=PretrainStage)
     finetune: FinetuneStage = field(default_factory=FinetuneStage)
+    ablations: dict[str, Ablation] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.finetune.variants if v not in self.pretrain.variants]
@@ -168,19 +208,95 @@ class WorkflowConfig:
             raise ConfigError(
                 f"finetune.variants: {unknown} are not pretraining variants ({', '.join(self.pretrain.variants)})"
             )
+        self._check_ablations()
+
+    def _check_ablations(self) -> None:
+        for name, ablation in self.ablations.items():
+            where = f"ablations.{name}"
+            if not _NAME.fullmatch(name):
+                raise ConfigError(f"{where}: an ablation name takes letters, digits and _ only")
+            if not ablation.variants:
+                raise ConfigError(f"{where}.variants: at least one arm is needed")
+            for arm, overlay in ablation.variants.items():
+                if not _NAME.fullmatch(arm):
+                    raise ConfigError(f"{where}.variants.{arm}: an arm name takes letters, digits and _ only")
+                if isinstance(overlay, str) and overlay not in self.pretrain.variants:
+                    raise ConfigError(
+                        f"{where}.variants.{arm}: {overlay!r} is not in pretrain.variants "
+                        f"({', '.join(self.pretrain.variants)})"
+                    )
+                if not isinstance(overlay, str):
+                    variant = f"{name}-{arm}"
+                    if variant in self.pretrain.variants:
+                        raise ConfigError(f"{where}.variants.{arm}: variant name {variant!r} is in pretrain.variants")
+                    self.pretrain.resolve(overlay, f"{where}.variants.{arm}")
+            reused = [v for v in ablation.variants.values() if isinstance(v, str)]
+            if len(set(reused)) < len(reused):
+                raise ConfigError(f"{where}.variants: two arms reuse the same pretraining variant")
+            cells = (
+                ("benchmarks", self.data.benchmarks),
+                ("protocols", self.finetune.protocols),
+                ("modes", self.finetune.modes),
+            )
+            for key, allowed in cells:
+                values = getattr(ablation, key)
+                bad = [v for v in values or [] if v not in allowed]
+                if bad or values == []:
+                    raise ConfigError(f"{where}.{key}: {bad or 'empty'}; allowed: {', '.join(allowed)}")
+            if ablation.seeds == []:
+                raise ConfigError(f"{where}.seeds: at least one seed is needed (or null: finetune.seeds)")
+
+    def ablation_variants(self, name: str) -> dict[str, str]:
+        """Ablation ``name`` as ``{pretraining variant: arm}``, in config order (a table's rows)."""
+        if name not in self.ablations:
+            raise ConfigError(f"ablations: no ablation {name!r}; known: {', '.join(self.ablations) or 'none'}")
+        arms = self.ablations[name].variants
+        return {(v if isinstance(v, str) else f"{name}-{arm}"): arm for arm, v in arms.items()}
+
+    def pretrain_overlays(self) -> dict[str, dict[str, Any] | None]:
+        """Every pretraining variant: ``pretrain.variants`` and the ablations' own arms."""
+        out = dict(self.pretrain.variants)
+        for name, ablation in self.ablations.items():
+            out.update({f"{name}-{arm}": v for arm, v in ablation.variants.items() if not isinstance(v, str)})
+        return out
+
+    def pretrain_variant(self, name: str) -> PretrainConfig:
+        """The settings of pretraining variant ``name`` (of ``pretrain.variants`` or an ablation arm)."""
+        if name in self.pretrain.variants:
+            return self.pretrain.variant(name)
+        overlays = self.pretrain_overlays()
+        if name not in overlays:
+            raise ConfigError(f"no pretraining variant {name!r}; known: {', '.join(overlays)}")
+        return self.pretrain.resolve(overlays[name], f"ablations: variant {name}")
 
 
 def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
-    """Every run of the matrix: benchmark × method (× its variants) × protocol × mode × seed."""
+    """Every run of the matrix: benchmark × method (× its variants) × protocol × mode × seed × label
+    fraction (of that mode)."""
     ft = cfg.finetune
     return [
-        RunSpec(bench, method, variant, protocol, mode, seed)
+        RunSpec(bench, method, variant, protocol, mode, seed, fraction)
         for bench in cfg.data.benchmarks
         for method in ft.methods
         for variant in ft.method_variants(method)
         for protocol in ft.protocols
         for mode in ft.modes
         for seed in ft.seeds
+        for fraction in ft.mode_label_fractions(mode)
+    ]
+
+
+def ablation_runs(cfg: WorkflowConfig, name: str) -> list[RunSpec]:
+    """The fine-tuning runs of ablation ``name``: method endofm on each of its variants × its cells."""
+    variants = cfg.ablation_variants(name)
+    ablation = cfg.ablations[name]
+    return [
+        RunSpec(bench, "endofm", variant, protocol, mode, seed)
+        for bench in ablation.benchmarks or cfg.data.benchmarks
+        for variant in variants
+        for protocol in ablation.protocols or cfg.finetune.protocols
+        for mode in ablation.modes or cfg.finetune.modes
+        for seed in ablation.seeds or cfg.finetune.seeds
     ]
 
 
@@ -191,7 +307,7 @@ def run_backbone(cfg: WorkflowConfig, method: str, variant: str) -> tuple[Backbo
     pretraining variant's architecture, so both compare like for like.
     """
     if method == "endofm":
-        return cfg.pretrain.variant(variant).backbone, f"results/pretrain/endofm/{variant}/backbone.pt"
+        return cfg.pretrain_variant(variant).backbone, f"results/pretrain/endofm/{variant}/backbone.pt"
     if method == "scratch":
         reference = "default" if "default" in cfg.pretrain.variants else next(iter(cfg.pretrain.variants))
         return cfg.pretrain.variant(reference).backbone, None

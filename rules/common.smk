@@ -6,7 +6,8 @@ from snakemake.exceptions import WorkflowError
 
 from endofm.config import ConfigError, check_schema, config_file_of, to_dict
 from endofm.data.sources import SOURCES, missing_data_message
-from endofm.settings import finetune_runs, load_workflow_config, run_backbone
+from endofm.settings import ablation_runs, finetune_runs, load_workflow_config, run_backbone
+from endofm.tasks.finetune import label_tag
 
 # The schema, then the typed config (it fills the defaults of keys left out and checks what the schema
 # cannot express); a problem stops the run with one line naming the file and the dotted key.
@@ -30,16 +31,22 @@ LOGS = "results/logs"
 PRETRAIN_METHODS = ["endofm"]
 PRETRAIN_VARIANTS = list(CFG.pretrain.variants)
 FINETUNE_RUNS = finetune_runs(CFG)
+# Ablations: {name: {pretraining variant: arm (its row label)}}, in config order.
+ABLATIONS = {name: CFG.ablation_variants(name) for name in CFG.ablations}
+ABLATION_RUNS = {name: ablation_runs(CFG, name) for name in CFG.ablations}
+# Run-path suffix of each label fraction ("" for 1, "-labels25" for 0.25) -> the fraction.
+LABEL_FRACTIONS = {label_tag(f): f for f in {1.0, *CFG.finetune.label_fractions}}  # 1: the ablations' runs
 
 
 wildcard_constraints:
     source="|".join(PRETRAIN_SOURCES),
     benchmark="|".join(BENCHMARKS),
     method="|".join(sorted({"endofm", "scratch", *CFG.finetune.checkpoints})),
-    variant="|".join(sorted({*PRETRAIN_VARIANTS, "none", "external"})),
+    variant="|".join(sorted({*CFG.pretrain_overlays(), "none", "external"})),
     protocol="paper|clean",
     mode="full|frozen",
     seed=r"\d+",
+    labels="(?:" + "|".join(sorted(LABEL_FRACTIONS)) + ")",
 
 
 def benchmark_outputs(bench):
@@ -78,21 +85,30 @@ def clip_source_input(wildcards):
 
 def pretrain_outputs():
     """The teacher backbone of every pretraining method and variant."""
-    return expand(
-        "results/pretrain/{method}/{variant}/backbone.pt", method=PRETRAIN_METHODS, variant=PRETRAIN_VARIANTS
-    )
+    return expand("results/pretrain/{method}/{variant}/backbone.pt", method=PRETRAIN_METHODS, variant=PRETRAIN_VARIANTS)
 
 
 def pretrain_settings(wildcards):
     """Resolved settings of one pretraining variant (a params value: any change reruns it)."""
-    return to_dict(CFG.pretrain.variant(wildcards.variant))
+    return to_dict(CFG.pretrain_variant(wildcards.variant))
+
+
+def pretrain_inputs(wildcards):
+    """Inputs of a pretraining job: its settings, every source's clips and its initial checkpoint
+    (made by the workflow, e.g. another variant's backbone.pt, or a file that must exist)."""
+    init = CFG.pretrain_variant(wildcards.variant).init
+    files = {
+        "config": f"results/pretrain/{wildcards.method}/{wildcards.variant}/pretrain.yaml",
+        "clips": expand(f"{CLIPS}/{{source}}/clips.csv", source=PRETRAIN_SOURCES),
+    }
+    return files | ({"init": init} if init != "random" else {})
 
 
 def launcher(gpus):
-    """The Python launcher of a training job (this interpreter): torchrun with one process per GPU
-    when there are several."""
+    """The Python launcher of a training job (this interpreter): torchrun (endofm.launch, which exits
+    75 when a worker was pre-empted) with one process per GPU when there are several."""
     if gpus > 1:
-        return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node={gpus}"
+        return f"{sys.executable} -m endofm.launch --standalone --nproc-per-node={gpus}"
     return sys.executable
 
 
@@ -118,6 +134,11 @@ def finetune_settings(bench):
     return settings
 
 
+def label_fraction(wildcards):
+    """The label fraction of a run, from its path suffix."""
+    return LABEL_FRACTIONS[wildcards.labels]
+
+
 def finetune_outputs():
     """The run record of every run in the matrix."""
     return [f"results/finetune/{run.path}/run.json" for run in FINETUNE_RUNS]
@@ -126,3 +147,14 @@ def finetune_outputs():
 def metrics_outputs(benchmark=None):
     """The metrics file of every run in the matrix (of one benchmark)."""
     return [f"results/metrics/{run.path}.json" for run in FINETUNE_RUNS if benchmark in (None, run.benchmark)]
+
+
+def ablation_metrics(name=None):
+    """The metrics file of every fine-tuning run of ablation ``name`` (None: of every ablation)."""
+    names = list(ABLATIONS) if name is None else [name]
+    return list(dict.fromkeys(f"results/metrics/{run.path}.json" for n in names for run in ABLATION_RUNS[n]))
+
+
+def ablation_pretrain_outputs(name):
+    """The metrics.csv of each pretraining variant of ablation ``name`` (row order)."""
+    return [f"results/pretrain/endofm/{variant}/metrics.csv" for variant in ABLATIONS[name]]

@@ -7,12 +7,12 @@ if SYNTHETIC:
             directory(f"{RAW}/{{name}}"),
         log:
             f"{LOGS}/synthesize/{{name}}.log",
-        params:
-            synthetic=to_dict(CFG.synthetic),
         wildcard_constraints:
             name="|".join(PRETRAIN_SOURCES + BENCHMARKS),
         conda:
             "../envs/endofm.yaml"
+        params:
+            synthetic=to_dict(CFG.synthetic),
         script:
             "../workflow_scripts/synthesize.py"
 
@@ -28,13 +28,13 @@ else:
                 directory(f"{RAW}/{_name}"),
             log:
                 f"{LOGS}/download/{_name}.log",
+            retries: 2
+            conda:
+                "../envs/endofm.yaml"
             params:
                 source=_name,
                 downloads_dir=DOWNLOADS,
                 overrides=to_dict(DATA.download_overrides.get(_name, [])),
-            retries: 2
-            conda:
-                "../envs/endofm.yaml"
             script:
                 "../workflow_scripts/download.py"
 
@@ -49,11 +49,11 @@ rule extract_clips:
         f"{LOGS}/extract_clips/{{source}}.log",
     benchmark:
         "results/benchmarks/extract_clips/{source}.tsv"
+    conda:
+        "../envs/endofm.yaml"
     threads: 2
     params:
         clips=to_dict(CFG.clips),
-    conda:
-        "../envs/endofm.yaml"
     script:
         "../workflow_scripts/extract_clips.py"
 
@@ -69,9 +69,9 @@ for _bench in BENCHMARKS:
             benchmark_outputs(_bench),
         log:
             f"{LOGS}/index/{_bench}.log",
-        params:
-            benchmark=_bench,
         conda:
             "../envs/endofm.yaml"
+        params:
+            benchmark=_bench,
         script:
             "../workflow_scripts/index_benchmark.py"

@@ -12,11 +12,11 @@ rule evaluate_run:
         f"{LOGS}/evaluate/{{benchmark}}/{RUN_PATH}.log",
     benchmark:
         f"results/benchmarks/evaluate/{{benchmark}}/{RUN_PATH}.tsv"
-    params:
-        raw_dir=lambda wildcards: raw_folder(wildcards.benchmark),
-        synthetic=SYNTHETIC,
     localrule: True
     conda:
         "../envs/endofm.yaml"
+    params:
+        raw_dir=lambda wildcards: raw_folder(wildcards.benchmark),
+        synthetic=SYNTHETIC,
     script:
         "../workflow_scripts/evaluate_run.py"

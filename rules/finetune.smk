@@ -1,8 +1,9 @@
-# Fine-tuning: one job per run of the matrix (benchmark × method × variant × protocol × mode × seed),
+# Fine-tuning: one job per run of the matrix (benchmark × method × variant × protocol × mode × seed
+# × label fraction: `labels` is "" for every training video, "-labels25" for a quarter of them),
 # one rule per benchmark because each writes its own prediction files. checkpoint.pt in the run folder
 # is the resume state of a pre-empted job and deliberately not an output.
 
-RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}"
+RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}{labels}"
 PREDICTIONS = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
 
 for _bench in BENCHMARKS:
@@ -20,14 +21,15 @@ for _bench in BENCHMARKS:
             f"{LOGS}/finetune/{_bench}/{RUN_PATH}.log",
         benchmark:
             f"results/benchmarks/finetune/{_bench}/{RUN_PATH}.tsv"
+        conda:
+            "../envs/endofm.yaml"
         threads: CFG.finetune.threads
         resources:
             gpu=CFG.finetune.gpus,
         params:
             benchmark=_bench,
+            label_fraction=label_fraction,
             settings=finetune_settings(_bench),
             run_dir=subpath(output.run, parent=True),
-        conda:
-            "../envs/endofm.yaml"
         script:
             "../workflow_scripts/finetune.py"

@@ -8,19 +8,18 @@ rule pretrain_config:
         "results/pretrain/{method}/{variant}/pretrain.yaml",
     log:
         f"{LOGS}/pretrain_config/{{method}}/{{variant}}.log",
-    params:
-        settings=pretrain_settings,
     localrule: True
     conda:
         "../envs/endofm.yaml"
+    params:
+        settings=pretrain_settings,
     script:
         "../workflow_scripts/write_pretrain_config.py"
 
 
 rule pretrain_model:
     input:
-        config="results/pretrain/{method}/{variant}/pretrain.yaml",
-        clips=expand(f"{CLIPS}/{{source}}/clips.csv", source=PRETRAIN_SOURCES),
+        unpack(pretrain_inputs),
     output:
         backbone="results/pretrain/{method}/{variant}/backbone.pt",
         metrics="results/pretrain/{method}/{variant}/metrics.csv",
@@ -28,14 +27,14 @@ rule pretrain_model:
         f"{LOGS}/pretrain/{{method}}/{{variant}}.log",
     benchmark:
         "results/benchmarks/pretrain/{method}/{variant}.tsv"
+    conda:
+        "../envs/endofm.yaml"
     threads: 2
     resources:
         gpu=CFG.pretrain.gpus,
     params:
         launcher=launcher(CFG.pretrain.gpus),
         run_dir=subpath(output.backbone, parent=True),
-    conda:
-        "../envs/endofm.yaml"
     shell:
         "{params.launcher} -m endofm.cli pretrain --config {input.config} --clips {input.clips}"
         " --out {params.run_dir} --workers {threads} --on-config-change restart > {log} 2>&1"

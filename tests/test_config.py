@@ -117,3 +117,80 @@ def test_typed_checks_beyond_the_schema():
     data["data"]["pretrain_sources"] = ["no_such_source"]
     with pytest.raises(ConfigError, match="unknown source 'no_such_source'"):
         load_workflow_config(data)
+
+
+def _tiny():
+    return yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
+
+
+def test_ablations_are_named_variant_groups():
+    from endofm.settings import ablation_runs, load_workflow_config
+
+    cfg = load_workflow_config(_tiny())
+    assert cfg.ablation_variants("losses") == {
+        "losses-cv_only": "cv_only",
+        "losses-dm_only": "dm_only",
+        "default": "both",
+    }
+    assert cfg.pretrain_variant("losses-cv_only").dm_weight == 0.0
+    assert cfg.pretrain_variant("losses-cv_only").cv_weight == 1.0
+    assert cfg.pretrain_variant("init-continued").init_head is False
+    assert cfg.pretrain_variant("losses-dm_only").epochs == cfg.pretrain.variant("default").epochs
+    assert set(cfg.pretrain_overlays()) == {"default", "losses-cv_only", "losses-dm_only", "init-continued"}
+    runs = ablation_runs(cfg, "losses")
+    assert {(r.benchmark, r.method, r.protocol, r.mode, r.seed) for r in runs} == {
+        ("polypdiag", "endofm", "clean", "frozen", 0)
+    }
+    assert [r.variant for r in runs] == ["losses-cv_only", "losses-dm_only", "default"]
+    with pytest.raises(ConfigError, match="no ablation 'nope'"):
+        cfg.ablation_variants("nope")
+
+
+@pytest.mark.parametrize(
+    "ablation, message",
+    [
+        ({"variants": {"a": "missing"}}, r"ablations\.x\.variants\.a: 'missing' is not in pretrain\.variants"),
+        ({"variants": {"a": {"dm_wieght": 0.0}}}, r"ablations\.x\.variants\.a: unknown key\(s\) 'dm_wieght'"),
+        ({"variants": {"a-b": {}}}, r"ablations\.x\.variants\.a-b: an arm name takes letters"),
+        ({"variants": {"a": "default", "b": "default"}}, "two arms reuse the same pretraining variant"),
+        ({"variants": {"a": {}}, "benchmarks": ["kumc2"]}, r"ablations\.x\.benchmarks: \['kumc2'\]"),
+        ({"variants": {"a": {}}, "modes": []}, r"ablations\.x\.modes: empty"),
+    ],
+)
+def test_bad_ablations_fail_naming_the_key(ablation, message):
+    from endofm.settings import load_workflow_config
+
+    data = _tiny()
+    data["ablations"] = {"x": ablation}
+    with pytest.raises(ConfigError, match=message):
+        load_workflow_config(data)
+
+
+def test_label_fractions_expand_the_matrix_in_their_modes():
+    from endofm.settings import finetune_runs, load_workflow_config
+
+    data = _tiny()
+    data["finetune"].update(label_fractions=[0.25, 1.0], label_fraction_modes=["frozen"])
+    runs = finetune_runs(load_workflow_config(data))
+    assert len(runs) == 12 + 6  # the frozen runs once more at 25 %
+    quarter = [r for r in runs if r.label_fraction == 0.25]
+    assert {r.mode for r in quarter} == {"frozen"}
+    assert quarter[0].path.endswith("/frozen/seed0-labels25")
+    assert all(r.path.endswith("/seed0") for r in runs if r.label_fraction == 1.0)  # today's paths
+    data["finetune"]["label_fractions"] = [0.0, 1.0]
+    with pytest.raises(ConfigError, match=r"finetune\.label_fractions: expected distinct values in \(0, 1\]"):
+        load_workflow_config(data)
+
+
+def _properties(node: dict, path: str):
+    for key, sub in (node.get("properties") or {}).items():
+        yield f"{path}.{key}", sub
+        yield from _properties(sub, f"{path}.{key}")
+        if isinstance(sub.get("additionalProperties"), dict):
+            yield from _properties(sub["additionalProperties"], f"{path}.{key}.*")
+
+
+def test_every_schema_key_is_documented():
+    """Every property of the schema, at every level, has a description."""
+    missing = [path for path, node in _properties(_schema(), "config") if "description" not in node]
+    assert missing == []

@@ -240,7 +240,7 @@ def test_init_checkpoint_path_is_loaded_and_cannot_replace_random_on_resume(refe
     torch.save(to_official({"teacher": build_model(tiny_config()).state_dict()})["teacher"], flat)
     loaded = []
 
-    def record(model, path):
+    def record(model, path, **kwargs):
         loaded.append(Path(path))
         raise KeyboardInterrupt  # stop here: the run got as far as loading its initial weights
 
@@ -254,6 +254,41 @@ def test_init_checkpoint_path_is_loaded_and_cannot_replace_random_on_resume(refe
     shutil.copy(reference / "checkpoint_0001.pt", run / "checkpoint.pt")  # started from random weights
     with pytest.raises(ConfigError, match=r"cannot resume with different settings \(init: 'random' -> '.*svt.pth'\)"):
         pretrain(tiny_config(init=str(flat)), [clips], run)
+
+
+def test_init_head_false_loads_the_backbone_alone(tmp_path):
+    """A backbone-only file (another run's backbone.pt) initialises the backbone; the head keeps its
+    random weights."""
+    cfg = tiny_config(init_head=False)
+    torch.manual_seed(1)
+    source = build_model(cfg).state_dict()
+    path = tmp_path / "backbone.pt"
+    torch.save({"teacher": {k: v for k, v in source.items() if k.startswith("backbone.")}}, path)
+    torch.manual_seed(2)
+    model = build_model(cfg)
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    load_init_checkpoint(model, path, head=cfg.init_head)
+    for name, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, source[f"backbone.{name}"], rtol=0, atol=0)
+    for name, value in model.head.state_dict().items():
+        torch.testing.assert_close(value, head_before[name], rtol=0, atol=0)
+    assert any(not torch.equal(v, source[f"head.{k}"]) for k, v in model.head.state_dict().items())
+
+
+def test_fixed_t_samples_every_view_at_the_backbones_frame_count(clips):
+    """dynamic_pos_embed off: all views take backbone.num_frames frames (time_embed at its stored
+    length); on: each view keeps its own count."""
+    from endofm.pretraining.views import MultiViewDataset, load_clip_manifests
+
+    cfg = tiny_config()
+    assert cfg.sampled_views is cfg.views
+    fixed = tiny_config(dynamic_pos_embed=False)
+    t = fixed.backbone.num_frames
+    assert t == 4 and fixed.sampled_views.global_frames == (4, 4) and fixed.sampled_views.local_frames == (4, 4)
+    assert fixed.n_views == cfg.n_views and fixed.sampled_views.local_size == cfg.views.local_size
+    dataset = MultiViewDataset(load_clip_manifests([clips]), fixed.sampled_views)
+    assert [v.shape[1] for v in dataset[0]] == [4, 4, 4, 4]
+    assert [v.shape[1] for v in MultiViewDataset(load_clip_manifests([clips]), cfg.views)[0]] == [2, 4, 2, 2]
 
 
 def test_changed_settings_fail_or_restart(reference, clips, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from endofm.tasks.protocols import carve_validation, protocol_splits
+from endofm.tasks.protocols import carve_validation, label_subset, protocol_splits
 
 
 def polypdiag_manifest() -> pd.DataFrame:
@@ -66,3 +66,41 @@ def test_carve_validation_needs_two_units_per_stratum():
         carve_validation(rows, "sample_id", 0.5, 0, stratify="label")
     with pytest.raises(ValueError, match="protocol"):
         protocol_splits("polypdiag", polypdiag_manifest(), "leaky")
+
+
+def video_rows(n_pos: int, n_neg: int, frames: int = 3) -> pd.DataFrame:
+    """Training rows of ``n_pos + n_neg`` videos with ``frames`` rows each and a per-video label."""
+    rows = [(f"v{i:02d}", int(i < n_pos), f) for i in range(n_pos + n_neg) for f in range(frames)]
+    return pd.DataFrame(rows, columns=["video", "label", "frame"])
+
+
+def test_label_subsets_are_nested_stratified_whole_videos_and_seeded():
+    rows = video_rows(n_pos=30, n_neg=10)
+    fractions = [0.1, 0.25, 0.5, 1.0]
+    subsets = [label_subset(rows, "video", f, seed=4, stratify="label") for f in fractions]
+    videos = [set(s["video"]) for s in subsets]
+    assert all(small <= big for small, big in zip(videos, videos[1:], strict=False))  # nested
+    # stratified: round(f · n) videos of each label (at least one), by whole video
+    per_label = [s.drop_duplicates("video")["label"].value_counts().to_dict() for s in subsets]
+    assert per_label == [{1: 3, 0: 1}, {1: 8, 0: 2}, {1: 15, 0: 5}, {1: 30, 0: 10}]
+    assert all((s.groupby("video").size() == 3).all() for s in subsets)
+    assert subsets[-1] is rows
+    assert set(label_subset(rows, "video", 0.25, seed=4, stratify="label")["video"]) == videos[1]
+    draws = {frozenset(label_subset(rows, "video", 0.25, seed=s, stratify="label")["video"]) for s in range(6)}
+    assert len(draws) > 1  # the seed moves the subset
+    with pytest.raises(ValueError, match="label_fraction"):
+        label_subset(rows, "video", 0.0, seed=0)
+
+
+def test_label_fraction_shrinks_training_only():
+    manifest = pd.DataFrame(
+        [("train", f"t{i:02d}", i % 2) for i in range(40)] + [("val", f"v{i}", i % 2) for i in range(6)],
+        columns=["split", "sample_id", "label"],
+    )
+    for protocol in ("paper", "clean"):
+        full = protocol_splits("polypdiag", manifest, protocol, seed=1)
+        part = protocol_splits("polypdiag", manifest, protocol, seed=1, label_fraction=0.25)
+        assert part.units("select") == full.units("select") and part.units("test") == full.units("test")
+        assert set(part.units("train")) < set(full.units("train"))
+        assert len(part.units("train")) == round(0.25 * len(full.units("train")) / 2) * 2
+        assert any("label fraction 0.25" in n for n in part.notes)

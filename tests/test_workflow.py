@@ -169,6 +169,7 @@ def real_config(sources: list[str], benchmarks: list[str], **data) -> dict:
         **data,
     )
     del config["synthetic"]
+    del config["ablations"]  # they name synthetic benchmarks
     return config
 
 

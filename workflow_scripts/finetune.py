@@ -11,7 +11,9 @@ smk = snakemake  # noqa: F821 (snakemake is injected)
 with job_log(smk.log[0]):
     w = smk.wildcards
     cfg = load_workflow_config(smk.config)
-    spec = RunSpec(smk.params.benchmark, w.method, w.variant, w.protocol, w.mode, int(w.seed))
+    spec = RunSpec(
+        smk.params.benchmark, w.method, w.variant, w.protocol, w.mode, int(w.seed), smk.params.label_fraction
+    )
     task = cfg.finetune.task(spec.benchmark)
     torch.set_num_threads(smk.threads)
     task.train.num_workers = min(task.train.num_workers, smk.threads - 1)

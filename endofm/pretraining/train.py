@@ -27,12 +27,13 @@ takes the same arguments)::
 
 A run stopped by SIGTERM/SIGUSR1 writes its checkpoint and exits with status
 :data:`~endofm.engine.PREEMPTED_EXIT_CODE` (75; under torchrun each worker does, and torchrun itself
-exits 1); rerunning the command resumes it. With ``--on-config-change restart`` a checkpoint that
+exits 1, so launch it with ``python -m endofm.launch``, which exits 75); rerunning the command resumes it. With ``--on-config-change restart`` a checkpoint that
 cannot be continued (other settings) is moved to ``out_dir/superseded/`` and training starts afresh.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -107,7 +108,7 @@ OnConfigChange = Literal["error", "restart"]
 
 #: Settings that may change between a run and its resumption (they do not change the maths). ``init``
 #: may move to another path, but not change between ``random`` and a checkpoint.
-RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every", "device", "precision", "init"})
+RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every", "device", "precision", "init", "init_head"})
 
 #: The original's starting point, SVT's Kinetics-400 self-supervised ViT-B (ENDOFM.md §2.4, §3.6): where
 #: the default ``init`` expects it, and where to download it.
@@ -166,7 +167,12 @@ class PretrainConfig:
     num_workers: int = 4
     seed: int = 0
     init: str = SVT_CHECKPOINT  # "random" or a checkpoint path (see the docstring)
-    data_fraction: float = 1.0
+    init_head: bool = True  # False: only the backbone comes from init (e.g. a backbone.pt)
+    # Dynamic positional encoding (SVT's): views keep their own frame counts and time_embed is resized
+    # to each; False samples every view at backbone.num_frames frames, so time_embed is used at its
+    # stored length (the "fixed T" ablation; local crops still resize the spatial grid).
+    dynamic_pos_embed: bool = True
+    data_fraction: float = 1.0  # share of each clip manifest used, drawn with `seed`
     checkpoint_every: int = 5  # numbered copies; 0 keeps only checkpoint.pt
     max_steps_per_epoch: int | None = None  # cap for tests and demos
 
@@ -201,6 +207,19 @@ class PretrainConfig:
                 raise ValueError(
                     f"views.{name} {size} is not a multiple of backbone.patch_size {self.backbone.patch_size}"
                 )
+
+    @property
+    def sampled_views(self) -> ViewConfig:
+        """The views as sampled: ``views``, or with ``dynamic_pos_embed`` off every view at
+        ``backbone.num_frames`` frames."""
+        if self.dynamic_pos_embed:
+            return self.views
+        t = self.backbone.num_frames
+        return dataclasses.replace(
+            self.views,
+            global_frames=(t,) * len(self.views.global_frames),
+            local_frames=(t,) * len(self.views.local_frames),
+        )
 
     @property
     def n_global(self) -> int:
@@ -247,13 +266,17 @@ def init_checkpoint(cfg: PretrainConfig) -> Path | None:
     return path
 
 
-def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike) -> None:
+def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike, head: bool = True) -> None:
     """Load backbone and head strictly from an initial checkpoint (SVT's flat ``{backbone.*, head.*}``,
-    an official or our pretraining checkpoint (its teacher), ...). A missing head is an error."""
+    an official or our pretraining checkpoint (its teacher), ...). A missing head is an error;
+    ``head=False`` loads the backbone alone and keeps the head's random initialisation."""
     raw = read_checkpoint_file(path)
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path}: expected a dict at the top level, got {type(raw).__name__}")
     load_backbone(model.backbone, raw, which="teacher", strict=True)
+    if not head:
+        log.info("initialised the backbone from %s (head: random)", path)
+        return
     state = raw["teacher"] if "teacher" in raw else raw
     head = {}
     for key, value in state.items():
@@ -324,7 +347,7 @@ class _Pretraining:
         seed_everything(cfg.seed)  # the same initial weights on every rank
 
         self.clips = load_clip_manifests(clip_manifests, fraction=cfg.data_fraction, seed=cfg.seed)
-        dataset = MultiViewDataset(self.clips, cfg.views, seed=cfg.seed)
+        dataset = MultiViewDataset(self.clips, cfg.sampled_views, seed=cfg.seed)
         self.loader = build_loader(
             dataset,
             cfg.batch_size_per_gpu,
@@ -340,7 +363,7 @@ class _Pretraining:
         if init is None:
             log.info("init: random weights (the original starts from SVT's Kinetics-400 checkpoint)")
         else:
-            load_init_checkpoint(student, init)
+            load_init_checkpoint(student, init, head=cfg.init_head)
         self.student = wrap_ddp(student.to(info.device), info)  # DDP broadcasts rank 0's weights
         self.teacher = build_model(cfg).to(info.device)
         self.teacher.load_state_dict(student.state_dict())

@@ -9,7 +9,7 @@ and the outputs of a run in ``out_dir``:
 - the task's prediction files for the protocol's test split, made by that model;
 - ``history.csv``: one row per epoch (training loss, lr, selection metrics);
 - ``run.json``: what :mod:`endofm.tasks.evaluate` needs besides the predictions: the run's identity
-  (benchmark, method, variant, protocol, mode, seed), the splits, the selected epoch, a hash of the
+  (benchmark, method, variant, protocol, mode, seed, label fraction), the splits, the selected epoch, a hash of the
   settings, package versions and wall time.
 
 Under the ``paper`` protocol the selection split *is* the test split (the original's model
@@ -127,9 +127,18 @@ class TrainConfig:
             raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}")
 
 
+def label_tag(fraction: float) -> str:
+    """The run-path suffix of a label fraction: ``""`` for 1 (every training video), ``"-labels25"``
+    for 0.25."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    return "" if fraction == 1 else f"-labels{fraction * 100:g}"
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """Which run this is: one cell of the experiment matrix."""
+    """Which run this is: one cell of the experiment matrix. ``label_fraction`` is the share of the
+    protocol's training videos the run trains on (:func:`endofm.tasks.protocols.label_subset`)."""
 
     benchmark: str
     method: str
@@ -137,15 +146,20 @@ class RunSpec:
     protocol: str
     mode: str
     seed: int
+    label_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        label_tag(self.label_fraction)
 
     @property
     def path(self) -> str:
-        """The run's place under ``results/finetune/`` (a folder) and ``results/metrics/`` (+ ``.json``)."""
-        return f"{self.benchmark}/{self.method}/{self.variant}/{self.protocol}/{self.mode}/seed{self.seed}"
+        """The run's place under ``results/finetune/`` (a folder) and ``results/metrics/`` (+ ``.json``):
+        ``<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>``, with ``-labels<percent>`` appended
+        when the run trains on a fraction of the videos."""
+        tag = label_tag(self.label_fraction)
+        return f"{self.benchmark}/{self.method}/{self.variant}/{self.protocol}/{self.mode}/seed{self.seed}{tag}"
 
 
 class Task(abc.ABC):

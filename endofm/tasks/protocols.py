@@ -6,10 +6,15 @@ the official splits, the CVC train/test overlap kept, and model selection on the
 never by frame; stratified by label for PolypDiag), CVC training sequences that share frames with a
 test sequence dropped, model selection on validation, and a single final test. For KUMC the clean
 protocol selects on ``val2019`` (the paper's test set) and tests once on ``test2019``.
+
+Either protocol can train on a fraction of its training videos (:func:`label_subset`, the
+label-efficiency axis): whole videos, stratified like the validation carve-out, and nested (for one
+seed, the videos of a smaller fraction are among those of every larger one).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +27,8 @@ PROTOCOLS: tuple[str, ...] = ("paper", "clean")
 #: Per benchmark: the column naming a video (the unit of a split), and the official split names
 #: used for training and testing under each protocol.
 UNIT_COLUMN = {"polypdiag": "sample_id", "cvc12k": "sequence", "kumc": "video"}
+#: Per-unit column that validation carve-outs and label subsets are stratified by.
+STRATIFY_COLUMN = {"polypdiag": "label"}
 _OFFICIAL = {
     # benchmark: (train split, paper test split, clean selection split or None = carve, clean test split)
     "polypdiag": ("train", "val", None, "val"),
@@ -99,23 +106,64 @@ def carve_validation(
     return rows[~is_val], rows[is_val]
 
 
+def label_subset(
+    rows: pd.DataFrame, unit: str, fraction: float, seed: int, stratify: str | None = None
+) -> pd.DataFrame:
+    """The rows of ``round(fraction · units)`` whole units (at least one) of ``rows``, per stratum when
+    ``stratify`` names a per-unit column, in manifest order.
+
+    Each stratum's units are ranked once by a permutation drawn from ``seed`` and the stratum, and a
+    fraction keeps a prefix of that ranking, so for one seed the subsets are nested across fractions.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return rows
+    units = rows.drop_duplicates(unit)
+    groups = [("", units)] if stratify is None else list(units.groupby(stratify, sort=True))
+    kept: list[str] = []
+    for key, group in groups:
+        names = group[unit].astype(str).tolist()
+        rng = np.random.default_rng([seed, zlib.crc32(f"labels:{key}".encode())])
+        order = rng.permutation(len(names))
+        kept += [names[i] for i in order[: max(1, round(fraction * len(names)))]]
+    return rows[rows[unit].astype(str).isin(kept)]
+
+
 def protocol_splits(
-    benchmark: str, manifest: pd.DataFrame, protocol: str, seed: int = 0, val_fraction: float = 0.2
+    benchmark: str,
+    manifest: pd.DataFrame,
+    protocol: str,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    label_fraction: float = 1.0,
 ) -> ProtocolSplits:
-    """The rows each role uses for ``benchmark`` under ``protocol``; ``seed`` drives the clean carve-out."""
+    """The rows each role uses for ``benchmark`` under ``protocol``; ``seed`` drives the clean carve-out
+    and the ``label_fraction`` subset of the training videos (after the carve-out, so validation and
+    test do not change with the fraction)."""
     if benchmark not in _OFFICIAL:
         raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(_OFFICIAL)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     train_split, paper_test, clean_select, clean_test = _OFFICIAL[benchmark]
     unit = UNIT_COLUMN[benchmark]
+    stratify = STRATIFY_COLUMN.get(benchmark)
     train = _rows(manifest, train_split, benchmark)
+
+    def subset(rows: pd.DataFrame) -> pd.DataFrame:
+        if label_fraction < 1:
+            before = rows[unit].nunique()
+            rows = label_subset(rows, unit, label_fraction, seed, stratify)
+            notes.append(f"label fraction {label_fraction:g}: {rows[unit].nunique()} of {before} training {unit}s")
+        return rows
+
     if protocol == "paper":
         test = SplitRows(paper_test, _rows(manifest, paper_test, benchmark))
         notes = [f"model selection on the test split ({paper_test}), as the original"]
         if benchmark == "cvc12k" and train["overlaps_other_split"].astype(bool).any():
             n = train.loc[train["overlaps_other_split"].astype(bool), unit].nunique()
             notes.append(f"{n} training sequence(s) share frames with test sequences (official overlap kept)")
+        train = subset(train)
         return ProtocolSplits(benchmark, protocol, SplitRows(train_split, train), test, test, tuple(notes))
 
     notes = []
@@ -125,12 +173,12 @@ def protocol_splits(
             notes.append(f"dropped {train.loc[leaks, unit].nunique()} training sequence(s) sharing frames with test")
         train = train[~leaks]
     if clean_select is None:
-        stratify = "label" if benchmark == "polypdiag" else None
         train, val = carve_validation(train, unit, val_fraction, seed, stratify)
         select = SplitRows(train_split, val)
         notes.append(f"validation: {val[unit].nunique()} training {unit}(s) held out (seed {seed})")
     else:
         select = SplitRows(clean_select, _rows(manifest, clean_select, benchmark))
         notes.append(f"validation: the official {clean_select} split")
+    train = subset(train)
     test = SplitRows(clean_test, _rows(manifest, clean_test, benchmark))
     return ProtocolSplits(benchmark, protocol, SplitRows(train_split, train), select, test, tuple(notes))

@@ -74,7 +74,9 @@ def finetune_benchmark(
     """Run ``spec`` (one cell of the experiment matrix) on the benchmark indexed in ``manifest``, whose
     files sit under ``raw_dir``; outputs in ``out_dir`` (see :mod:`endofm.tasks.finetune`)."""
     rows = read_manifest(manifest)
-    splits = protocol_splits(spec.benchmark, rows, spec.protocol, spec.seed, task_config.train.val_fraction)
+    splits = protocol_splits(
+        spec.benchmark, rows, spec.protocol, spec.seed, task_config.train.val_fraction, spec.label_fraction
+    )
     settings = {
         "spec": asdict(spec),
         "task": to_dict(task_config),
@@ -122,6 +124,7 @@ def evaluate_run(
     )
     record = {
         **{k: run[k] for k in ("benchmark", "method", "variant", "protocol", "mode", "seed")},
+        "label_fraction": run.get("label_fraction", 1.0),
         "data": "synthetic" if synthetic else "real",
         **({"note": SYNTHETIC_NOTE} if synthetic else {}),
         "test_split": run["test_split"],
