@@ -17,6 +17,7 @@ from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
 from endofm.models.vit import BackboneConfig
 from endofm.pretraining.train import PretrainConfig
+from endofm.report import ReportConfig
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
 from endofm.tasks.finetune import MODES, RunSpec
@@ -159,6 +160,7 @@ class WorkflowConfig:
     clips: ClipConfig = field(default_factory=ClipConfig)
     pretrain: PretrainStage = field(default_factory=PretrainStage)
     finetune: FinetuneStage = field(default_factory=FinetuneStage)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.finetune.variants if v not in self.pretrain.variants]

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from endofm.config import to_dict
 from endofm.data.sources import SOURCES, missing_data_message
+from endofm.report.collect import config_hash
 from endofm.settings import finetune_runs, load_workflow_config, run_backbone
 
 validate(config, schema="../config/schema.yaml")
@@ -123,3 +124,32 @@ def finetune_outputs():
 def metrics_outputs(benchmark=None):
     """The metrics file of every run in the matrix (of one benchmark)."""
     return [f"results/metrics/{run.path}.json" for run in FINETUNE_RUNS if benchmark in (None, run.benchmark)]
+
+
+def report_ablations():
+    """The report's ablation tables: ablation name -> {pretraining variant: row label} (none yet)."""
+    return {}
+
+
+def report_inputs(wildcards):
+    """What the report reads: every metrics file, every pretraining run's metrics.csv, the paper's reported
+    numbers, and the benchmark indexes (example frames)."""
+    return {
+        "metrics": metrics_outputs(),
+        "pretrain": [str(Path(p).with_name("metrics.csv")) for p in pretrain_outputs()],
+        "paper_results": str(Path(workflow.basedir) / "config/paper_results.yaml"),
+        "manifests": [f"{BENCH}/{bench}/manifest.csv" for bench in BENCHMARKS],
+    }
+
+
+# Everything the report depends on besides its inputs (a change reruns it).
+REPORT_PARAMS = {
+    "settings": to_dict(CFG.report),
+    "n_seeds": len(CFG.finetune.seeds),
+    "synthetic": SYNTHETIC,
+    "ablations": report_ablations(),
+    "config_hash": config_hash(to_dict(CFG)),
+    "raw_dir": RAW,
+    "benchmarks_dir": BENCH,
+    "timings_dir": "results/benchmarks",
+}

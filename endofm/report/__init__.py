@@ -252,9 +252,10 @@ def build_report(
     synthetic: bool = False,
     ablations: Mapping[str, Mapping[str, str]] | None = None,
     settings_hash: str | None = None,
-    html: bool = True,
+    parts: Sequence[str] = ("tables", "html"),
 ) -> list[Path]:
-    """Collect ``inputs`` and write the tables (and with ``html`` the page and its figures) under ``out_dir``.
+    """Collect ``inputs`` and write under ``out_dir`` the ``parts``: ``tables`` (tables.md, .tex, .csv) and
+    ``html`` (index.html and figures/*.png).
 
     ``n_seeds``: seeds configured per cell (cells with fewer say so); ``synthetic``: the data is the built-in
     corpus (banner, and the paper's column labelled as real-data figures); ``ablations``: name -> {variant:
@@ -265,8 +266,11 @@ def build_report(
     data = collect(inputs, cfg, n_seeds)
     tables = make_tables(data, cfg, ablations or {}, synthetic)
     timing = timing_table(data.timings)
-    written = write_tables(out_dir, tables + ([timing] if timing else []), data.summary)
-    if not html:
+    unknown = set(parts) - {"tables", "html"}
+    if unknown:
+        raise ValueError(f"build_report: unknown parts {sorted(unknown)}; expected tables and/or html")
+    written = write_tables(out_dir, tables + ([timing] if timing else []), data.summary) if "tables" in parts else []
+    if "html" not in parts:
         return written
     figures = make_figures(data, inputs, cfg)
     with atomic_path(out_dir / "figures", directory=True) as tmp:

@@ -1,0 +1,44 @@
+# Report: every metrics file, pretraining curve and benchmark file -> results/report/ (tables.md, .tex,
+# .csv; index.html with embedded figures, figures/*.png). Local rules: they only read and plot.
+
+
+rule report_tables:
+    input:
+        unpack(report_inputs),
+    output:
+        md=report("results/report/tables.md", category="Report", caption="../report/tables.rst"),
+        tex="results/report/tables.tex",
+        csv=report("results/report/tables.csv", category="Report", caption="../report/tables_csv.rst"),
+    log:
+        f"{LOGS}/report/tables.log",
+    localrule: True
+    conda:
+        "../envs/endofm.yaml"
+    params:
+        parts=["tables"],
+        **REPORT_PARAMS,
+    script:
+        "../workflow_scripts/report.py"
+
+
+rule report_html:
+    input:
+        unpack(report_inputs),
+    output:
+        html=report("results/report/index.html", category="Report", caption="../report/index.rst"),
+        figures=report(
+            directory("results/report/figures"),
+            patterns=["{name}.png"],
+            category="Figures",
+            caption="../report/figures.rst",
+        ),
+    log:
+        f"{LOGS}/report/html.log",
+    localrule: True
+    conda:
+        "../envs/endofm.yaml"
+    params:
+        parts=["html"],
+        **REPORT_PARAMS,
+    script:
+        "../workflow_scripts/report.py"
