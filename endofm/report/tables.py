@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from endofm.report.collect import AXES
+from endofm.report.collect import AXES, READOUT_KEYS
 from endofm.report.stats import TESTS, compare
 
 
@@ -44,6 +44,9 @@ SECONDARY_ORDER: dict[str, list[str]] = {
 PROTOCOL_ORDER = ("paper", "clean")
 MODE_LABELS = {"full": "full fine-tuning", "frozen": "frozen backbone"}
 DASH = "–"
+#: Marks of the paper numbers' tags (ENDOFM.md): verified numbers carry none.
+TAG_MARKS = {"verified": "", "derived": " (d)", "unverified": " (u)"}
+TAG_LEGEND = "(d): derived from margins the paper states; (u): unverified (secondary sources); unmarked: verified"
 
 
 def headline(benchmark: str) -> Headline:
@@ -242,12 +245,10 @@ def table1(
         caption += (
             " † The paper's real-data figures (Wang et al., MICCAI 2023: paper protocol, full fine-tuning), shown for "
             "reference, not as a target: these runs use the built-in synthetic corpus, whose numbers prove the "
-            "machinery, not clinical accuracy."
+            f"machinery, not clinical accuracy. {TAG_LEGEND}."
         )
     else:
-        caption += (
-            " † Numbers reported in the paper (paper protocol, full fine-tuning); see the reported-results table."
-        )
+        caption += f" † Numbers reported in the paper (paper protocol, full fine-tuning). {TAG_LEGEND}."
     return Table("table1", "Table 1: fine-tuning results", caption, columns, blocks)
 
 
@@ -258,7 +259,7 @@ def paper_cell(paper: Mapping[str, Any], method: str, benchmark: str) -> str:
     text = f"{float(cell['mean']):.1f}"
     if cell.get("std") is not None:
         text += f" ± {float(cell['std']):.1f}"
-    return text + ("" if cell["tag"] == "verified" else f" [{cell['tag']}]")
+    return text + TAG_MARKS[cell["tag"]]
 
 
 def paper_table(paper: Mapping[str, Any], benches: Sequence[str], synthetic: bool) -> Table | None:
@@ -271,15 +272,11 @@ def paper_table(paper: Mapping[str, Any], benches: Sequence[str], synthetic: boo
     rows = []
     for name, entry in methods.items():
         hours = entry.get("pretrain_hours")
-        hours_text = (
-            DASH
-            if not hours
-            else f"{float(hours['value']):.1f}" + ("" if hours.get("tag") == "verified" else f" [{hours.get('tag')}]")
-        )
+        hours_text = DASH if not hours else f"{float(hours['value']):.1f}" + TAG_MARKS.get(hours.get("tag"), "")
         rows.append([entry.get("label", name), hours_text] + [paper_cell(paper, name, b) for b in benches])
     caption = (
-        f"Source: {paper.get('source', 'unknown')}. Tags: verified (read in the paper or the official README), "
-        "derived (computed from the margins the paper states), unverified (secondary sources)."
+        f"Source: {paper.get('source', 'unknown')}. Values in percent; {TAG_LEGEND} (read in the paper or the "
+        "official README)."
     )
     if synthetic:
         caption += " These are the paper's real-data figures, not targets for the synthetic corpus."
@@ -296,19 +293,21 @@ def secondary_tables(
         sub = summary[(summary["benchmark"] == b) & (summary["label_fraction"] == fraction)]
         present = [m for m in dict.fromkeys(sub["metric"]) if m != headline(b).metric]
         order = SECONDARY_ORDER.get(b, [])
-        metrics = [m for m in order if m in present] + sorted(m for m in present if m not in order)
+        readouts = sorted((m for m in present if "[" in m), key=_readout_order)
+        metrics = [m for m in order if m in present]
+        metrics += sorted(m for m in present if m not in order and m not in readouts) + readouts
         if not metrics:
             continue
         pairs = list(dict.fromkeys(zip(sub["method"], sub["variant"], strict=True)))
+        counts = pd.Series([m for m, _ in pairs]).value_counts()
         blocks = []
         for protocol, mode in blocks_of(sub):
             lines = []
             for method, variant in pairs:
                 got = [cells.get(b, method, variant, protocol, mode, fraction, m) for m in metrics]
                 if any(g is not None for g in got):
-                    lines.append(
-                        [f"{row_label(method, variant, paper, False)} ({variant})"] + [fmt_cell(g) for g in got]
-                    )
+                    label = row_label(method, variant, paper, counts[method] > 1)
+                    lines.append([label] + [fmt_cell(g) for g in got])
             blocks.append((block_title(protocol, mode), lines))
         caption = (
             f"{headline(b).label}: secondary metrics, mean ± sample std (×100) over seeds with n. "
@@ -318,6 +317,11 @@ def secondary_tables(
             Table(f"secondary_{b}", f"{headline(b).label}: secondary metrics", caption, ["Method"] + metrics, blocks)
         )
     return tables
+
+
+def _readout_order(metric: str) -> tuple[str, int]:
+    key, name = metric.rstrip("]").split("[", 1)
+    return name, READOUT_KEYS.index(key) if key in READOUT_KEYS else len(READOUT_KEYS)
 
 
 def ablation_tables(
