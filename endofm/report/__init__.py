@@ -283,7 +283,7 @@ def build_report(
     by_name = {t.key: t for t in tables}
     fig = lambda *names: {figures[n][0]: figures[n][1] for n in names if n in figures}  # noqa: E731
     sections = [
-        H.section("table1", "Table 1", [by_name["table1"]] + ([by_name["paper"]] if "paper" in by_name else []),
+        H.section("table1", "Main results", [by_name["table1"]] + ([by_name["paper"]] if "paper" in by_name else []),
                   fig("seed_bars")),
         H.section("secondary", "Secondary metrics", [t for t in tables if t.key.startswith("secondary_")]),
     ]  # fmt: skip
