@@ -191,6 +191,8 @@ def test_html_is_self_contained_with_banner_and_tex_has_booktabs(fabricated):
 
 def test_real_data_has_no_banner(fabricated):
     root, paths = fabricated
+    for path in paths:
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"data": "real"}))
     inputs = ReportInputs(metrics=[str(p) for p in paths], paper_results=str(PAPER))
     build_report(inputs, root / "out", n_seeds=3, synthetic=False)
     page = (root / "out/index.html").read_text()

@@ -258,12 +258,13 @@ def build_report(
     ``html`` (index.html and figures/*.png).
 
     ``n_seeds``: seeds configured per cell (cells with fewer say so); ``synthetic``: the data is the built-in
-    corpus (banner, and the paper's column labelled as real-data figures); ``ablations``: name -> {variant:
+    corpus (banner, and the paper's column labelled as real-data figures; also when a metrics file says so); ``ablations``: name -> {variant:
     row label}, one table each. Returns the written paths.
     """
     cfg = cfg or ReportConfig()
     out_dir = Path(out_dir)
     data = collect(inputs, cfg, n_seeds)
+    synthetic = synthetic or any(r.get("data") == "synthetic" for r in data.records)
     tables = make_tables(data, cfg, ablations or {}, synthetic)
     timing = timing_table(data.timings)
     unknown = set(parts) - {"tables", "html"}
