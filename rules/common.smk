@@ -132,11 +132,15 @@ def report_ablations():
 
 
 def report_inputs(wildcards):
-    """What the report reads: every metrics file, every pretraining run's metrics.csv, the paper's reported
-    numbers, and the benchmark indexes (example frames)."""
+    """What the report reads: every metrics file, every pretraining run's metrics.csv, the jobs' benchmark
+    files (wall time per rule), the paper's reported numbers, and the benchmark indexes (example frames)."""
+    pretrained = [Path(p).parent for p in pretrain_outputs()]  # results/pretrain/<method>/<variant>
     return {
         "metrics": metrics_outputs(),
-        "pretrain": [str(Path(p).with_name("metrics.csv")) for p in pretrain_outputs()],
+        "pretrain": [str(d / "metrics.csv") for d in pretrained],
+        "timings": expand("results/benchmarks/extract_clips/{source}.tsv", source=PRETRAIN_SOURCES)
+        + [f"results/benchmarks/pretrain/{d.parent.name}/{d.name}.tsv" for d in pretrained]
+        + [f"results/benchmarks/{stage}/{run.path}.tsv" for stage in ("finetune", "evaluate") for run in FINETUNE_RUNS],
         "paper_results": str(Path(workflow.basedir) / "config/paper_results.yaml"),
         "manifests": [f"{BENCH}/{bench}/manifest.csv" for bench in BENCHMARKS],
     }
