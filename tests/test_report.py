@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from endofm.cli import main
-from endofm.report import ReportConfig, ReportError, ReportInputs, build_report
+from endofm.report import ReportConfig, ReportError, ReportInputs, build_ablation_table, build_report
 from endofm.report.collect import read_metrics_file
 from endofm.report.stats import compare, paired_t_test, sign_flip_test
 from endofm.report.tables import HEADLINE
@@ -219,6 +219,20 @@ def test_ablation_and_label_fraction_tables(fabricated):
     assert re.search(r"\| L_dm only \| – \| – \| – \|", section)
     assert "## Label efficiency" in md and "| 0.25 | 0.5 | 1 |" in md
     assert (root / "results/report/figures/label_efficiency.png").is_file()
+
+
+def test_one_ablation_table_alone(tmp_path):
+    paths = [
+        write_run(tmp_path, "cvc12k", "endofm", variant, "clean", "full", seed, {"dice": value + 0.01 * seed})
+        for variant, value in (("default", 0.5), ("local2", 0.3))
+        for seed in (0, 1, 2)
+    ]
+    out = build_ablation_table(
+        paths, tmp_path / "ablation_views.md", "views", {"default": "10 views", "local2": "2 local views"}, n_seeds=3
+    )
+    text = out.read_text()
+    assert "## Ablation: views" in text and "| 10 views | 51.0 ± 1.0 (n=3) |" in text
+    assert "| 2 local views | 31.0 ± 1.0 (n=3) |" in text  # constant difference 0.2: t-test variance is 0, no mark
 
 
 def test_headline_metrics_are_the_tasks_selection_metrics():

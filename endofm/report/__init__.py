@@ -27,7 +27,7 @@ from endofm.report.stats import TESTS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportConfig", "ReportError", "ReportInputs", "build_report"]
+__all__ = ["ReportConfig", "ReportError", "ReportInputs", "build_ablation_table", "build_report"]
 
 
 @dataclass
@@ -313,3 +313,24 @@ def build_report(
     )
     written.append(write_text(out_dir / "index.html", H.render(sections, synthetic=synthetic, summary=summary)))
     return written
+
+
+def build_ablation_table(
+    metrics: Sequence[str],
+    out_path: str | Path,
+    name: str,
+    variants: Mapping[str, str],
+    cfg: ReportConfig | None = None,
+    *,
+    n_seeds: int | None = None,
+) -> Path:
+    """One ablation's table alone (Markdown, as in tables.md) from the metrics files of its runs: the
+    output of an ``ablation_<name>`` target. ``variants``: {pretraining variant: row label}."""
+    cfg = cfg or ReportConfig()
+    data = collect(ReportInputs(metrics=metrics), cfg, n_seeds)
+    label = T.row_label(cfg.reference_method, cfg.main_variant, data.paper, False)
+    tables = T.ablation_tables(
+        data.summary, {name: variants}, method=cfg.reference_method, test=cfg.test, alpha=cfg.alpha,
+        reference_label=label,
+    )  # fmt: skip
+    return write_text(out_path, T.to_markdown(tables))
