@@ -100,7 +100,8 @@ def _duration(seconds: float) -> str:
 
 
 def pretraining_costs(data: Collected) -> dict[tuple[str, str], str]:
-    """Per pretrained (method, variant): wall and CPU time of its pretraining job and its parameter count."""
+    """Per (method, variant): wall and CPU time of its pretraining job and its parameter count; methods
+    without a pretraining job of this workflow (scratch, external checkpoints) say so."""
     costs = {}
     jobs = data.timings.set_index("job") if not data.timings.empty else pd.DataFrame()
     for (method, variant), info in data.pretraining.items():
@@ -112,7 +113,7 @@ def pretraining_costs(data: Collected) -> dict[tuple[str, str], str]:
             parts.append(f"{info['parameters'] / 1e6:.2f} M params")
         costs[(method, variant)] = "; ".join(parts) or T.DASH
     for method, variant in {(r["method"], r["variant"]) for r in data.records}:
-        costs.setdefault((method, variant), "none (no pretraining)" if method == "scratch" else T.DASH)
+        costs.setdefault((method, variant), "no pretraining job")
     return costs
 
 
