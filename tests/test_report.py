@@ -186,7 +186,7 @@ def test_html_is_self_contained_with_banner_and_tex_has_booktabs(fabricated):
     assert out / "index.html" in written
     tex = (out / "tables.tex").read_text()
     assert tex.count(r"\begin{tabular}") == tex.count(r"\toprule") == tex.count(r"\bottomrule") >= 3
-    assert r"\midrule" in tex and r"$\pm$" in tex
+    assert r"\midrule" in tex and r"$\pm$" in tex and "p $<$ 0.05" in tex
 
 
 def test_real_data_has_no_banner(fabricated):

@@ -418,7 +418,7 @@ def to_markdown(tables: Sequence[Table]) -> str:
 
 _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
         "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$", "†": r"$^\dagger$", "×": r"$\times$",
-        "–": "--", "*": r"$^*$"}  # fmt: skip
+        "–": "--", "*": r"$^*$", "<": r"$<$", ">": r"$>$", "≥": r"$\geq$", "≤": r"$\leq$"}  # fmt: skip
 
 
 def tex_escape(text: str) -> str:
