@@ -136,6 +136,8 @@ def test_whole_workflow_end_to_end(tmp_path):
 
     rerun = snakemake(workdir, "--cores", "2", "all")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+    snakemake(workdir, "--report", str(workdir / "snakemake_report.html"))
+    assert "tables.csv" in (workdir / "snakemake_report.html").read_text()
 
     changed = tiny_config()
     changed["pretrain"]["settings"]["lr"] = 0.001
