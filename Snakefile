@@ -1,4 +1,4 @@
-# endofm workflow: data -> pretrain -> finetune -> evaluate (-> report, in a later stage).
+# endofm workflow: data -> pretrain -> finetune -> evaluate -> report.
 # Default config: the built-in synthetic corpus, on CPU, in minutes. Real data: --configfile config/paper.yaml
 from snakemake.utils import min_version
 
@@ -8,11 +8,15 @@ min_version("9.19")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -21,6 +25,8 @@ rule all:
         data_outputs(),
         pretrain_outputs(),
         metrics_outputs(),
+        rules.report_tables.output,
+        rules.report_html.output.html,
     localrule: True
 
 
@@ -48,6 +54,19 @@ rule evaluate:
     localrule: True
 
 
+rule main_table:
+    input:
+        rules.report_tables.output,
+    localrule: True
+
+
+rule report:
+    input:
+        rules.report_tables.output,
+        rules.report_html.output.html,
+    localrule: True
+
+
 for _bench in BENCHMARKS:
 
     rule:
@@ -61,6 +80,7 @@ for _bench in BENCHMARKS:
 rule ablations:
     input:
         ablation_metrics(),
+        expand("results/report/ablation_{ablation}.md", ablation=ABLATIONS),
     localrule: True
 
 
@@ -71,4 +91,5 @@ for _name in ABLATIONS:
             f"ablation_{_name}"
         input:
             ablation_metrics(_name),
+            f"results/report/ablation_{_name}.md",
         localrule: True

@@ -211,6 +211,27 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(record["metrics"], indent=1))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from endofm.report import ReportInputs, build_report
+    from endofm.report.collect import config_hash
+    from endofm.settings import finetune_runs
+
+    cfg = _workflow_config(args.config)
+    inputs = ReportInputs(
+        metrics=[f"results/metrics/{run.path}.json" for run in finetune_runs(cfg)],
+        pretrain=sorted(str(p) for p in Path("results/pretrain").glob("*/*/metrics.csv")),
+        timings_dir="results/benchmarks",
+        paper_results=args.paper_results if args.paper_results.is_file() else None,
+        benchmarks_dir=cfg.data.benchmarks_dir,
+        raw_dir=cfg.data.raw_dir,
+    )
+    written = build_report(
+        inputs, args.out, cfg.report, n_seeds=len(cfg.finetune.seeds), synthetic=cfg.data.origin == "synthetic",
+        settings_hash=config_hash(to_dict(cfg)), parts=("tables",) if args.tables_only else ("tables", "html"),
+    )  # fmt: skip
+    print("\n".join(str(p) for p in written))
+
+
 def cmd_sources(args: argparse.Namespace) -> None:
     from endofm.data.sources import registry_markdown
 
@@ -353,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "Metrics of a fine-tuning run's test predictions (JSON).")
     p.add_argument("run_dir", type=Path, help="a folder written by `endofm finetune` (holds run.json)")
     p.add_argument("--out", type=Path, help="metrics JSON (default: <run_dir>/metrics.json)")
+
+    p = add(
+        "report", cmd_report, "Tables, figures and the HTML report from the metrics files of the experiment matrix."
+    )
+    p.add_argument("--out", type=Path, default=Path("results/report"), help="output folder (default: results/report)")
+    p.add_argument(
+        "--paper-results", type=Path, default=Path("config/paper_results.yaml"), help="the paper's reported numbers"
+    )
+    p.add_argument("--tables-only", action="store_true", help="write tables.{md,tex,csv} only, no figures or HTML")
 
     p = add(
         "convert-checkpoint",

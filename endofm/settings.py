@@ -18,6 +18,7 @@ from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
 from endofm.models.vit import BackboneConfig
 from endofm.pretraining.train import PretrainConfig, load_pretrain_config
+from endofm.report import ReportConfig
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
 from endofm.tasks.finetune import MODES, RunSpec
@@ -199,6 +200,7 @@ class WorkflowConfig:
     pretrain: PretrainStage = field(default_factory=PretrainStage)
     finetune: FinetuneStage = field(default_factory=FinetuneStage)
     ablations: dict[str, Ablation] = field(default_factory=dict)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.finetune.variants if v not in self.pretrain.variants]
@@ -209,6 +211,9 @@ class WorkflowConfig:
                 f"finetune.variants: {unknown} are not pretraining variants ({', '.join(self.pretrain.variants)})"
             )
         self._check_ablations()
+        missing = [n for n in self.report.ablations if n not in self.ablations]
+        if missing:
+            raise ConfigError(f"report.ablations: {missing} are not named in ablations ({', '.join(self.ablations)})")
 
     def _check_ablations(self) -> None:
         for name, ablation in self.ablations.items():

@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from endofm.config import ConfigError, check_schema, config_file_of, to_dict
 from endofm.data.sources import SOURCES, missing_data_message
+from endofm.report.collect import config_hash
 from endofm.settings import ablation_runs, finetune_runs, load_workflow_config, run_backbone
 from endofm.tasks.finetune import label_tag
 
@@ -47,6 +48,7 @@ wildcard_constraints:
     mode="full|frozen",
     seed=r"\d+",
     labels="(?:" + "|".join(sorted(LABEL_FRACTIONS)) + ")",
+    ablation="|".join(ABLATIONS) or "(?!)",
 
 
 def benchmark_outputs(bench):
@@ -158,3 +160,38 @@ def ablation_metrics(name=None):
 def ablation_pretrain_outputs(name):
     """The metrics.csv of each pretraining variant of ablation ``name`` (row order)."""
     return [f"results/pretrain/endofm/{variant}/metrics.csv" for variant in ABLATIONS[name]]
+
+
+def report_ablations():
+    """The ablation tables of the main report (report.ablations): name -> {pretraining variant: row label}."""
+    return {name: ABLATIONS[name] for name in CFG.report.ablations}
+
+
+def report_inputs(wildcards):
+    """What the report reads: every metrics file, every pretraining run's metrics.csv, the jobs' benchmark
+    files (wall time per rule), the paper's reported numbers, and the benchmark indexes (example frames)."""
+    pretrained = [Path(p).parent for p in pretrain_outputs()]  # results/pretrain/<method>/<variant>
+    return {
+        "metrics": list(
+            dict.fromkeys(metrics_outputs() + [m for n in CFG.report.ablations for m in ablation_metrics(n)])
+        ),
+        "pretrain": [str(d / "metrics.csv") for d in pretrained],
+        "timings": expand("results/benchmarks/extract_clips/{source}.tsv", source=PRETRAIN_SOURCES)
+        + [f"results/benchmarks/pretrain/{d.parent.name}/{d.name}.tsv" for d in pretrained]
+        + [f"results/benchmarks/{stage}/{run.path}.tsv" for stage in ("finetune", "evaluate") for run in FINETUNE_RUNS],
+        "paper_results": str(Path(workflow.basedir) / "config/paper_results.yaml"),
+        "manifests": [f"{BENCH}/{bench}/manifest.csv" for bench in BENCHMARKS],
+    }
+
+
+# Everything the report depends on besides its inputs (a change reruns it).
+REPORT_PARAMS = {
+    "settings": to_dict(CFG.report),
+    "n_seeds": len(CFG.finetune.seeds),
+    "synthetic": SYNTHETIC,
+    "ablations": report_ablations(),
+    "config_hash": config_hash(to_dict(CFG)),
+    "raw_dir": RAW,
+    "benchmarks_dir": BENCH,
+    "timings_dir": "results/benchmarks",
+}

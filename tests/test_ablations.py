@@ -43,6 +43,7 @@ def test_an_ablation_target_plans_only_its_jobs(tmp_path):
         (w["method"], w["protocol"], w["mode"], w["seed"]) == ("endofm", "clean", "frozen", "0") for w in finetunes
     )
     assert not any(rule in ("index_cvc12k", "index_kumc") for rule, _ in jobs)  # only the benchmarks it names
+    assert [w for rule, w in jobs if rule == "report_ablation"] == [{"ablation": "losses"}]  # and its table
 
     out = snakemake(workdir, "-n", "ablation_init").stdout
     arms = ["init-continued", "default"]  # continued starts from default's backbone, so default is planned too
@@ -60,6 +61,9 @@ def test_changing_one_ablation_reruns_only_its_jobs(tmp_path):
         (workdir / "results/metrics/polypdiag/endofm/init-continued/clean/frozen/seed0.json").read_text()
     )
     assert record["variant"] == "init-continued" and record["label_fraction"] == 1.0
+    table = (workdir / "results/report/ablation_losses.md").read_text()
+    for arm in ("cv_only", "dm_only", "both"):  # one row per arm, labelled by its name
+        assert re.search(rf"^\|\s*{arm}\b", table, re.M), table
     assert "Nothing to be done" in snakemake(workdir, "-n", "ablations").stdout
 
     changed = tiny_config()

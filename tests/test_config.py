@@ -150,7 +150,10 @@ def test_ablations_are_named_variant_groups():
     "ablation, message",
     [
         ({"variants": {"a": "missing"}}, r"ablations\.x\.variants\.a: 'missing' is not in pretrain\.variants"),
-        ({"variants": {"a": {"dm_wieght": 0.0}}}, r"ablations\.x\.variants\.a: unknown key 'dm_wieght' \(did you mean 'dm_weight'\?\)"),
+        (
+            {"variants": {"a": {"dm_wieght": 0.0}}},
+            r"ablations\.x\.variants\.a: unknown key 'dm_wieght' \(did you mean 'dm_weight'\?\)",
+        ),
         ({"variants": {"a-b": {}}}, r"ablations\.x\.variants\.a-b: an arm name takes letters"),
         ({"variants": {"a": "default", "b": "default"}}, "two arms reuse the same pretraining variant"),
         ({"variants": {"a": {}}, "benchmarks": ["kumc2"]}, r"ablations\.x\.benchmarks: \['kumc2'\]"),

@@ -118,8 +118,31 @@ def test_whole_workflow_end_to_end(tmp_path):
         assert record["data"] == "synthetic" and 0.0 <= record["metrics"][headline[bench]] <= 1.0
         assert record["splits"]["select_is_test"] == (protocol == "paper")
 
+    # the report closes `all`: Table 1 cells come from the metrics files, the page is self-contained
+    report = workdir / "results/report"
+    table = pd.read_csv(report / "tables.csv")
+    for bench, method, variant, protocol, mode in runs:
+        value = json.loads(
+            (workdir / f"results/metrics/{bench}/{method}/{variant}/{protocol}/{mode}/seed0.json").read_text()
+        )
+        row = table[(table.benchmark == bench) & (table.method == method) & (table.protocol == protocol)
+                    & (table["mode"] == mode) & (table.metric == headline[bench])]  # fmt: skip
+        assert len(row) == 1 and row.iloc[0]["n"] == 1
+        assert row.iloc[0]["mean"] == pytest.approx(value["metrics"][headline[bench]])
+    md = (report / "tables.md").read_text()
+    assert "## Table 1" in md and "(n=1 of 1)" not in md and "(n=1)" in md
+    assert r"\toprule" in (report / "tables.tex").read_text()
+    page = (report / "index.html").read_text()
+    assert 'id="synthetic-banner"' in page and "https://" not in page and "http://" not in page
+    figures = {p.name for p in (report / "figures").glob("*.png")}
+    assert {"pretraining_curves.png", "seed_bars.png", "finetuning_curves.png", "cvc12k_examples.png",
+            "kumc_examples.png"} <= figures, figures  # fmt: skip
+    assert page.count("data:image/png;base64,") == len(figures)
+
     rerun = snakemake(workdir, "--cores", "2", "all")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+    snakemake(workdir, "--report", str(workdir / "snakemake_report.html"))
+    assert "tables.csv" in (workdir / "snakemake_report.html").read_text()
 
     changed = tiny_config()
     changed["pretrain"]["settings"]["lr"] = 0.001

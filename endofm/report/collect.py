@@ -1,0 +1,260 @@
+"""Everything the report reads: the metrics files of the runs, pretraining curves and metadata, the
+rules' benchmark files (wall time per job), the paper's reported numbers, and provenance.
+
+A missing or malformed metrics file raises :class:`ReportError` with a one-line message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+#: The fields that identify a run; every metrics file carries them (endofm.tasks.runs.evaluate_run).
+IDENTITY = ("benchmark", "method", "variant", "protocol", "mode", "seed")
+#: Axes of a summary: a run's identity without the seed, plus the label fraction (1.0 when absent).
+AXES = ("benchmark", "method", "variant", "protocol", "mode", "label_fraction")
+#: Counts and sizes in a metrics file: not metrics to average.
+COUNT_KEYS = frozenset({"n", "n_positive", "tp", "fp", "fn", "tn", "frames", "n_sequences", "n_frames"})
+#: Metrics of the extra read-outs of a frozen run (PolypDiag probes) that the report keeps.
+READOUT_KEYS = ("f1", "auroc", "accuracy")
+
+
+class ReportError(ValueError):
+    """A report input is missing or malformed; the message is one line and names the file."""
+
+
+def _fail(path: Path, why: str) -> ReportError:
+    return ReportError(f"{path}: {why}")
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a number (NaN allowed; None -> NaN), else None."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
+    """One metrics file, checked: identity fields, an optional ``label_fraction`` in (0, 1] (default
+    1.0) and a non-empty ``metrics`` mapping of numbers. Adds ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(path, "missing metrics file")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(path, f"malformed metrics file: not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(record, dict):
+        raise _fail(path, f"malformed metrics file: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in (*IDENTITY, "metrics") if k not in record]
+    if missing:
+        raise _fail(path, f"malformed metrics file: missing {', '.join(missing)}")
+    for key in IDENTITY[:-1]:
+        if not isinstance(record[key], str) or not record[key]:
+            raise _fail(path, f"malformed metrics file: {key} must be a non-empty string, got {record[key]!r}")
+    if isinstance(record["seed"], bool) or not isinstance(record["seed"], int):
+        raise _fail(path, f"malformed metrics file: seed must be an integer, got {record['seed']!r}")
+    fraction = record.get("label_fraction", 1.0)
+    if _number(fraction) is None or not 0.0 < float(fraction) <= 1.0:
+        raise _fail(path, f"malformed metrics file: label_fraction must be in (0, 1], got {fraction!r}")
+    metrics = record["metrics"]
+    if not isinstance(metrics, dict) or not metrics:
+        raise _fail(path, "malformed metrics file: metrics must be a non-empty object")
+    bad = [k for k, v in metrics.items() if _number(v) is None]
+    if bad:
+        raise _fail(path, f"malformed metrics file: metrics {bad[:3]} are not numbers")
+    return {**record, "label_fraction": float(fraction), "path": str(path)}
+
+
+def flat_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of a record by name: ``metrics`` without counts, and the frozen read-outs' F1,
+    AUROC and accuracy as ``<key>[<readout>]``."""
+    out = {k: float(_number(v)) for k, v in record["metrics"].items() if k not in COUNT_KEYS}
+    for name, values in (record.get("readouts") or {}).items():
+        if isinstance(values, dict):
+            for key in READOUT_KEYS:
+                value = _number(values.get(key))
+                if key in values and value is not None:
+                    out[f"{key}[{name}]"] = value
+    return out
+
+
+def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The metrics files as a long frame, one row per run × metric (``AXES``, ``seed``, ``metric``,
+    ``value``, ``data``, ``path``), and the checked records. Two files for one run fail."""
+    records = [read_metrics_file(p) for p in sorted({str(p) for p in paths})]
+    if not records:
+        raise ReportError("no metrics files: the experiment matrix has no runs")
+    seen: dict[tuple, str] = {}
+    rows = []
+    for rec in records:
+        key = (*(rec[k] for k in AXES), rec["seed"])
+        if key in seen:
+            raise ReportError(f"{rec['path']}: the same run as {seen[key]}")
+        seen[key] = rec["path"]
+        ident = {k: rec[k] for k in AXES} | {"seed": rec["seed"], "data": rec.get("data", "unknown")}
+        for metric, value in flat_metrics(rec).items():
+            rows.append({**ident, "metric": metric, "value": value, "path": rec["path"]})
+    return pd.DataFrame(rows), records
+
+
+def run_dir_of(
+    metrics_path: str | os.PathLike, metrics_root: str = "results/metrics", runs_root: str = "results/finetune"
+) -> Path:
+    """The run folder of a metrics file: ``results/metrics/<run>.json`` -> ``results/finetune/<run>/``."""
+    path = Path(metrics_path)
+    parts = path.with_suffix("").parts
+    root = Path(metrics_root).parts
+    for i in range(len(parts) - len(root) + 1):
+        if parts[i : i + len(root)] == root:
+            return Path(*parts[:i]) / runs_root / Path(*parts[i + len(root) :])
+    raise ReportError(f"{path}: not under {metrics_root}/, cannot find its run folder")
+
+
+# ---------------------------------------------------------------------------------------------- pretraining
+
+
+def read_pretraining(metrics_files: Iterable[str | os.PathLike]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (method, variant): its ``metrics.csv`` (``results/pretrain/<method>/<variant>/metrics.csv``) as a
+    frame, and the parameter count from the resolved ``config.yaml`` beside it when recorded."""
+    out = {}
+    for f in metrics_files:
+        path = Path(f)
+        if not path.is_file():
+            raise _fail(path, "missing pretraining metrics file")
+        try:
+            curves = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise _fail(path, f"malformed pretraining metrics: {str(exc).splitlines()[0]}") from None
+        parameters = None
+        meta = path.with_name("config.yaml")
+        if meta.is_file():
+            try:
+                run = (yaml.safe_load(meta.read_text()) or {}).get("run") or {}
+                parameters = run.get("parameters")
+            except yaml.YAMLError:
+                parameters = None
+        out[(path.parent.parent.name, path.parent.name)] = {
+            "curves": curves,
+            "parameters": parameters,
+            "path": str(path),
+        }
+    return out
+
+
+def read_timings(root: str | os.PathLike | None) -> pd.DataFrame:
+    """Every Snakemake benchmark file under ``root`` (``<stage>/.../<job>.tsv``): one row per job with
+    ``stage`` (the first folder), ``job`` (the path below ``root`` without suffix), ``wall_s``,
+    ``cpu_s`` and ``max_rss_mb``."""
+    rows = []
+    for path in sorted(Path(root).rglob("*.tsv")) if root and Path(root).is_dir() else []:
+        try:
+            frame = pd.read_csv(path, sep="\t")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise _fail(path, f"malformed benchmark file: {str(exc).splitlines()[0]}") from None
+        if frame.empty or "s" not in frame:
+            raise _fail(path, "malformed benchmark file: no 's' column")
+        rel = path.relative_to(Path(root)).with_suffix("")
+        last = frame.iloc[-1]
+        rows.append(
+            {
+                "stage": rel.parts[0] if len(rel.parts) > 1 else "other",
+                "job": rel.as_posix(),
+                "wall_s": float(last["s"]),
+                "cpu_s": float(pd.to_numeric(last.get("cpu_time"), errors="coerce")),
+                "max_rss_mb": float(pd.to_numeric(last.get("max_rss"), errors="coerce")),
+            }
+        )
+    return pd.DataFrame(rows, columns=["stage", "job", "wall_s", "cpu_s", "max_rss_mb"])
+
+
+#: How sure a reported number is (ENDOFM.md's tags): read in the paper, computed from its stated margins,
+#: or taken from secondary sources.
+TAGS = ("verified", "derived", "unverified")
+
+
+def read_paper_results(path: str | os.PathLike | None) -> dict[str, Any]:
+    """``config/paper_results.yaml``: the numbers the paper reports (see that file); empty without one."""
+    if path is None:
+        return {"methods": {}}
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(path, "missing paper results file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise _fail(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data.get("methods"), dict):
+        raise _fail(path, "expected a 'methods' mapping")
+    for name, entry in data["methods"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("results", {}), dict):
+            raise _fail(path, f"methods.{name}: expected a mapping with 'results'")
+        for bench, cell in entry.get("results", {}).items():
+            if not isinstance(cell, dict) or _number(cell.get("mean")) is None or cell.get("tag") not in TAGS:
+                raise _fail(path, f"methods.{name}.results.{bench}: expected mean (number) and tag ({'/'.join(TAGS)})")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str:
+    """The checked-out commit (``-dirty`` when the tree has changes), or ``unknown`` outside git."""
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", *a], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        return commit + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def config_hash(settings: Any) -> str:
+    """sha256 (first 16 hex digits) of ``settings`` as sorted JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def hardware() -> dict[str, Any]:
+    """The machine the report runs on: OS, CPU, cores, memory, GPUs."""
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine()}
+    info["cores"] = os.cpu_count()
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import torch
+
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 (a broken CUDA install must not break the report)
+        info["gpus"] = []
+    return info
+
+
+def versions() -> dict[str, str]:
+    """Package versions: endofm's own record (Python, endofm, torch, NumPy) plus the report's libraries."""
+    import importlib.metadata
+
+    from endofm.models.checkpoint import package_versions
+
+    out = dict(package_versions())
+    for name in ("pandas", "matplotlib", "jinja2", "scipy", "snakemake"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,466 @@
+"""The report's tables from the collected metrics: seed summaries (mean, sample std, n), Table 1 in the
+paper's layout, secondary metrics, ablations and label efficiency, each rendered to Markdown, LaTeX
+(booktabs) and HTML from one :class:`Table`.
+
+Every number is a mean over the seeds of one cell of the experiment matrix; values are shown ×100 as in
+the paper. A cell with fewer seeds than configured says so (``n=2 of 3``); a difference to the reference
+row is marked only when the paired test over shared seeds (:mod:`endofm.report.stats`) says so.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from endofm.report.collect import AXES, READOUT_KEYS
+from endofm.report.stats import TESTS, compare
+
+
+class Headline(NamedTuple):
+    """A benchmark's Table 1 column: display name, metric key in the metrics files, metric label."""
+
+    label: str
+    metric: str
+    metric_label: str
+
+
+#: The paper's Table 1 metrics (the keys evaluate_run writes; each is its task's selection metric).
+HEADLINE: dict[str, Headline] = {
+    "polypdiag": Headline("PolypDiag", "f1", "F1"),
+    "cvc12k": Headline("CVC-12k", "dice", "Dice"),
+    "kumc": Headline("KUMC", "f1_paper", "F1"),
+}
+#: Secondary metrics shown first, in this order; any other key a metrics file carries follows.
+SECONDARY_ORDER: dict[str, list[str]] = {
+    "polypdiag": ["auroc", "accuracy", "precision", "recall"],
+    "cvc12k": ["frame_dice", "frame_iou"],
+    "kumc": ["f1_iou", "AP", "AP50", "AP75", "precision_paper", "recall_paper", "precision_iou", "recall_iou"],
+}
+PROTOCOL_ORDER = ("paper", "clean")
+MODE_LABELS = {"full": "full fine-tuning", "frozen": "frozen backbone"}
+DASH = "–"
+#: Marks of the paper numbers' tags (ENDOFM.md): verified numbers carry none.
+TAG_MARKS = {"verified": "", "derived": " (d)", "unverified": " (u)"}
+TAG_LEGEND = "(d): derived from margins the paper states; (u): unverified (secondary sources); unmarked: verified"
+
+
+def headline(benchmark: str) -> Headline:
+    return HEADLINE.get(benchmark, Headline(benchmark, "", ""))
+
+
+@dataclass
+class Table:
+    """One table: named blocks of rows (a block per protocol and mode, say) under shared columns."""
+
+    key: str
+    title: str
+    caption: str
+    columns: list[str]
+    blocks: list[tuple[str, list[list[str]]]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+
+def summarise(long: pd.DataFrame, n_expected: int | None = None) -> pd.DataFrame:
+    """Mean, sample std (ddof 1; NaN for one seed) and n over seeds of every run cell × metric, from
+    :func:`collect_metrics`' frame. ``n`` counts the finite values; ``seeds`` lists their seeds."""
+    finite = long[pd.to_numeric(long["value"], errors="coerce").notna()]
+    keys = [*AXES, "metric"]
+    cells = long[keys].drop_duplicates()
+    agg = (
+        finite.groupby(keys, sort=False)
+        .agg(n=("value", "count"), mean=("value", "mean"), std=("value", "std"), seeds=("seed", _join))
+        .reset_index()
+    )
+    out = cells.merge(agg, on=keys, how="left")
+    out["n"] = out["n"].fillna(0).astype(int)
+    out["seeds"] = out["seeds"].fillna("")
+    out.insert(out.columns.get_loc("n") + 1, "n_expected", n_expected if n_expected else pd.NA)
+    return out.reset_index(drop=True)
+
+
+def _join(seeds: pd.Series) -> str:
+    return ";".join(str(s) for s in sorted(seeds))
+
+
+def per_seed(long: pd.DataFrame) -> dict[tuple, dict[int, float]]:
+    """{(AXES..., metric): {seed: value}} for the paired tests."""
+    out: dict[tuple, dict[int, float]] = {}
+    for row in long.itertuples(index=False):
+        key = (*(getattr(row, a) for a in AXES), row.metric)
+        out.setdefault(key, {})[int(row.seed)] = float(row.value)
+    return out
+
+
+def add_significance(
+    summary: pd.DataFrame,
+    values: Mapping[tuple, Mapping[int, float]],
+    reference: tuple[str, str],
+    test: str,
+    alpha: float,
+) -> pd.DataFrame:
+    """``summary`` with the paired comparison of each row to the ``reference`` (method, variant) row of the
+    same benchmark, protocol, mode, label fraction and metric: ``n_pairs``, ``p_value``, ``significant``."""
+    out = summary.copy()
+    cols = {"reference": [], "n_pairs": [], "p_value": [], "significant": []}
+    for row in summary.itertuples(index=False):
+        ref_key = (row.benchmark, *reference, row.protocol, row.mode, row.label_fraction, row.metric)
+        key = (row.benchmark, row.method, row.variant, row.protocol, row.mode, row.label_fraction, row.metric)
+        if (row.method, row.variant) == tuple(reference) or ref_key not in values:
+            cols["reference"].append("")
+            cols["n_pairs"].append(0)
+            cols["p_value"].append(math.nan)
+            cols["significant"].append(False)
+            continue
+        result = compare(values.get(key, {}), values[ref_key], test, alpha)
+        cols["reference"].append("/".join(reference))
+        cols["n_pairs"].append(result.n_pairs)
+        cols["p_value"].append(result.p_value)
+        cols["significant"].append(result.significant)
+    for name, column in cols.items():
+        out[name] = column
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- cells
+
+
+def fmt_value(x: float, scale: float = 100.0, digits: int = 1) -> str:
+    return DASH if x is None or not math.isfinite(float(x)) else f"{float(x) * scale:.{digits}f}"
+
+
+def fmt_cell(row: Any | None, scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std (n=k)``; ``(n=k of m)`` when fewer seeds than the m configured; ``*`` when the paired
+    test finds a significant difference to the reference row."""
+    if row is None or int(row.n) == 0:
+        return DASH
+    text = fmt_value(row.mean, scale, digits)
+    if int(row.n) > 1:
+        text += f" ± {fmt_value(row.std, scale, digits)}"
+    expected = getattr(row, "n_expected", None)
+    short = expected is not None and not pd.isna(expected) and int(row.n) < int(expected)
+    text += f" (n={int(row.n)} of {int(expected)})" if short else f" (n={int(row.n)})"
+    if bool(getattr(row, "significant", False)):
+        text += " *"
+    return text
+
+
+class Cells:
+    """Lookup of summary rows by (benchmark, method, variant, protocol, mode, label_fraction, metric)."""
+
+    def __init__(self, summary: pd.DataFrame):
+        self.rows = {(*(getattr(r, a) for a in AXES), r.metric): r for r in summary.itertuples(index=False)}
+
+    def get(self, *key: Any) -> Any | None:
+        return self.rows.get(tuple(key))
+
+
+def blocks_of(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """(protocol, mode) pairs present, paper before clean and full before frozen."""
+    present = set(zip(summary["protocol"], summary["mode"], strict=True))
+    order = lambda p, values: (values.index(p) if p in values else len(values), p)  # noqa: E731
+    return sorted(present, key=lambda pm: (order(pm[0], PROTOCOL_ORDER), order(pm[1], tuple(MODE_LABELS))))
+
+
+def block_title(protocol: str, mode: str, fraction: float | None = None) -> str:
+    text = f"{protocol} protocol, {MODE_LABELS.get(mode, mode)}"
+    return text if fraction is None or fraction == 1.0 else f"{text}, {fraction:g} of the labels"
+
+
+def benchmarks_of(summary: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(summary["benchmark"]))
+    return [b for b in HEADLINE if b in present] + [b for b in present if b not in HEADLINE]
+
+
+def method_rows(summary: pd.DataFrame, reference: str, main_variant: str) -> list[tuple[str, str]]:
+    """The (method, variant) rows of Table 1: each method once, with ``main_variant`` when it has it (its
+    other variants belong to the ablation tables), else every variant it ran; ``reference`` first."""
+    pairs = list(dict.fromkeys(zip(summary["method"], summary["variant"], strict=True)))
+    methods = sorted({m for m, _ in pairs}, key=lambda m: (m != reference, m))
+    rows = []
+    for method in methods:
+        variants = [v for m, v in pairs if m == method]
+        rows += [(method, main_variant)] if main_variant in variants else [(method, v) for v in sorted(variants)]
+    return rows
+
+
+def row_label(method: str, variant: str, paper: Mapping[str, Any], several: bool) -> str:
+    entry = paper.get("methods", {}).get(method, {})
+    label = entry.get("label", method)
+    return f"{label} ({variant})" if several else label
+
+
+def full_fraction(summary: pd.DataFrame) -> float:
+    return float(summary["label_fraction"].max())
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def table1(
+    summary: pd.DataFrame,
+    *,
+    paper: Mapping[str, Any],
+    costs: Mapping[tuple[str, str], str],
+    reference: str,
+    main_variant: str,
+    synthetic: bool,
+    test: str,
+    alpha: float,
+) -> Table:
+    """Methods × benchmarks (PolypDiag F1, CVC-12k Dice, KUMC F1) at the full label fraction, one block per
+    protocol and mode, with each method's pretraining cost and the paper's reported numbers beside ours."""
+    cells, fraction = Cells(summary), full_fraction(summary)
+    benches = benchmarks_of(summary)
+    rows = method_rows(summary, reference, main_variant)
+    several = len({m for m, _ in rows}) < len(rows)
+    paper_head = "paper (real data)†" if synthetic else "paper†"
+    columns = ["Method", "Pretraining cost"]
+    for b in benches:
+        columns += [f"{headline(b).label} {headline(b).metric_label}", paper_head]
+    blocks = []
+    for protocol, mode in blocks_of(summary):
+        lines = []
+        for method, variant in rows:
+            line = [row_label(method, variant, paper, several), costs.get((method, variant), DASH)]
+            for b in benches:
+                line.append(fmt_cell(cells.get(b, method, variant, protocol, mode, fraction, headline(b).metric)))
+                line.append(paper_cell(paper, method, b))
+            lines.append(line)
+        blocks.append((block_title(protocol, mode), lines))
+    ref_label = row_label(reference, main_variant, paper, False)
+    caption = (
+        f"Mean ± sample std (×100) over fine-tuning seeds, n = seeds; 'n=k of m' marks a cell with fewer seeds than "
+        f"the m configured. * : differs from {ref_label} at p < {alpha:g}, {TESTS[test].description}, paired by seed "
+        f"(no mark: not significant or fewer than 2 shared seeds). Pretraining cost: wall and CPU time of the "
+        f"pretraining job (Snakemake benchmark file) and parameter count."
+    )
+    if synthetic:
+        caption += (
+            " † The paper's real-data figures (Wang et al., MICCAI 2023: paper protocol, full fine-tuning), shown for "
+            "reference, not as a target: these runs use the built-in synthetic corpus, whose numbers prove the "
+            f"machinery, not clinical accuracy. {TAG_LEGEND}."
+        )
+    else:
+        caption += f" † Numbers reported in the paper (paper protocol, full fine-tuning). {TAG_LEGEND}."
+    return Table("table1", "Table 1: fine-tuning results", caption, columns, blocks)
+
+
+def paper_cell(paper: Mapping[str, Any], method: str, benchmark: str) -> str:
+    cell = paper.get("methods", {}).get(method, {}).get("results", {}).get(benchmark)
+    if not cell:
+        return DASH
+    text = f"{float(cell['mean']):.1f}"
+    if cell.get("std") is not None:
+        text += f" ± {float(cell['std']):.1f}"
+    return text + TAG_MARKS[cell["tag"]]
+
+
+def paper_table(paper: Mapping[str, Any], benches: Sequence[str], synthetic: bool) -> Table | None:
+    """Every entry of ``config/paper_results.yaml`` with its tags and source."""
+    methods = paper.get("methods", {})
+    if not methods:
+        return None
+    benches = [b for b in HEADLINE if b in benches or not benches] or list(HEADLINE)
+    columns = ["Method", "Pretraining (GPU h)"] + [f"{headline(b).label} {headline(b).metric_label}" for b in benches]
+    rows = []
+    for name, entry in methods.items():
+        hours = entry.get("pretrain_hours")
+        hours_text = DASH if not hours else f"{float(hours['value']):.1f}" + TAG_MARKS.get(hours.get("tag"), "")
+        rows.append([entry.get("label", name), hours_text] + [paper_cell(paper, name, b) for b in benches])
+    caption = (
+        f"Source: {paper.get('source', 'unknown')}. Values in percent; {TAG_LEGEND} (read in the paper or the "
+        "official README)."
+    )
+    if synthetic:
+        caption += " These are the paper's real-data figures, not targets for the synthetic corpus."
+    return Table("paper", "Reported in the paper (real data)", caption, columns, [("", rows)])
+
+
+def secondary_tables(
+    summary: pd.DataFrame, *, paper: Mapping[str, Any], test: str, alpha: float, reference_label: str
+) -> list[Table]:
+    """Per benchmark: every metric the files carry other than the Table 1 one, per method and variant."""
+    cells, fraction = Cells(summary), full_fraction(summary)
+    tables = []
+    for b in benchmarks_of(summary):
+        sub = summary[(summary["benchmark"] == b) & (summary["label_fraction"] == fraction)]
+        present = [m for m in dict.fromkeys(sub["metric"]) if m != headline(b).metric]
+        order = SECONDARY_ORDER.get(b, [])
+        readouts = sorted((m for m in present if "[" in m), key=_readout_order)
+        metrics = [m for m in order if m in present]
+        metrics += sorted(m for m in present if m not in order and m not in readouts) + readouts
+        if not metrics:
+            continue
+        pairs = list(dict.fromkeys(zip(sub["method"], sub["variant"], strict=True)))
+        counts = pd.Series([m for m, _ in pairs]).value_counts()
+        blocks = []
+        for protocol, mode in blocks_of(sub):
+            lines = []
+            for method, variant in pairs:
+                got = [cells.get(b, method, variant, protocol, mode, fraction, m) for m in metrics]
+                if any(g is not None for g in got):
+                    label = row_label(method, variant, paper, counts[method] > 1)
+                    lines.append([label] + [fmt_cell(g) for g in got])
+            blocks.append((block_title(protocol, mode), lines))
+        caption = (
+            f"{headline(b).label}: secondary metrics, mean ± sample std (×100) over seeds with n. "
+            f"* : differs from {reference_label} at p < {alpha:g} ({TESTS[test].description})."
+        )
+        tables.append(
+            Table(f"secondary_{b}", f"{headline(b).label}: secondary metrics", caption, ["Method"] + metrics, blocks)
+        )
+    return tables
+
+
+def _readout_order(metric: str) -> tuple[str, int]:
+    key, name = metric.rstrip("]").split("[", 1)
+    return name, READOUT_KEYS.index(key) if key in READOUT_KEYS else len(READOUT_KEYS)
+
+
+def ablation_tables(
+    summary: pd.DataFrame,
+    ablations: Mapping[str, Mapping[str, str]],
+    *,
+    method: str = "endofm",
+    test: str,
+    alpha: float,
+    reference_label: str,
+) -> list[Table]:
+    """One table per ablation (name -> {variant: row label}): the ``method`` runs of those variants, Table 1
+    metrics, one block per protocol and mode; variants without runs show dashes."""
+    cells, fraction = Cells(summary), full_fraction(summary)
+    benches = benchmarks_of(summary)
+    tables = []
+    for name, variants in ablations.items():
+        columns = ["Variant"] + [f"{headline(b).label} {headline(b).metric_label}" for b in benches]
+        blocks = []
+        for protocol, mode in blocks_of(summary[summary["method"] == method]) or blocks_of(summary):
+            lines = [
+                [label]
+                + [fmt_cell(cells.get(b, method, v, protocol, mode, fraction, headline(b).metric)) for b in benches]
+                for v, label in variants.items()
+            ]
+            blocks.append((block_title(protocol, mode), lines))
+        caption = (
+            f"Ablation '{name}': {method} pretrained with each variant, then fine-tuned; mean ± sample std (×100) "
+            f"over seeds with n. * : differs from {reference_label} at p < {alpha:g} ({TESTS[test].description})."
+        )
+        tables.append(Table(f"ablation_{name}", f"Ablation: {name}", caption, columns, blocks))
+    return tables
+
+
+def label_efficiency_table(
+    summary: pd.DataFrame, *, paper: Mapping[str, Any], reference: str, main_variant: str
+) -> Table | None:
+    """Table 1 metric per method versus the fraction of labelled training data (when several were run)."""
+    fractions = sorted(summary["label_fraction"].unique())
+    if len(fractions) < 2:
+        return None
+    cells = Cells(summary)
+    rows = method_rows(summary, reference, main_variant)
+    blocks = []
+    for b in benchmarks_of(summary):
+        for protocol, mode in blocks_of(summary[summary["benchmark"] == b]):
+            lines = [
+                [row_label(m, v, paper, False)]
+                + [fmt_cell(cells.get(b, m, v, protocol, mode, f, headline(b).metric)) for f in fractions]
+                for m, v in rows
+            ]
+            blocks.append((f"{headline(b).label} {headline(b).metric_label}, {block_title(protocol, mode)}", lines))
+    caption = (
+        "Table 1 metric (×100, mean ± sample std over seeds with n) versus the fraction of labelled training data."
+    )
+    return Table("label_efficiency", "Label efficiency", caption, ["Method"] + [f"{f:g}" for f in fractions], blocks)
+
+
+def long_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """tables.csv: one row per benchmark × method × variant × protocol × mode × label fraction × metric."""
+    cols = [
+        *AXES,
+        "metric",
+        "n",
+        "n_expected",
+        "mean",
+        "std",
+        "seeds",
+        "reference",
+        "n_pairs",
+        "p_value",
+        "significant",
+    ]
+    return summary[[c for c in cols if c in summary]]
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def to_markdown(tables: Sequence[Table]) -> str:
+    out = []
+    for t in tables:
+        out.append(f"## {t.title}\n")
+        for title, rows in t.blocks:
+            if title:
+                out.append(f"**{title}**\n")
+            out.append("| " + " | ".join(t.columns) + " |")
+            out.append("|" + "|".join("---" for _ in t.columns) + "|")
+            out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+            out.append("")
+        out.append(f"{t.caption}\n")
+    return "\n".join(out)
+
+
+_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$", "†": r"$^\dagger$", "×": r"$\times$",
+        "–": "--", "*": r"$^*$", "<": r"$<$", ">": r"$>$", "≥": r"$\geq$", "≤": r"$\leq$"}  # fmt: skip
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(tables: Sequence[Table]) -> str:
+    """LaTeX tables with booktabs rules (``\\usepackage{booktabs}``), one ``table`` float each."""
+    out = ["% Generated by `endofm report`; needs \\usepackage{booktabs}.", ""]
+    for t in tables:
+        ncol = len(t.columns)
+        out += [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\small",
+            f"\\caption{{{tex_escape(t.title)}. {tex_escape(t.caption)}}}",
+        ]
+        out += [f"\\label{{tab:{t.key}}}", r"\begin{tabular}{l" + "c" * (ncol - 1) + "}", r"\toprule"]
+        out.append(" & ".join(tex_escape(c) for c in t.columns) + r" \\")
+        for i, (title, rows) in enumerate(t.blocks):
+            out.append(r"\midrule")
+            if title:
+                out.append(f"\\multicolumn{{{ncol}}}{{l}}{{\\emph{{{tex_escape(title)}}}}} \\\\")
+                if i >= 0:
+                    out.append(r"\addlinespace[2pt]")
+            out += [" & ".join(tex_escape(c) for c in r) + r" \\" for r in rows]
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def to_html(table: Table) -> str:
+    """An HTML ``<table>`` (a ``<tbody>`` per block) with its caption."""
+    esc = html.escape
+    parts = [f'<table id="{esc(table.key)}"><thead><tr>']
+    parts += [f"<th>{esc(c)}</th>" for c in table.columns]
+    parts.append("</tr></thead>")
+    for title, rows in table.blocks:
+        parts.append("<tbody>")
+        if title:
+            parts.append(f'<tr class="block"><th colspan="{len(table.columns)}">{esc(title)}</th></tr>')
+        for r in rows:
+            parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
+        parts.append("</tbody>")
+    parts.append(f'</table><p class="caption">{esc(table.caption)}</p>')
+    return "".join(parts)
