@@ -160,6 +160,7 @@ def test_run_outputs(reference, clips):
         "checkpoint_0002.pt",
         "config.yaml",
         "metrics.csv",
+        "run.json",
     ]
     assert names == expected
     ckpt = load_checkpoint(reference / "checkpoint.pt")
