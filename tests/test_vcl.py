@@ -170,7 +170,15 @@ def reference(tmp_path_factory, clips):
 def test_run_outputs_and_cost(reference):
     metrics = pd.read_csv(reference / "metrics.csv")
     assert metrics.columns.tolist() == [
-        "epoch", *TERMS, "lr", "wd", "static_usage", "dynamic_usage", "steps", "seconds", "clips_per_s"
+        "epoch",
+        *TERMS,
+        "lr",
+        "wd",
+        "static_usage",
+        "dynamic_usage",
+        "steps",
+        "seconds",
+        "clips_per_s",
     ]
     assert metrics["steps"].tolist() == [3, 3] and np.isfinite(metrics[TERMS].to_numpy()).all()
     assert metrics["local"][0] == 0 and metrics["local"][1] > 0  # local concepts from epoch 1

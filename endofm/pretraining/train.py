@@ -341,6 +341,7 @@ class Objective(abc.ABC):
 
     def setup(self, model: nn.Module) -> None:
         """Build what the objective keeps besides the model (teacher, loss buffers), once ``model`` is on the device."""
+        return None
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """AdamW groups: the first one takes the scheduled weight decay."""
@@ -361,6 +362,7 @@ class Objective(abc.ABC):
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """After the optimiser step of global iteration ``step``."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint besides the model and optimiser (keys of ``CHECKPOINT_KEYS`` go top level)."""
@@ -368,6 +370,7 @@ class Objective(abc.ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (``state`` may hold other checkpoint keys too)."""
+        return None
 
     @abc.abstractmethod
     def export_model(self, model: nn.Module) -> nn.Module:
