@@ -127,7 +127,7 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from endofm.models.vit import BackboneConfig
-    from endofm.settings import run_backbone
+    from endofm.settings import run_backbone, run_backbone_options
     from endofm.tasks.finetune import RunSpec
     from endofm.tasks.runs import finetune_benchmark
 
@@ -136,11 +136,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.checkpoint is not None:
         method, variant = "external", "external"
         backbone = BackboneConfig(name=args.backbone) if args.backbone else cfg.pretrain.variant("default").backbone
-        checkpoint = args.checkpoint
+        checkpoint, options = args.checkpoint, {}
     else:
         method = args.method
         variant = args.variant or cfg.finetune.method_variants(method)[0]
         backbone, checkpoint = run_backbone(cfg, method, variant)
+        options = run_backbone_options(cfg, method)
     spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed)
     out = args.out or Path("results/finetune") / spec.path
     task = cfg.finetune.task(bench)
@@ -148,7 +149,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         task.train.device = args.device
     record = finetune_benchmark(
         spec, task, Path(cfg.data.benchmarks_dir) / bench / "manifest.csv", Path(cfg.data.raw_dir) / bench, out,
-        backbone, checkpoint,
+        backbone, checkpoint, options,
     )  # fmt: skip
     print(f"{spec.path}: selected epoch {record['selection']['epoch']} -> {out}")
 

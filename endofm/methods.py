@@ -83,6 +83,10 @@ class TaskBackbone(abc.ABC):
         """Whether the backbone runs in eval mode while the model trains (no stochastic depth in fixed features)."""
         return mode == "frozen"
 
+    def options(self, stage: Any) -> dict[str, Any]:
+        """Settings :meth:`build` needs besides the backbone's, from the workflow's ``pretrain`` stage."""
+        return {}
+
 
 class VideoViT(TaskBackbone):
     """The TimeSformer of :mod:`endofm.models.vit`, fine-tuned whole (``full``) or fixed (``frozen``)."""
@@ -127,6 +131,9 @@ class STAdapter(TaskBackbone):
 
     def eval_backbone(self, mode: str) -> bool:
         return True
+
+    def options(self, stage: Any) -> dict[str, Any]:
+        return {"adapter": dict(stage.st_adapter.adapter)}
 
 
 BACKBONES: dict[str, TaskBackbone] = {"video_vit": VideoViT(), "st_adapter": STAdapter()}

@@ -7,7 +7,8 @@ from snakemake.utils import validate
 
 from endofm.config import to_dict
 from endofm.data.sources import SOURCES, missing_data_message
-from endofm.settings import finetune_runs, load_workflow_config, run_backbone
+from endofm.methods import METHODS
+from endofm.settings import finetune_runs, load_workflow_config, pretrain_runs, run_backbone, run_backbone_options
 
 validate(config, schema="../config/schema.yaml")
 # Typed config: fills the defaults of keys left out and checks what the schema cannot express.
@@ -24,7 +25,7 @@ SYNTHETIC = DATA.origin == "synthetic"
 LOGS = "results/logs"
 
 
-PRETRAIN_METHODS = ["endofm"]
+PRETRAIN_RUNS = pretrain_runs(CFG)  # (method, variant) of every pretraining job
 PRETRAIN_VARIANTS = list(CFG.pretrain.variants)
 FINETUNE_RUNS = finetune_runs(CFG)
 
@@ -32,8 +33,8 @@ FINETUNE_RUNS = finetune_runs(CFG)
 wildcard_constraints:
     source="|".join(PRETRAIN_SOURCES),
     benchmark="|".join(BENCHMARKS),
-    method="|".join(sorted({"endofm", "scratch", *CFG.finetune.checkpoints})),
-    variant="|".join(sorted({*PRETRAIN_VARIANTS, "none", "external"})),
+    method="|".join(sorted({*METHODS, *CFG.finetune.checkpoints})),
+    variant="|".join(sorted({*PRETRAIN_VARIANTS, "default", "none", "external"})),
     protocol="paper|clean",
     mode="full|frozen",
     seed=r"\d+",
@@ -74,15 +75,15 @@ def clip_source_input(wildcards):
 
 
 def pretrain_outputs():
-    """The teacher backbone of every pretraining method and variant."""
-    return expand(
-        "results/pretrain/{method}/{variant}/backbone.pt", method=PRETRAIN_METHODS, variant=PRETRAIN_VARIANTS
-    )
+    """The backbone of every pretraining job (endofm.methods.METHODS: method and variant)."""
+    return [f"results/pretrain/{method}/{variant}/backbone.pt" for method, variant in PRETRAIN_RUNS]
 
 
 def pretrain_settings(wildcards):
-    """Resolved settings of one pretraining variant (a params value: any change reruns it)."""
-    return to_dict(CFG.pretrain.variant(wildcards.variant))
+    """Resolved settings of one pretraining job (a params value: any change reruns it)."""
+    if (wildcards.method, wildcards.variant) not in PRETRAIN_RUNS:
+        raise WorkflowError(f"no pretraining job {wildcards.method}/{wildcards.variant} in this config")
+    return to_dict(CFG.pretrain.method_settings(wildcards.method, wildcards.variant))
 
 
 def launcher(gpus):
@@ -110,7 +111,9 @@ def finetune_settings(bench):
 
     def settings(wildcards):
         backbone, _ = run_backbone(CFG, wildcards.method, wildcards.variant)
-        return {"task": to_dict(CFG.finetune.task(bench)), "backbone": to_dict(backbone)}
+        options = run_backbone_options(CFG, wildcards.method)
+        settings = {"task": to_dict(CFG.finetune.task(bench)), "backbone": to_dict(backbone)}
+        return settings | ({"backbone_options": options} if options else {})
 
     return settings
 
