@@ -236,4 +236,6 @@ def test_vcl_backbone_fine_tunes(reference, tiny_benchmarks, tmp_path, one_torch
         spec, classify_config(epochs=1), bench.manifest, bench.raw, tmp_path, MICRO, reference / "backbone.pt"
     )
     assert record["method"] == "vcl" and record["settings"]["checkpoint"].endswith("backbone.pt")
+    backbone = sum(p.numel() for p in build_backbone("vit_micro_patch8").parameters())
+    assert record["trainable_parameters"] == record["parameters"] == backbone + 32 * 2 + 2  # + linear head
     assert len(pd.read_csv(tmp_path / "predictions.csv")) > 0

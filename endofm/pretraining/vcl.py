@@ -73,13 +73,14 @@ class VCLViewConfig:
     """Two consecutive clips per sample and their augmentation (field names as in
     :class:`~endofm.pretraining.views.ViewConfig`, whose :func:`augment_view` applies them per clip).
     Augmentation defaults are the original's (colour jitter 0.5, 0.5, 0.5, 0.25 always, grayscale 0.5);
-    the crop scale is Endo-FM's global views'."""
+    the crop scale is Endo-FM's global views', the crop rule the clean one (Endo-FM's quirk is not VCL's)."""
 
     frames: int = 8  # per clip; the two clips are consecutive
     size: int = 224
     scale: tuple[float, float] = (0.4, 1.0)
     max_stride: int = 3  # frame stride drawn in [1, min(max_stride, frames of the clip // (2 · frames))]
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_rule: Literal["original", "last_valid"] = "last_valid"  # as ViewConfig.crop_rule
     hflip: float = 0.5
     color_jitter: float = 1.0
     brightness: float = 0.5
@@ -355,7 +356,9 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
 
 class VCLLoss(nn.Module):
     """VCL's losses (module docstring) over :class:`VCLModel`'s outputs; owns the score queue
-    (``queue`` (6, L, 2K), newest first, ``queue_filled`` rows valid; identical on every rank)."""
+    (``queue`` (6, L, 2K), newest first, ``queue_filled`` rows valid). The queue takes every rank's batch
+    (all-gathered), so it is the same on every rank and a checkpoint of rank 0's restores all; the
+    Sinkhorn-Knopp normalisation sums over ranks, so under DDP each rank's copy of the queue counts once."""
 
     queue: torch.Tensor
     queue_filled: torch.Tensor

@@ -10,7 +10,7 @@ and the outputs of a run in ``out_dir``:
 - ``history.csv``: one row per epoch (training loss, lr, selection metrics);
 - ``run.json``: what :mod:`endofm.tasks.evaluate` needs besides the predictions: the run's identity
   (benchmark, method, variant, protocol, mode, seed), the splits, the selected epoch, a hash of the
-  settings, package versions and wall time.
+  settings, the model's parameter count and trainable count, package versions and wall time.
 
 Under the ``paper`` protocol the selection split *is* the test split (the original's model
 selection on test); ``clean`` selects on validation and predicts the test split once.
@@ -381,6 +381,8 @@ def run_finetune(
         "predictions": files,
         "epochs": cfg.epochs,
         "steps": step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config_hash": digest,
         "settings": dict(settings),
         "versions": package_versions(),
