@@ -71,9 +71,15 @@ class TaskBackbone(abc.ABC):
 
     @abc.abstractmethod
     def build(
-        self, config: BackboneConfig, checkpoint: str | Path | None, seed: int, options: Mapping[str, Any]
+        self,
+        config: BackboneConfig,
+        checkpoint: str | Path | None,
+        seed: int,
+        options: Mapping[str, Any],
+        mode: str = "full",
     ) -> nn.Module:
-        """The backbone in training mode: loaded from ``checkpoint``, or drawn from ``seed`` without one."""
+        """The backbone of a ``mode`` run in training mode: loaded from ``checkpoint``, or drawn from ``seed``
+        without one."""
 
     @abc.abstractmethod
     def trainable(self, backbone: nn.Module, mode: str) -> list[nn.Parameter]:
@@ -92,7 +98,12 @@ class VideoViT(TaskBackbone):
     """The TimeSformer of :mod:`endofm.models.vit`, fine-tuned whole (``full``) or fixed (``frozen``)."""
 
     def build(
-        self, config: BackboneConfig, checkpoint: str | Path | None, seed: int, options: Mapping[str, Any]
+        self,
+        config: BackboneConfig,
+        checkpoint: str | Path | None,
+        seed: int,
+        options: Mapping[str, Any],
+        mode: str = "full",
     ) -> nn.Module:
         from endofm.engine import seed_everything
         from endofm.features import load_pretrained_backbone
@@ -109,19 +120,25 @@ class VideoViT(TaskBackbone):
 
 class STAdapter(TaskBackbone):
     """A frozen image ViT run frame by frame with ST-Adapters (:mod:`endofm.models.st_adapter`): only the
-    adapters train in ``full`` mode, nothing of the backbone in ``frozen`` mode (the adapters, zero-initialised,
-    are then the identity: the frozen image ViT's features). ``options["adapter"]`` holds the
-    ``AdapterConfig`` fields. The backbone always runs in eval mode (the adapters have no dropout or norm)."""
+    adapters train in ``full`` mode; ``frozen`` mode has no adapters (the frozen image ViT's features, the
+    head alone trains). ``options["adapter"]`` holds the ``AdapterConfig`` fields. The backbone always runs
+    in eval mode (the adapters have no dropout or norm)."""
 
     def build(
-        self, config: BackboneConfig, checkpoint: str | Path | None, seed: int, options: Mapping[str, Any]
+        self,
+        config: BackboneConfig,
+        checkpoint: str | Path | None,
+        seed: int,
+        options: Mapping[str, Any],
+        mode: str = "full",
     ) -> nn.Module:
         from endofm.config import from_dict
         from endofm.engine import seed_everything
         from endofm.models.st_adapter import AdapterConfig, build_st_adapter, load_image_backbone
 
         seed_everything(seed)
-        model = build_st_adapter(config, from_dict(AdapterConfig, dict(options.get("adapter", {})), "adapter"))
+        adapter = from_dict(AdapterConfig, dict(options.get("adapter", {})), "adapter") if mode == "full" else None
+        model = build_st_adapter(config, adapter)
         if checkpoint is not None:
             load_image_backbone(model, checkpoint)
         return model.train()
@@ -166,7 +183,8 @@ def single_frame_views(settings: dict[str, Any]) -> dict[str, Any]:
 
 def st_adapter_settings(stage: Any, variant: str) -> Any:
     """ST-Adapter's image ViT pretraining: the Endo-FM settings (``pretrain.settings``: the same corpus,
-    objective and budget) with every view one frame long (T = 1), then ``pretrain.st_adapter.settings``."""
+    objective and budget) with every view one frame long (T = 1) and the backbone an image ViT
+    (``attention_type: space_only``), then ``pretrain.st_adapter.settings``."""
     from endofm.config import from_dict, to_dict
     from endofm.pretraining.train import PretrainConfig
     from endofm.settings import merge
@@ -174,6 +192,8 @@ def st_adapter_settings(stage: Any, variant: str) -> Any:
     if variant != "default":
         raise ValueError(f"st_adapter has the one pretraining variant 'default', got {variant!r}")
     base = single_frame_views(to_dict(stage.settings))
+    if "attention_type" in base["backbone"]:  # a per-frame image ViT where the backbone module offers it
+        base["backbone"] = {**base["backbone"], "attention_type": "space_only"}
     return from_dict(PretrainConfig, merge(base, stage.st_adapter.settings), "pretrain.st_adapter.settings")
 
 

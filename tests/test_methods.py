@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 import yaml
@@ -88,7 +89,16 @@ def test_unknown_method_names_the_known_ones():
 
 
 def test_schema_lists_the_vcl_settings():
-    _assert_agree(VCLConfig, _schema()["properties"]["pretrain"]["properties"]["vcl"], "pretrain.vcl")
+    schema = _schema()
+    vcl = schema["properties"]["pretrain"]["properties"]["vcl"]
+    ref = vcl["properties"]["backbone"]["$ref"]  # the same backbone keys as pretrain.settings
+    assert ref == "#/properties/pretrain/properties/settings/properties/backbone"
+    vcl["properties"]["backbone"] = schema["properties"]["pretrain"]["properties"]["settings"]["properties"]["backbone"]
+    _assert_agree(VCLConfig, vcl, "pretrain.vcl")
+    data = demo()
+    data["pretrain"]["vcl"]["backbone"] = {"nme": "vit_tiny_patch8"}
+    with pytest.raises(jsonschema.ValidationError, match="'nme' was unexpected"):
+        jsonschema.validate(data, _schema())
 
 
 def test_video_vit_methods_train_everything_or_only_the_head():
@@ -104,18 +114,23 @@ def test_video_vit_methods_train_everything_or_only_the_head():
 
 def test_st_adapter_trains_only_its_adapters_and_the_head():
     st_adapter = pytest.importorskip("endofm.models.st_adapter")
-    backbone = build_run_backbone(MICRO, None, 0, "st_adapter", {"adapter": {"layout": "12x384", "bottleneck": 8}})
+    image_vit = BackboneConfig(name="vit_micro_patch8", attention_type="space_only")
+    backbone = build_run_backbone(image_vit, None, 0, "st_adapter", {"adapter": {"layout": "12x384", "bottleneck": 8}})
     assert isinstance(backbone, st_adapter.STAdapterBackbone)
     model = VideoClassifier(backbone, 2)
     adapters = {id(p) for p in backbone.adapter_parameters()}
     assert adapters
     set_trainable(model, "full", "st_adapter")
     assert all(p.requires_grad == (id(p) in adapters) for p in backbone.parameters())
-    set_trainable(model, "frozen", "st_adapter")
-    assert not any(p.requires_grad for p in backbone.parameters())
-    assert all(p.requires_grad for p in model.head.parameters())
     train_mode(model, "full", "st_adapter")
     assert not model.backbone.training and model.head.training
+    # frozen mode: no adapters, only the head trains
+    options = {"adapter": {"layout": "12x384", "bottleneck": 8}}
+    model = VideoClassifier(build_run_backbone(image_vit, None, 0, "st_adapter", options, "frozen"), 2)
+    assert model.backbone.adapter_parameters() == []
+    set_trainable(model, "frozen", "st_adapter")
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
 
 
 def test_pretraining_command_dispatches_on_the_method(tmp_path):

@@ -61,12 +61,13 @@ def build_run_backbone(
     seed: int,
     method: str = "endofm",
     options: Mapping[str, Any] | None = None,
+    mode: str = "full",
 ) -> nn.Module:
-    """The backbone a run of ``method`` starts from, built as its registry entry says
+    """The backbone a ``mode`` run of ``method`` starts from, built as its registry entry says
     (:func:`endofm.methods.task_backbone`; ``options``: what else it needs, e.g. ST-Adapter's adapters):
     loaded from ``checkpoint`` (a video ViT: its teacher, any layout we read, strictly) or, without one,
     drawn from ``seed``."""
-    return task_backbone(method).build(config, checkpoint, seed, options or {})
+    return task_backbone(method).build(config, checkpoint, seed, options or {}, mode)
 
 
 def finetune_benchmark(
@@ -91,7 +92,7 @@ def finetune_benchmark(
         "checkpoint": None if checkpoint is None else str(checkpoint),
         **({"backbone_options": dict(options)} if options else {}),
     }
-    model = build_run_backbone(backbone, checkpoint, spec.seed, spec.method, options)
+    model = build_run_backbone(backbone, checkpoint, spec.seed, spec.method, options, spec.mode)
     frozen_fn = _task_part(spec.benchmark, "frozen")
     if spec.mode == "frozen" and frozen_fn is not None:
         return frozen_fn(task_config, splits, raw_dir, spec, model, out_dir, settings)
