@@ -183,8 +183,8 @@ def single_frame_views(settings: dict[str, Any]) -> dict[str, Any]:
 
 def st_adapter_settings(stage: Any, variant: str) -> Any:
     """ST-Adapter's image ViT pretraining: the Endo-FM settings (``pretrain.settings``: the same corpus,
-    objective and budget) with every view one frame long (T = 1) and the backbone an image ViT
-    (``attention_type: space_only``), then ``pretrain.st_adapter.settings``."""
+    objective and budget) with every view one frame long (T = 1), the backbone an image ViT
+    (``attention_type: space_only``) initialised at random, then ``pretrain.st_adapter.settings``."""
     from endofm.config import from_dict, to_dict
     from endofm.pretraining.train import PretrainConfig
     from endofm.settings import merge
@@ -194,6 +194,8 @@ def st_adapter_settings(stage: Any, variant: str) -> Any:
     base = single_frame_views(to_dict(stage.settings))
     if "attention_type" in base["backbone"]:  # a per-frame image ViT where the backbone module offers it
         base["backbone"] = {**base["backbone"], "attention_type": "space_only"}
+    if "init" in base:  # random weights: Endo-FM's start, SVT's video ViT, has temporal modules an image ViT lacks
+        base["init"] = "random"
     return from_dict(PretrainConfig, merge(base, stage.st_adapter.settings), "pretrain.st_adapter.settings")
 
 
