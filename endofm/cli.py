@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("sources", cmd_sources, "List the known pretraining sources and benchmarks with access and licence.")
 
     # Listed for --help; main() hands its arguments to the training entry point unparsed.
-    sub.add_parser("pretrain", help="Endo-FM self-supervised pretraining (= python -m endofm.pretraining.train).")
+    sub.add_parser("pretrain", help="Pretraining of the method --config names (= python -m endofm.pretraining.train).")
 
     p = add(
         "features", cmd_features, "Per-clip CLS embeddings of videos from a pretrained checkpoint (ours or official)."
