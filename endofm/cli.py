@@ -151,16 +151,17 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if os.environ.get("RANK", "0") != "0" and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
     config = args.config if args.config is not None or not DEFAULT_CONFIG.is_file() else DEFAULT_CONFIG
-    cfg = load_pretrain_settings(config, args.variant)
+    method, cfg = load_pretrain_settings(config, args.variant, args.method)
     for path in args.clips:
         _need(path, "clip manifest", "cut the source into clips first (`endofm extract-clips SOURCE`)")
-    pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change)
+    pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change, method=method)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from endofm.methods import METHODS
     from endofm.models.checkpoint import saved_backbone
     from endofm.models.vit import BackboneConfig
-    from endofm.settings import run_backbone
+    from endofm.settings import run_backbone, run_backbone_options
     from endofm.tasks.finetune import RunSpec
     from endofm.tasks.runs import finetune_benchmark
 
@@ -173,12 +174,15 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             backbone = BackboneConfig(name=args.backbone)
         else:
             backbone = saved_backbone(checkpoint) or cfg.pretrain.variant("default").backbone
+        options = {}
     else:
         method = args.method
         variant = args.variant or cfg.finetune.method_variants(method)[0]
         backbone, checkpoint = run_backbone(cfg, method, variant)
+        options = run_backbone_options(cfg, method)
         if checkpoint is not None:
-            hint = f"run `snakemake pretrain` (variant {variant}) first" if method == "endofm" else "check the path"
+            pretrained = method in METHODS and METHODS[method].pretrained
+            hint = f"run `snakemake pretrain` ({method}, variant {variant}) first" if pretrained else "check the path"
             _need(Path(checkpoint), f"backbone of method {method}", hint)
     manifest = _need(
         Path(cfg.data.benchmarks_dir) / bench / "manifest.csv",
@@ -190,7 +194,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     task = cfg.finetune.task(bench)
     if args.device:
         task.train.device = args.device
-    record = finetune_benchmark(spec, task, manifest, Path(cfg.data.raw_dir) / bench, out, backbone, checkpoint)
+    record = finetune_benchmark(
+        spec, task, manifest, Path(cfg.data.raw_dir) / bench, out, backbone, checkpoint, options
+    )  # fmt: skip
     print(f"{spec.path}: selected epoch {record['selection']['epoch']} -> {out}")
 
 
@@ -294,12 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "pretrain",
         cmd_pretrain,
-        "Endo-FM self-supervised pretraining of one variant (one process, or each process of a torchrun launch).",
+        "Self-supervised pretraining of one method and variant (one process, or each process of a torchrun launch).",
     )
     p.add_argument(
         "--variant",
         help="pretraining variant of a workflow --config (default: default); a file holding one variant's "
         "resolved 'pretrain:' settings (the workflow's pretrain.yaml) takes none",
+    )
+    p.add_argument(
+        "--method",
+        help="pretrained method of a workflow --config: endofm, vcl or st_adapter (default: endofm)",
     )
     p.add_argument("--clips", type=Path, nargs="+", required=True, help="clips.csv manifests")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds a checkpoint)")

@@ -16,8 +16,9 @@ from endofm.config import ConfigError, config_file_of, from_dict, load_yaml, to_
 from endofm.data.clips import ClipConfig
 from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
+from endofm.methods import METHODS, get_method, task_backbone
 from endofm.models.vit import BackboneConfig
-from endofm.pretraining.train import PretrainConfig, load_pretrain_config
+from endofm.pretraining.train import PretrainConfig, load_pretrain_config, pretrain_method
 from endofm.report import ReportConfig
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
@@ -68,12 +69,28 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class STAdapterSettings:
+    """ST-Adapter's frozen image ViT and adapters (:class:`endofm.methods.STAdapter`)."""
+
+    # A file of image ViT weights (CLIP ViT-B/16, timm layout) used instead of pretraining the image ViT.
+    checkpoint: str | None = None
+    # Overlay on its pretraining settings: pretrain.settings (the Endo-FM objective and budget) with 1-frame views.
+    settings: dict[str, Any] = field(default_factory=dict)
+    # endofm.models.st_adapter.AdapterConfig: layout (12x384 | 24x384), bottleneck, kernel_t.
+    adapter: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class PretrainStage:
-    """Pretraining in the workflow: shared settings, named variants (ablations) as overlays on them."""
+    """Pretraining in the workflow: the Endo-FM settings (``settings``) with named variants (ablations) as
+    overlays on them, and the other pretrained methods' sections (:data:`endofm.methods.METHODS`), which
+    take the budget of ``settings``."""
 
     gpus: int = 0
     settings: PretrainConfig = field(default_factory=PretrainConfig)
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+    vcl: dict[str, Any] = field(default_factory=dict)  # overlay on VCL's settings (endofm.pretraining.vcl.VCLConfig)
+    st_adapter: STAdapterSettings = field(default_factory=STAdapterSettings)
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
@@ -82,6 +99,24 @@ class PretrainStage:
             raise ConfigError("pretrain.variants: at least one variant is needed (e.g. default: {})")
         for name in self.variants:
             self.variant(name)  # fail at start, naming the variant, if an overlay is invalid
+        for name, method in METHODS.items():
+            if method.pretrained and not method.ablations:
+                self.method_settings(name, "default")  # fail at start, naming the section
+
+    def method_settings(self, method: str, variant: str) -> Any:
+        """The resolved pretraining settings of a pretrained ``method`` (its objective's config class)."""
+        try:
+            return get_method(method).settings(self, variant)
+        except ValueError as exc:
+            raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"pretrain: {method}: {exc}") from exc
+
+    def method_variants(self, method: str) -> list[str]:
+        """The pretraining variants of a pretrained method: every named variant for Endo-FM, ``default`` otherwise."""
+        return list(self.variants) if get_method(method).ablations else ["default"]
+
+    def external_checkpoint(self, method: str) -> str | None:
+        """A weights file that replaces ``method``'s pretraining (``pretrain.<section>.checkpoint``), or None."""
+        return getattr(getattr(self, get_method(method).section or "", None), "checkpoint", None)
 
     def variant(self, name: str) -> PretrainConfig:
         """The settings of variant ``name``: the shared settings with its overlay applied."""
@@ -107,12 +142,13 @@ class ExternalCheckpoint:
 class FinetuneStage:
     """Fine-tuning and evaluation in the workflow: the experiment matrix and each benchmark's settings.
 
-    Methods: ``endofm`` fine-tunes the backbone of every pretraining variant in ``variants``;
-    ``scratch`` a randomly initialised backbone of the same size (variant ``none``); every name in
+    Methods (:data:`endofm.methods.METHODS`): ``endofm`` fine-tunes the backbone of every pretraining
+    variant in ``variants``; ``vcl`` and ``st_adapter`` their one pretraining (variant ``default``);
+    ``scratch`` a randomly initialised backbone of Endo-FM's size (variant ``none``); every name in
     ``checkpoints`` a backbone from that file (variant ``external``).
     """
 
-    methods: list[str] = field(default_factory=lambda: ["endofm", "scratch"])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
     variants: list[str] = field(default_factory=lambda: ["default"])
     checkpoints: dict[str, ExternalCheckpoint] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -129,11 +165,12 @@ class FinetuneStage:
     kumc: DetectConfig = field(default_factory=DetectConfig)
 
     def __post_init__(self) -> None:
-        builtin = {"endofm", "scratch"}
+        builtin = set(METHODS)
         for name in self.methods:
             if name not in builtin | set(self.checkpoints):
                 raise ConfigError(
-                    f"finetune.methods: {name!r} is neither endofm, scratch nor a name in finetune.checkpoints"
+                    f"finetune.methods: {name!r} is neither a method ({', '.join(METHODS)}) nor a name in "
+                    "finetune.checkpoints"
                 )
         clash = builtin & set(self.checkpoints)
         if clash:
@@ -168,11 +205,13 @@ class FinetuneStage:
         return [f for f in self.label_fractions if f == 1]
 
     def method_variants(self, method: str) -> list[str]:
-        """The variants a method runs with: pretraining variants for ``endofm``, ``none`` for
-        ``scratch``, ``external`` for a checkpoint file."""
-        if method == "endofm":
-            return list(self.variants)
-        return ["none"] if method == "scratch" else ["external"]
+        """The variants a method runs with: ``variants`` for ``endofm`` (its ablations), ``default`` for the
+        other pretrained methods, ``none`` for ``scratch``, ``external`` for a checkpoint file."""
+        if method not in METHODS:
+            return ["external"]
+        if not METHODS[method].pretrained:
+            return ["none"]
+        return list(self.variants) if METHODS[method].ablations else ["default"]
 
 
 _NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -265,6 +304,13 @@ class WorkflowConfig:
             out.update({f"{name}-{arm}": v for arm, v in ablation.variants.items() if not isinstance(v, str)})
         return out
 
+    def method_settings(self, method: str, variant: str) -> Any:
+        """The pretraining settings of ``variant`` of a pretrained ``method``: for the method whose variants
+        are the named overlays (Endo-FM), those of :meth:`pretrain_variant` (ablation arms included)."""
+        if get_method(method).ablations:
+            return self.pretrain_variant(variant)
+        return self.pretrain.method_settings(method, variant)
+
     def pretrain_variant(self, name: str) -> PretrainConfig:
         """The settings of pretraining variant ``name`` (of ``pretrain.variants`` or an ablation arm)."""
         if name in self.pretrain.variants:
@@ -305,17 +351,36 @@ def ablation_runs(cfg: WorkflowConfig, name: str) -> list[RunSpec]:
     ]
 
 
+def pretrain_runs(cfg: WorkflowConfig) -> list[tuple[str, str]]:
+    """Every pretraining job, ``(method, variant)``: each Endo-FM variant, and the one run of every other
+    pretrained method in ``finetune.methods`` that is not given a weights file instead."""
+    return [
+        (name, variant)
+        for name, method in METHODS.items()
+        if method.pretrained and (method.ablations or name in cfg.finetune.methods)
+        if cfg.pretrain.external_checkpoint(name) is None
+        for variant in cfg.pretrain.method_variants(name)
+    ]
+
+
+def endofm_settings(stage: PretrainStage, variant: str) -> PretrainConfig:
+    """Endo-FM's settings of ``variant`` (the registry's resolver for ``endofm``)."""
+    return stage.variant(variant)
+
+
 def run_backbone(cfg: WorkflowConfig, method: str, variant: str) -> tuple[BackboneConfig, str | None]:
     """The backbone settings a fine-tuning run builds, and the checkpoint it loads (None: random init).
 
-    ``endofm`` loads its pretraining variant's ``backbone.pt``; ``scratch`` uses the default
-    pretraining variant's architecture, so both compare like for like.
+    A pretrained method loads its pretraining's ``backbone.pt`` (or the weights file its section names);
+    ``scratch`` uses the default pretraining variant's architecture, so it compares like for like.
     """
-    if method == "endofm":
-        return cfg.pretrain_variant(variant).backbone, f"results/pretrain/endofm/{variant}/backbone.pt"
-    if method == "scratch":
-        reference = "default" if "default" in cfg.pretrain.variants else next(iter(cfg.pretrain.variants))
-        return cfg.pretrain.variant(reference).backbone, None
+    if method in METHODS:
+        if not METHODS[method].pretrained:
+            reference = "default" if "default" in cfg.pretrain.variants else next(iter(cfg.pretrain.variants))
+            return cfg.pretrain.variant(reference).backbone, None
+        settings = cfg.method_settings(method, variant)
+        checkpoint = cfg.pretrain.external_checkpoint(method)
+        return settings.backbone, checkpoint or f"results/pretrain/{method}/{variant}/backbone.pt"
     if method in cfg.finetune.checkpoints:
         external = cfg.finetune.checkpoints[method]
         return external.backbone, external.path
@@ -334,21 +399,29 @@ def load_workflow_config(config: dict[str, Any] | str | Path) -> WorkflowConfig:
         raise ConfigError(f"{config_file_of(exc.key, [config])}: {exc}", key=exc.key) from None
 
 
-def load_pretrain_settings(path: str | Path | None, variant: str | None = None) -> PretrainConfig:
-    """The settings of one pretraining run: variant ``variant`` (default ``default``) of a workflow
-    config, or the resolved ``pretrain:`` file the workflow writes for its job (which takes no variant).
-    ``None``: the defaults of :class:`WorkflowConfig`."""
+def load_pretrain_settings(
+    path: str | Path | None, variant: str | None = None, method: str | None = None
+) -> tuple[str, Any]:
+    """``(method, settings)`` of one pretraining run: ``method`` (default ``endofm``) and variant ``variant``
+    (default ``default``) of a workflow config, or the resolved file the workflow writes for its job
+    (``method:`` and ``pretrain:``; it takes neither option). ``None``: the defaults of :class:`WorkflowConfig`."""
     if path is None:
-        return WorkflowConfig().pretrain.variant(variant or "default")
+        return method or "endofm", WorkflowConfig().method_settings(method or "endofm", variant or "default")
     data = load_yaml(path)
     section = data.get("pretrain")
     stage_keys = set(PretrainStage.__dataclass_fields__)
-    if set(data) == {"pretrain"} and isinstance(section, dict) and not set(section) & stage_keys:
-        if variant is not None:
-            raise ConfigError(f"{path}: holds one run's resolved settings, not variants; drop --variant {variant}")
-        return load_pretrain_config(path)
-    stage = load_workflow_config(path).pretrain
+    if set(data) <= {"method", "pretrain"} and isinstance(section, dict) and not set(section) & stage_keys:
+        for flag, value in (("--variant", variant), ("--method", method)):
+            if value is not None:
+                raise ConfigError(f"{path}: holds one run's resolved settings; drop {flag} {value}")
+        return pretrain_method(path, data), load_pretrain_config(path)
+    cfg = load_workflow_config(path)
     try:
-        return stage.variant(variant or "default")
+        return method or "endofm", cfg.method_settings(method or "endofm", variant or "default")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def run_backbone_options(cfg: WorkflowConfig, method: str) -> dict[str, Any]:
+    """What else a run of ``method`` needs to build its backbone (e.g. ST-Adapter's adapters); {} for a video ViT."""
+    return task_backbone(method).options(cfg.pretrain)

@@ -6,8 +6,16 @@ from snakemake.exceptions import WorkflowError
 
 from endofm.config import ConfigError, check_schema, config_file_of, to_dict
 from endofm.data.sources import SOURCES, missing_data_message
+from endofm.methods import METHODS
 from endofm.report.collect import config_hash
-from endofm.settings import ablation_runs, finetune_runs, load_workflow_config, run_backbone
+from endofm.settings import (
+    ablation_runs,
+    finetune_runs,
+    load_workflow_config,
+    pretrain_runs,
+    run_backbone,
+    run_backbone_options,
+)
 from endofm.tasks.finetune import label_tag
 
 # The schema, then the typed config (it fills the defaults of keys left out and checks what the schema
@@ -29,7 +37,7 @@ SYNTHETIC = DATA.origin == "synthetic"
 LOGS = "results/logs"
 
 
-PRETRAIN_METHODS = ["endofm"]
+PRETRAIN_RUNS = pretrain_runs(CFG)  # (method, variant) of every pretraining job
 PRETRAIN_VARIANTS = list(CFG.pretrain.variants)
 FINETUNE_RUNS = finetune_runs(CFG)
 # Ablations: {name: {pretraining variant: arm (its row label)}}, in config order.
@@ -42,8 +50,8 @@ LABEL_FRACTIONS = {label_tag(f): f for f in {1.0, *CFG.finetune.label_fractions}
 wildcard_constraints:
     source="|".join(PRETRAIN_SOURCES),
     benchmark="|".join(BENCHMARKS),
-    method="|".join(sorted({"endofm", "scratch", *CFG.finetune.checkpoints})),
-    variant="|".join(sorted({*CFG.pretrain_overlays(), "none", "external"})),
+    method="|".join(sorted({*METHODS, *CFG.finetune.checkpoints})),
+    variant="|".join(sorted({*CFG.pretrain_overlays(), "default", "none", "external"})),
     protocol="paper|clean",
     mode="full|frozen",
     seed=r"\d+",
@@ -86,19 +94,19 @@ def clip_source_input(wildcards):
 
 
 def pretrain_outputs():
-    """The teacher backbone of every pretraining method and variant."""
-    return expand("results/pretrain/{method}/{variant}/backbone.pt", method=PRETRAIN_METHODS, variant=PRETRAIN_VARIANTS)
+    """The backbone of every pretraining job (endofm.methods.METHODS: method and variant)."""
+    return [f"results/pretrain/{method}/{variant}/backbone.pt" for method, variant in PRETRAIN_RUNS]
 
 
 def pretrain_settings(wildcards):
-    """Resolved settings of one pretraining variant (a params value: any change reruns it)."""
-    return to_dict(CFG.pretrain_variant(wildcards.variant))
+    """Resolved settings of one pretraining job (a params value: any change reruns it)."""
+    return to_dict(CFG.method_settings(wildcards.method, wildcards.variant))
 
 
 def pretrain_inputs(wildcards):
     """Inputs of a pretraining job: its settings, every source's clips and its initial checkpoint
     (made by the workflow, e.g. another variant's backbone.pt, or a file that must exist)."""
-    init = CFG.pretrain_variant(wildcards.variant).init
+    init = getattr(CFG.method_settings(wildcards.method, wildcards.variant), "init", "random")
     files = {
         "config": f"results/pretrain/{wildcards.method}/{wildcards.variant}/pretrain.yaml",
         "clips": expand(f"{CLIPS}/{{source}}/clips.csv", source=PRETRAIN_SOURCES),
@@ -131,7 +139,9 @@ def finetune_settings(bench):
 
     def settings(wildcards):
         backbone, _ = run_backbone(CFG, wildcards.method, wildcards.variant)
-        return {"task": to_dict(CFG.finetune.task(bench)), "backbone": to_dict(backbone)}
+        options = run_backbone_options(CFG, wildcards.method)
+        settings = {"task": to_dict(CFG.finetune.task(bench)), "backbone": to_dict(backbone)}
+        return settings | ({"backbone_options": options} if options else {})
 
     return settings
 

@@ -1,4 +1,5 @@
-# Pretraining: one job per (method, variant) on the clips of every pretraining source.
+# Pretraining: one job per (method, variant) on the clips of every pretraining source; the method (a
+# pretrained entry of endofm.methods.METHODS) is written into pretrain.yaml and the command dispatches on it.
 # checkpoint.pt in the run folder is the resume state and deliberately not an output, so Snakemake
 # never deletes it: a failed or pre-empted job (exit 75) continues where it stopped when rerun.
 
@@ -8,11 +9,12 @@ rule pretrain_config:
         "results/pretrain/{method}/{variant}/pretrain.yaml",
     log:
         f"{LOGS}/pretrain_config/{{method}}/{{variant}}.log",
+    params:
+        method="{method}",
+        settings=pretrain_settings,
     localrule: True
     conda:
         "../envs/endofm.yaml"
-    params:
-        settings=pretrain_settings,
     script:
         "../workflow_scripts/write_pretrain_config.py"
 
@@ -23,6 +25,7 @@ rule pretrain_model:
     output:
         backbone="results/pretrain/{method}/{variant}/backbone.pt",
         metrics="results/pretrain/{method}/{variant}/metrics.csv",
+        run="results/pretrain/{method}/{variant}/run.json",
     log:
         f"{LOGS}/pretrain/{{method}}/{{variant}}.log",
     benchmark:

@@ -4,6 +4,7 @@ two-process DDP against one process, and a short run that learns without collaps
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -161,6 +162,7 @@ def test_run_outputs(reference, clips):
         "checkpoint_0002.pt",
         "config.yaml",
         "metrics.csv",
+        "run.json",
     ]
     assert names == expected
     ckpt = load_checkpoint(reference / "checkpoint.pt")
@@ -182,6 +184,22 @@ def test_run_outputs(reference, clips):
     assert saved["run"]["steps_per_epoch"] == 3 and saved["run"]["global_batch"] == 2
     assert saved["run"]["base_lr"] == pytest.approx(1e-3)
     assert load_pretrain_config(reference / "config.yaml") == tiny_config()
+
+    # run.json: the cost of the run (parameter counts, steps, seconds).
+    record = json.loads((reference / "run.json").read_text())
+    student = build_model(tiny_config())
+    assert (record["method"], record["objective"], record["steps"], record["global_batch"]) == (
+        "endofm",
+        "endofm",
+        6,
+        2,
+    )
+    assert record["parameters"] == sum(p.numel() for p in student.parameters())
+    # the head's last-layer norm is fixed (norm_last_layer): out_dim values do not train
+    assert record["trainable_parameters"] == record["parameters"] - 64
+    assert record["backbone_parameters"] == sum(p.numel() for p in student.backbone.parameters())
+    assert record["train_seconds"] == pytest.approx(metrics["seconds"].sum())
+    assert saved["run"]["parameters"] == record["parameters"]
 
     # backbone.pt: the teacher backbone, loadable strictly by the fine-tuning loader.
     backbone = build_backbone("vit_micro_patch8")

@@ -57,6 +57,27 @@ def test_misspelt_key_fails_at_start_naming_it(tmp_path):
     assert len(out.splitlines()) < 10 and "additionalProperties" not in out
 
 
+def test_dry_run_plans_every_method(tmp_path):
+    """All four methods: one pretraining job for each pretrained one, and methods × benchmarks × protocols ×
+    modes × seeds fine-tuning runs, each evaluated."""
+    config = tiny_config()
+    config["finetune"].update(methods=["endofm", "scratch", "vcl", "st_adapter"], protocols=["paper", "clean"])
+    out = snakemake(make_workdir(tmp_path, config), "-n", "--forceall", "all").stdout
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    runs = 4 * 2 * 2 * 1  # methods × protocols × modes × seeds, per benchmark
+    assert counts["pretrain_config"] == counts["pretrain_model"] == 3, out
+    assert all(counts[f"finetune_{b}"] == runs for b in ("polypdiag", "cvc12k", "kumc")), out
+    assert counts["evaluate_run"] == 3 * runs, out
+    for method in ("endofm", "vcl", "st_adapter"):
+        assert f"results/pretrain/{method}/default/backbone.pt" in out, method
+    assert "results/pretrain/scratch" not in out
+    assert "results/finetune/kumc/st_adapter/default/paper/frozen/seed0/model.pt" in out
+
+
 def test_typed_check_fails_at_start(tmp_path):
     proc = snakemake(make_workdir(tmp_path, tiny_config(pretrain_sources=["sun_seg"])), "-n", "data", check=False)
     assert proc.returncode != 0
@@ -96,14 +117,20 @@ def test_whole_workflow_end_to_end(tmp_path):
     import json
 
     ft = TINY["finetune"]
+    variants = {"endofm": "default", "scratch": "none", "vcl": "default", "st_adapter": "default"}
     runs = [
-        (bench, method, variant, protocol, mode)
+        (bench, method, variants[method], protocol, mode)
         for bench in data["benchmarks"]
-        for method, variant in (("endofm", "default"), ("scratch", "none"))
+        for method in ft["methods"]
         for protocol in ft["protocols"]
         for mode in ft["modes"]
     ]
-    assert len(runs) == 12
+    assert len(runs) == 6 * len(ft["methods"])
+    for method in ft["methods"]:
+        if method != "scratch":
+            record = json.loads((workdir / f"results/pretrain/{method}/default/run.json").read_text())
+            assert record["method"] == method and record["trainable_parameters"] > 0
+            assert (workdir / f"results/benchmarks/pretrain/{method}/default.tsv").is_file()
     predictions = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
     headline = {"polypdiag": "f1", "cvc12k": "dice", "kumc": "f1_paper"}
     for bench, method, variant, protocol, mode in runs:
@@ -154,8 +181,11 @@ def test_whole_workflow_end_to_end(tmp_path):
     }
     assert {"pretrain_config", "pretrain_model"} <= counts.keys(), plan
     assert not counts.keys() & {"synthesize", "extract_clips"}, plan
-    # only the runs that start from the pretrained backbone (full and frozen), not the scratch ones
-    assert [counts.get(f"finetune_{b}") for b in data["benchmarks"]] == [2, 2, 2], plan
+    # only the runs that start from a pretrained backbone (full and frozen; every pretrained method takes
+    # the budget of pretrain.settings), not the scratch ones
+    pretrained = len(ft["methods"]) - 1
+    assert counts["pretrain_model"] == pretrained, plan
+    assert [counts.get(f"finetune_{b}") for b in data["benchmarks"]] == [2 * pretrained] * 3, plan
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import torch
 
 from endofm.logs import job_log
-from endofm.settings import load_workflow_config, run_backbone
+from endofm.settings import load_workflow_config, run_backbone, run_backbone_options
 from endofm.tasks.finetune import RunSpec
 from endofm.tasks.runs import finetune_benchmark
 
@@ -26,4 +26,5 @@ with job_log(smk.log[0]):
         out_dir=smk.params.run_dir,
         backbone=backbone,
         checkpoint=smk.input.get("checkpoint"),
+        options=run_backbone_options(cfg, spec.method),
     )

@@ -1,6 +1,11 @@
-"""Endo-FM pretraining: self-distillation of a video ViT on unlabelled clips (ENDOFM.md §3.5, §3.6).
+"""Self-supervised pretraining of a video ViT on unlabelled clips: one loop, objectives as plug-ins.
 
-The student (backbone + DINO head) sees every view of a clip, the teacher (an EMA of the student,
+The loop (:func:`pretrain`) is shared by every pretrained method; an :class:`Objective` supplies the
+views, the model, the loss and the exported backbone. :data:`OBJECTIVES` has Endo-FM's
+(:class:`EndoFMObjective`, below) and VCL's (:mod:`endofm.pretraining.vcl`); the method registry
+(:mod:`endofm.methods`) says which method trains with which.
+
+Endo-FM (ENDOFM.md §3.5, §3.6): the student (backbone + DINO head) sees every view of a clip, the teacher (an EMA of the student,
 no gradients) only the global views; :class:`~endofm.pretraining.objective.EndoFMLoss` matches them.
 AdamW with per-iteration cosine schedules for the learning rate (linear warm-up), the weight decay
 and the teacher momentum, per-tensor gradient clipping and a frozen last layer in the first
@@ -15,8 +20,12 @@ Outputs in ``out_dir``:
   also part-way through an epoch.
 - ``metrics.csv``: one row per epoch (means over its steps; lr, wd and momentum at its last step).
   The checkpoint carries the rows too, and a resumed run rebuilds the file from them.
-- ``config.yaml``: the resolved settings (a ``pretrain:`` section this module reads back) and the run.
-- ``backbone.pt``: written once training is complete, the teacher backbone alone as
+- ``config.yaml``: the resolved settings (``method:`` and a ``pretrain:`` section this module reads
+  back) and the run, with its parameter counts.
+- ``run.json``: written once training is complete: method, objective, ``parameters`` (the trained
+  model), ``trainable_parameters``, ``backbone_parameters`` (the exported backbone), steps, global
+  batch, device and ``train_seconds`` (summed over the epochs, resumptions included): the run's cost.
+- ``backbone.pt``: written once training is complete, the objective's backbone (Endo-FM: the teacher's) as
   ``{"teacher": {"backbone.<name>": tensor}}``, the layout of the released ``endo_fm.pth`` that the
   official fine-tuning code and :func:`~endofm.models.checkpoint.load_backbone` both read.
 
@@ -24,6 +33,8 @@ Command line (one process, or under ``torchrun --nproc_per_node N``; ``python -m
 takes the same arguments)::
 
     endofm pretrain --config config/config.yaml [--variant NAME] --clips a/clips.csv b/clips.csv --out DIR
+
+where ``X.yaml`` names the ``method`` (default ``endofm``) and holds its ``pretrain:`` settings.
 
 A run stopped by SIGTERM/SIGUSR1 writes its checkpoint and exits with status
 :data:`~endofm.engine.PREEMPTED_EXIT_CODE` (75; under torchrun each worker does, and torchrun itself
@@ -33,7 +44,9 @@ cannot be continued (other settings) is moved to ``out_dir/superseded/`` and tra
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import importlib
 import itertools
 import logging
 import os
@@ -43,10 +56,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
+import pandas as pd
 import torch
 import yaml
+from torch import nn
+from torch.utils.data import Dataset
 
 from endofm.config import ConfigError, from_dict, load_yaml, to_dict
 from endofm.engine import (
@@ -76,8 +93,9 @@ from endofm.engine import (
     unwrap,
     wrap_ddp,
 )
-from endofm.io import write_text
+from endofm.io import write_json, write_text
 from endofm.models.checkpoint import (
+    CHECKPOINT_KEYS,
     CheckpointError,
     legacy_to_parametrized,
     load_backbone,
@@ -102,6 +120,7 @@ log = logging.getLogger(__name__)
 METRICS_NAME = "metrics.csv"
 CONFIG_NAME = "config.yaml"
 BACKBONE_NAME = "backbone.pt"
+RUN_NAME = "run.json"
 SUPERSEDED_NAME = "superseded"
 
 OnConfigChange = Literal["error", "restart"]
@@ -230,12 +249,45 @@ class PretrainConfig:
         return len(self.views.global_frames) + len(self.views.local_frames)
 
 
-def load_pretrain_config(path: str | os.PathLike) -> PretrainConfig:
-    """The ``pretrain:`` section of a YAML file as a :class:`PretrainConfig` (missing keys take defaults)."""
+def load_pretrain_config(path: str | os.PathLike) -> Any:
+    """The ``pretrain:`` section of a YAML file as the settings of its ``method`` (top-level key, default
+    ``endofm``): a :class:`PretrainConfig` for Endo-FM, the objective's own config class for others
+    (missing keys take defaults)."""
     data = load_yaml(path)
     if "pretrain" not in data:
         raise ConfigError(f"{path}: no 'pretrain' section (top-level keys: {', '.join(map(str, data)) or 'none'})")
-    return from_dict(PretrainConfig, data["pretrain"] or {}, f"{path}: pretrain")
+    objective = objective_class(pretrain_method(path, data))
+    return from_dict(objective.config_class, data["pretrain"] or {}, f"{path}: pretrain")
+
+
+def pretrain_method(path: str | os.PathLike, data: Mapping[str, Any] | None = None) -> str:
+    """The method a pretraining settings file names (top-level ``method``; ``endofm`` when absent)."""
+    from endofm.methods import METHODS
+
+    data = load_yaml(path) if data is None else data
+    method = data.get("method", "endofm")
+    if method not in METHODS or METHODS[method].objective is None:
+        known = ", ".join(n for n, m in METHODS.items() if m.objective is not None)
+        raise ConfigError(f"{path}: method {method!r} is not a pretrained method; expected one of {known}")
+    return method
+
+
+#: Pretraining objectives: name -> "module:class" of an :class:`Objective` (imported when used).
+OBJECTIVES: dict[str, str] = {
+    "endofm": "endofm.pretraining.train:EndoFMObjective",
+    "vcl": "endofm.pretraining.vcl:VCLObjective",
+}
+
+
+def objective_class(method: str) -> type[Objective]:
+    """The :class:`Objective` a pretrained method (:data:`endofm.methods.METHODS`) trains with."""
+    from endofm.methods import METHODS
+
+    name = METHODS[method].objective
+    if name not in OBJECTIVES:
+        raise ValueError(f"method {method!r}: unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+    module, cls = OBJECTIVES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_model(cfg: PretrainConfig) -> MultiViewModel:
@@ -295,15 +347,158 @@ def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike, head: b
     log.info("initialised backbone and head from %s", path)
 
 
-def export_backbone(teacher: MultiViewModel, path: str | os.PathLike, cfg: PretrainConfig | None = None) -> Path:
-    """Write the teacher backbone as ``{"teacher": {"backbone.<name>": tensor}}`` in our tagged format,
-    with the run's settings (``config``, so its backbone is rebuilt without naming it), atomically.
-    The official fine-tuning code reads the same ``teacher`` entry."""
-    state = {f"backbone.{k}": v.detach().cpu() for k, v in teacher.backbone.state_dict().items()}
+def export_backbone(model: nn.Module, path: str | os.PathLike, cfg: Any = None) -> Path:
+    """Write ``model.backbone`` (Endo-FM: the teacher's) as ``{"teacher": {"backbone.<name>": tensor}}`` in
+    our tagged format, with the run's settings (``config``, so its backbone is rebuilt without naming it),
+    atomically: the layout every backbone loader reads, whichever objective trained it. The official
+    fine-tuning code reads the same ``teacher`` entry."""
+    state = {f"backbone.{k}": v.detach().cpu() for k, v in model.backbone.state_dict().items()}
     return save_checkpoint(path, teacher=state, **({"config": to_dict(cfg)} if cfg is not None else {}))
 
 
-def _resume_problem(ckpt: Mapping[str, Any], cfg: PretrainConfig, spe: int, path: Path) -> Exception | None:
+def count_parameters(module: nn.Module, trainable: bool = False) -> int:
+    """Number of (trainable) parameter values of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+class Objective(abc.ABC):
+    """A pretraining objective plugged into the shared loop (:func:`pretrain`): how a clip becomes a
+    sample, the trained model, its loss, any state besides the model and optimiser, and which backbone
+    ``backbone.pt`` holds. The loop owns the rest: data order, DDP, AdamW with cosine lr and weight decay
+    (from the settings' ``lr``, ``min_lr``, ``warmup_epochs``, ``weight_decay``, ``weight_decay_end``),
+    mixed precision, checkpoints and exact resumption, pre-emption and ``metrics.csv``.
+
+    ``terms`` are the loss and its terms, ``stats`` other per-step statistics: both are keys of
+    :meth:`loss`'s result, averaged over ranks and steps into ``metrics.csv`` (terms first, then lr, wd
+    and the :meth:`schedules`, then stats).
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    terms: ClassVar[tuple[str, ...]] = ("loss",)
+    stats: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Any, info: DistInfo) -> None:
+        self.cfg, self.info = cfg, info
+
+    @abc.abstractmethod
+    def dataset(self, clips: pd.DataFrame) -> Dataset:
+        """One item per clip, a list of view tensors, collated by :func:`collate_views`."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """The trained model on the CPU (its weights drawn from the seeded global generator)."""
+
+    def setup(self, model: nn.Module) -> None:
+        """Build what the objective keeps besides the model (teacher, loss buffers), once ``model`` is on the device."""
+        return None
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """AdamW groups: the first one takes the scheduled weight decay."""
+        return param_groups(model)
+
+    def schedules(self, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        """Per-iteration schedules besides lr and wd, logged at each epoch's last step."""
+        return {}
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, views: list[torch.Tensor], epoch: int, step: int) -> dict[str, Any]:
+        """``loss`` (with gradient) and the detached ``terms`` and ``stats`` of one batch (on the device)."""
+
+    def after_backward(self, model: nn.Module, epoch: int) -> None:
+        """Act on the (unscaled) gradients before the optimiser step: per-tensor clipping by default."""
+        if self.cfg.clip_grad > 0:
+            clip_gradients(model, self.cfg.clip_grad)
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """After the optimiser step of global iteration ``step``."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint besides the model and optimiser (keys of ``CHECKPOINT_KEYS`` go top level)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (``state`` may hold other checkpoint keys too)."""
+        return None
+
+    @abc.abstractmethod
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """The module whose ``.backbone`` goes into ``backbone.pt``."""
+
+
+class EndoFMObjective(Objective):
+    """Endo-FM's self-distillation (module docstring): a student (backbone + DINO head) on every view, an
+    EMA teacher on the global views, :class:`~endofm.pretraining.objective.EndoFMLoss`; the teacher's
+    backbone is exported."""
+
+    name = "endofm"
+    config_class = PretrainConfig
+    terms = ("loss", "cv", "dm")
+    stats = ("teacher_entropy", "batch_entropy", "center_norm")
+
+    def dataset(self, clips: pd.DataFrame) -> Dataset:
+        return MultiViewDataset(clips, self.cfg.sampled_views, seed=self.cfg.seed)
+
+    def build_model(self) -> MultiViewModel:
+        init = init_checkpoint(self.cfg)  # a missing file fails here, before anything is written
+        student = build_model(self.cfg)
+        if init is None:
+            log.info("init: random weights (the original starts from SVT's Kinetics-400 checkpoint)")
+        else:
+            load_init_checkpoint(student, init, head=self.cfg.init_head)
+        return student
+
+    def setup(self, model: nn.Module) -> None:
+        cfg, device = self.cfg, self.info.device
+        self.teacher = build_model(cfg).to(device)
+        self.teacher.load_state_dict(model.state_dict())
+        self.teacher.requires_grad_(False)
+        self.teacher.train(cfg.teacher_drop_path)
+        self.criterion = EndoFMLoss(
+            cfg.out_dim,
+            cfg.n_global,
+            cfg.n_views,
+            teacher_temp=cfg.teacher_temp,
+            warmup_teacher_temp=cfg.warmup_teacher_temp,
+            warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
+            epochs=cfg.epochs,
+            student_temp=cfg.student_temp,
+            center_momentum=cfg.center_momentum,
+            cv_weight=cfg.cv_weight,
+            dm_weight=cfg.dm_weight,
+            centering=cfg.centering,
+            sinkhorn_iterations=cfg.sinkhorn_iterations,
+        ).to(device)
+
+    def schedules(self, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        self.momentum = cosine_schedule(self.cfg.momentum_teacher, 1.0, self.cfg.epochs, steps_per_epoch)
+        return {"momentum": self.momentum}
+
+    def loss(self, model: nn.Module, views: list[torch.Tensor], epoch: int, step: int) -> dict[str, Any]:
+        with torch.no_grad():
+            teacher_out = self.teacher(views[: self.cfg.n_global])
+        return self.criterion(model(views), teacher_out, epoch)
+
+    def after_backward(self, model: nn.Module, epoch: int) -> None:
+        super().after_backward(model, epoch)
+        cancel_last_layer_gradients(model, epoch, self.cfg.freeze_last_layer)
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        ema_update(self.teacher, model, float(self.momentum[step]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.state_dict(), "center": self.criterion.center.detach().cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.criterion.center.copy_(state["center"])
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        return self.teacher
+
+
+def _resume_problem(ckpt: Mapping[str, Any], cfg: Any, spe: int, path: Path) -> Exception | None:
     """Why ``ckpt`` cannot be continued by this run (other settings, or a position that does not map
     onto ``spe`` steps per epoch), or None."""
     now, before = to_dict(cfg), ckpt.get("config", {})
@@ -330,26 +525,25 @@ def _resume_problem(ckpt: Mapping[str, Any], cfg: PretrainConfig, spe: int, path
 
 
 class _Pretraining:
-    """One pretraining run: the state the loop shares, set up by ``__init__``, driven by :meth:`run`."""
+    """One pretraining run of ``objective``: the state the loop shares, set up by ``__init__``, driven by :meth:`run`."""
 
     def __init__(
         self,
-        cfg: PretrainConfig,
+        objective: Objective,
         clip_manifests: Sequence[Path],
         out_dir: Path,
         workers: int | None,
-        info: DistInfo,
         on_config_change: OnConfigChange,
+        method: str,
     ) -> None:
-        self.cfg, self.out_dir, self.info = cfg, out_dir, info
-        init = init_checkpoint(cfg)  # fail at start when the file is missing
+        cfg, info = objective.cfg, objective.info
+        self.objective, self.method, self.cfg, self.out_dir, self.info = objective, method, cfg, out_dir, info
         self.precision = resolve_precision(cfg.precision, info.device)
         seed_everything(cfg.seed)  # the same initial weights on every rank
 
         self.clips = load_clip_manifests(clip_manifests, fraction=cfg.data_fraction, seed=cfg.seed)
-        dataset = MultiViewDataset(self.clips, cfg.sampled_views, seed=cfg.seed)
         self.loader = build_loader(
-            dataset,
+            objective.dataset(self.clips),
             cfg.batch_size_per_gpu,
             info,
             num_workers=cfg.num_workers if workers is None else workers,
@@ -359,46 +553,23 @@ class _Pretraining:
         self.steps_per_epoch = min(len(self.loader), cfg.max_steps_per_epoch or len(self.loader))
         self.global_batch = cfg.batch_size_per_gpu * info.world_size
 
-        student = build_model(cfg)
-        if init is None:
-            log.info("init: random weights (the original starts from SVT's Kinetics-400 checkpoint)")
-        else:
-            load_init_checkpoint(student, init, head=cfg.init_head)
+        student = objective.build_model()
         self.student = wrap_ddp(student.to(info.device), info)  # DDP broadcasts rank 0's weights
-        self.teacher = build_model(cfg).to(info.device)
-        self.teacher.load_state_dict(student.state_dict())
-        self.teacher.requires_grad_(False)
-        self.teacher.train(cfg.teacher_drop_path)
-
-        self.loss = EndoFMLoss(
-            cfg.out_dim,
-            cfg.n_global,
-            cfg.n_views,
-            teacher_temp=cfg.teacher_temp,
-            warmup_teacher_temp=cfg.warmup_teacher_temp,
-            warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
-            epochs=cfg.epochs,
-            student_temp=cfg.student_temp,
-            center_momentum=cfg.center_momentum,
-            cv_weight=cfg.cv_weight,
-            dm_weight=cfg.dm_weight,
-            centering=cfg.centering,
-            sinkhorn_iterations=cfg.sinkhorn_iterations,
-        ).to(info.device)
-        self.optimizer = torch.optim.AdamW(param_groups(student))
+        objective.setup(student)
+        self.optimizer = torch.optim.AdamW(objective.param_groups(student))
         self.scaler = grad_scaler(self.precision, info.device)
 
         spe = self.steps_per_epoch
         self.base_lr = cfg.lr * self.global_batch / 256
         self.lr = cosine_schedule(self.base_lr, cfg.min_lr, cfg.epochs, spe, warmup_epochs=cfg.warmup_epochs)
         self.wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, spe)
-        self.momentum = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, spe)
+        self.schedules = objective.schedules(spe)
 
         self.start_epoch, self.step, self.skip, self.meter_state, self.history = 0, 0, 0, None, None
         self._resume(on_config_change)
 
     @property
-    def student_module(self) -> MultiViewModel:
+    def student_module(self) -> nn.Module:
         return unwrap(self.student)
 
     def _resume(self, on_config_change: OnConfigChange) -> None:
@@ -415,12 +586,11 @@ class _Pretraining:
             seed_everything(self.cfg.seed, info.rank)
             return
         self.student_module.load_state_dict(ckpt["student"])
-        self.teacher.load_state_dict(ckpt["teacher"])
+        extra = ckpt.get("extra", {})
+        self.objective.load_state_dict({**ckpt, **extra.get("objective", {})})
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.loss.center.copy_(ckpt["center"])
-        extra = ckpt.get("extra", {})
         self.start_epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         saved_spe = int(extra.get("steps_per_epoch", spe))
         self.skip = self.step - self.start_epoch * saved_spe  # checked by _resume_problem
@@ -454,7 +624,7 @@ class _Pretraining:
             log.warning("%s; restarting from scratch, the previous run moves to %s", problem, target)
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
-            for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, BACKBONE_NAME):
+            for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, BACKBONE_NAME, RUN_NAME):
                 if (self.out_dir / name).exists():
                     os.replace(self.out_dir / name, target / name)
             for numbered in self.out_dir.glob("checkpoint_*.pt"):
@@ -472,6 +642,10 @@ class _Pretraining:
         }
         if meter is not None:
             extra["epoch_meter"] = meter.state_dict()
+        state = self.objective.state_dict()
+        top = {k: v for k, v in state.items() if k in CHECKPOINT_KEYS}
+        if len(top) < len(state):
+            extra["objective"] = {k: v for k, v in state.items() if k not in top}
         return save_training_checkpoint(
             self.out_dir,
             self.info,
@@ -480,14 +654,22 @@ class _Pretraining:
             epoch_end=epoch_end,
             config=to_dict(self.cfg),
             step=self.step,
-            teacher=self.teacher.state_dict(),
             student=self.student_module.state_dict(),
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(),
-            center=self.loss.center.detach().cpu(),
             rng=rng[0],
             extra=extra,
+            **top,
         )
+
+    def cost(self) -> dict[str, int]:
+        """Parameter counts: the trained model, its trainable part, the exported backbone."""
+        model = self.student_module
+        return {
+            "parameters": count_parameters(model),
+            "trainable_parameters": count_parameters(model, trainable=True),
+            "backbone_parameters": count_parameters(self.objective.export_model(model).backbone),
+        }
 
     def _write_config(self) -> None:
         if not self.info.is_main:
@@ -504,14 +686,31 @@ class _Pretraining:
             "steps_per_epoch": self.steps_per_epoch,
             "start_epoch": self.start_epoch,
             "start_step": self.step,
-            "parameters": sum(p.numel() for p in self.student_module.parameters()),
+            **self.cost(),
             "versions": package_versions(),
         }
-        text = "# Resolved pretraining settings; `pretrain:` can be passed back with --config.\n"
-        write_text(
-            self.out_dir / CONFIG_NAME,
-            text + yaml.safe_dump({"pretrain": to_dict(self.cfg), "run": run}, sort_keys=False),
-        )
+        text = "# Resolved pretraining settings; `method:` and `pretrain:` can be passed back with --config.\n"
+        data = {"method": self.method, "pretrain": to_dict(self.cfg), "run": run}
+        write_text(self.out_dir / CONFIG_NAME, text + yaml.safe_dump(data, sort_keys=False))
+
+    def _write_record(self) -> None:
+        """``run.json``: what the run cost (parameter counts, steps, seconds) once it is complete."""
+        seconds = sum(float(r.get("seconds", 0.0)) for r in self.metrics.rows)
+        record = {
+            "method": self.method,
+            "objective": self.objective.name,
+            **self.cost(),
+            "epochs": self.cfg.epochs,
+            "steps": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "global_batch": self.global_batch,
+            "world_size": self.info.world_size,
+            "device": str(self.info.device),
+            "precision": self.precision,
+            "train_seconds": seconds,
+            "versions": package_versions(),
+        }
+        write_json(self.out_dir / RUN_NAME, record)
 
     def _train_step(self, views: list[torch.Tensor], epoch: int) -> dict[str, float]:
         """One optimiser step at global iteration ``self.step``; returns the rank-averaged statistics."""
@@ -521,25 +720,20 @@ class _Pretraining:
             if i == 0:  # only the first group is decayed
                 group["weight_decay"] = float(self.wd[it])
         views = [v.to(device, non_blocking=True) for v in views]
+        objective = self.objective
         with autocast(self.precision, device):
-            with torch.no_grad():
-                teacher_out = self.teacher(views[: cfg.n_global])
-            student_out = self.student(views)
-        out = self.loss(student_out, teacher_out, epoch)
-        stats = reduce_mean(
-            {k: out[k] for k in ("loss", "cv", "dm", "teacher_entropy", "batch_entropy", "center_norm")}, self.info
-        )
+            out = objective.loss(self.student, views, epoch, it)
+        stats = reduce_mean({k: out[k] for k in (*objective.terms, *objective.stats)}, self.info)
         check_finite(stats["loss"], epoch=epoch, step=it, checkpoint=checkpoint_path(self.out_dir))
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         if cfg.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
-            clip_gradients(self.student_module, cfg.clip_grad)
-        cancel_last_layer_gradients(self.student_module, epoch, cfg.freeze_last_layer)
+        objective.after_backward(self.student_module, epoch)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        ema_update(self.teacher, self.student_module, float(self.momentum[it]))
+        objective.after_step(self.student_module, it)
         self.step += 1
         return stats
 
@@ -587,14 +781,11 @@ class _Pretraining:
                 self.metrics.append(
                     {
                         "epoch": epoch,
-                        **{k: summary[k] for k in ("loss", "cv", "dm")},
+                        **{k: summary[k] for k in self.objective.terms},
                         "lr": float(self.lr[last]),
                         "wd": float(self.wd[last]),
-                        "momentum": float(self.momentum[last]),
-                        **{
-                            k: summary[k]
-                            for k in ("teacher_entropy", "batch_entropy", "center_norm", "steps", "seconds")
-                        },
+                        **{k: float(v[last]) for k, v in self.schedules.items()},
+                        **{k: summary[k] for k in (*self.objective.stats, "steps", "seconds")},
                         "clips_per_s": summary["items_per_s"],
                     }
                 )
@@ -604,7 +795,8 @@ class _Pretraining:
                 if stop and epoch + 1 < cfg.epochs:
                     raise self._preempted(preempt, epoch + 1, path)
         if info.is_main:
-            export_backbone(self.teacher, self.out_dir / BACKBONE_NAME, self.cfg)
+            export_backbone(self.objective.export_model(self.student_module), self.out_dir / BACKBONE_NAME, self.cfg)
+            self._write_record()
         barrier(info)
         return checkpoint_path(self.out_dir)
 
@@ -617,13 +809,16 @@ class _Pretraining:
 
 
 def pretrain(
-    cfg: PretrainConfig,
+    cfg: Any,
     clip_manifests: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     workers: int | None = None,
     on_config_change: OnConfigChange = "error",
+    method: str | None = None,
 ) -> Path:
-    """Pretrain as ``cfg`` says on the clips of ``clip_manifests`` (``clips.csv`` files); returns
+    """Pretrain ``method`` (a pretrained method of :data:`endofm.methods.METHODS`; by default the one whose
+    objective takes ``cfg``'s type: ``endofm`` for a :class:`PretrainConfig`, ``vcl`` for a
+    :class:`~endofm.pretraining.vcl.VCLConfig`) as ``cfg`` says on the clips of ``clip_manifests`` (``clips.csv`` files); returns
     ``out_dir/checkpoint.pt``. Resumes from that file when present. Under torchrun every process
     calls this; outside it, one process trains alone. ``workers`` overrides ``cfg.num_workers``.
     When the checkpoint there cannot be continued (other settings, or written part-way through an
@@ -633,9 +828,16 @@ def pretrain(
     Raises :class:`~endofm.engine.Preempted` (a ``SystemExit`` with status 75) after writing a
     checkpoint on SIGTERM/SIGUSR1, and :class:`~endofm.engine.NonFiniteLossError` on a NaN/inf loss.
     """
-    out_dir = Path(out_dir)
+    from endofm.methods import METHODS
+
+    if method is None:
+        method = next(n for n, m in METHODS.items() if m.objective and objective_class(n).config_class is type(cfg))
+    objective = objective_class(method)
+    if not isinstance(cfg, objective.config_class):
+        raise TypeError(f"method {method!r} takes a {objective.config_class.__name__}, got a {type(cfg).__name__}")
+    manifests = [Path(p) for p in clip_manifests]
     with distributed_session(cfg.device) as info:
-        return _Pretraining(cfg, [Path(p) for p in clip_manifests], out_dir, workers, info, on_config_change).run()
+        return _Pretraining(objective(cfg, info), manifests, Path(out_dir), workers, on_config_change, method).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -651,10 +853,17 @@ __all__ = [
     "METRICS_NAME",
     "SVT_CHECKPOINT",
     "SVT_URL",
+    "OBJECTIVES",
+    "RUN_NAME",
+    "EndoFMObjective",
+    "Objective",
     "PretrainConfig",
     "build_model",
+    "count_parameters",
     "export_backbone",
     "init_checkpoint",
+    "objective_class",
+    "pretrain_method",
     "load_init_checkpoint",
     "load_pretrain_config",
     "main",

@@ -9,8 +9,8 @@ and the outputs of a run in ``out_dir``:
 - the task's prediction files for the protocol's test split, made by that model;
 - ``history.csv``: one row per epoch (training loss, lr, selection metrics);
 - ``run.json``: what :mod:`endofm.tasks.evaluate` needs besides the predictions: the run's identity
-  (benchmark, method, variant, protocol, mode, seed, label fraction), the splits, the selected epoch, a hash of the
-  settings, package versions and wall time.
+  (benchmark, method, variant, protocol, mode, seed, label fraction), the splits, the selected epoch, a hash
+  of the settings, the model's parameter count and trainable count, package versions and wall time.
 
 Under the ``paper`` protocol the selection split *is* the test split (the original's model
 selection on test); ``clean`` selects on validation and predicts the test split once.
@@ -54,6 +54,7 @@ from endofm.engine import (
     set_loader_epoch,
 )
 from endofm.io import write_json
+from endofm.methods import task_backbone
 from endofm.models.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -230,17 +231,21 @@ def _optimizer(groups: list[dict[str, Any]], optim: OptimConfig) -> torch.optim.
     raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {optim.name!r}")
 
 
-def set_trainable(model: nn.Module, mode: str) -> None:
-    """``frozen``: the backbone's parameters stop requiring gradients; ``full``: every parameter trains."""
+def set_trainable(model: nn.Module, mode: str, method: str = "endofm") -> None:
+    """Everything outside the backbone trains; of the backbone, what ``method``'s registry entry says
+    (:func:`endofm.methods.task_backbone`): a video ViT trains whole in ``full`` mode and not at all in
+    ``frozen`` mode, ST-Adapter only its adapters in ``full`` mode."""
     backbone = {id(p) for p in model.backbone_parameters()}
+    trains = {id(p) for p in task_backbone(method).trainable(model.backbone, mode)}
     for p in model.parameters():
-        p.requires_grad_(mode == "full" or id(p) not in backbone)
+        p.requires_grad_(id(p) not in backbone or id(p) in trains)
 
 
-def train_mode(model: nn.Module, mode: str) -> None:
-    """Training mode; a frozen backbone stays in eval mode (no stochastic depth in fixed features)."""
+def train_mode(model: nn.Module, mode: str, method: str = "endofm") -> None:
+    """Training mode; a backbone that does not train (as ``method``'s registry entry says) stays in eval
+    mode (no stochastic depth in fixed features)."""
     model.train()
-    if mode == "frozen":
+    if task_backbone(method).eval_backbone(mode):
         model.backbone.eval()
 
 
@@ -269,7 +274,7 @@ def run_finetune(
         precision = resolve_precision(cfg.precision, device)
         seed_everything(spec.seed)
         model = task.build_model(backbone).to(device)
-        set_trainable(model, spec.mode)
+        set_trainable(model, spec.mode, spec.method)
         optimizer = _optimizer(_param_groups(model, cfg.optim, spec.mode == "frozen"), cfg.optim)
         scaler = grad_scaler(precision, device)  # loss scaling in fp16 (auto on GPUs without bf16); off otherwise
         loader = build_loader(
@@ -322,7 +327,7 @@ def run_finetune(
 
         with PreemptionHandler() as preempt:
             for epoch in range(start_epoch, cfg.epochs):
-                train_mode(model, spec.mode)
+                train_mode(model, spec.mode, spec.method)
                 set_loader_epoch(loader, epoch)
                 losses, t0 = [], time.perf_counter()
                 bar = progress(itertools.islice(loader, spe), info, total=spe, desc=f"epoch {epoch}/{cfg.epochs}")
@@ -397,6 +402,8 @@ def run_finetune(
         "predictions": files,
         "epochs": cfg.epochs,
         "steps": step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config_hash": digest,
         "settings": dict(settings),
         "versions": package_versions(),

@@ -10,16 +10,18 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from torch import nn
+
 from endofm.config import to_dict
 from endofm.data.benchmarks import read_manifest
-from endofm.engine import seed_everything
-from endofm.features import load_pretrained_backbone
 from endofm.io import write_json
-from endofm.models.vit import BackboneConfig, TimeSformer, build_backbone
+from endofm.methods import task_backbone
+from endofm.models.vit import BackboneConfig
 from endofm.tasks.finetune import RUN_NAME, RunSpec, run_finetune
 from endofm.tasks.protocols import protocol_splits
 
@@ -53,13 +55,19 @@ def _task_part(benchmark: str, part: str) -> Any:
     return getattr(importlib.import_module(entry.module), name) if name else None
 
 
-def build_run_backbone(config: BackboneConfig, checkpoint: str | Path | None, seed: int) -> TimeSformer:
-    """The backbone a run starts from: ``checkpoint``'s teacher (any layout we read, loaded strictly)
-    or, without one, a random initialisation drawn from ``seed``."""
-    if checkpoint is not None:
-        return load_pretrained_backbone(checkpoint, config).train()
-    seed_everything(seed)
-    return build_backbone(config)
+def build_run_backbone(
+    config: BackboneConfig,
+    checkpoint: str | Path | None,
+    seed: int,
+    method: str = "endofm",
+    options: Mapping[str, Any] | None = None,
+    mode: str = "full",
+) -> nn.Module:
+    """The backbone a ``mode`` run of ``method`` starts from, built as its registry entry says
+    (:func:`endofm.methods.task_backbone`; ``options``: what else it needs, e.g. ST-Adapter's adapters):
+    loaded from ``checkpoint`` (a video ViT: its teacher, any layout we read, strictly) or, without one,
+    drawn from ``seed``."""
+    return task_backbone(method).build(config, checkpoint, seed, options or {}, mode)
 
 
 def finetune_benchmark(
@@ -70,9 +78,11 @@ def finetune_benchmark(
     out_dir: str | Path,
     backbone: BackboneConfig,
     checkpoint: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` (one cell of the experiment matrix) on the benchmark indexed in ``manifest``, whose
-    files sit under ``raw_dir``; outputs in ``out_dir`` (see :mod:`endofm.tasks.finetune`)."""
+    files sit under ``raw_dir``; outputs in ``out_dir`` (see :mod:`endofm.tasks.finetune`). The backbone
+    is built as ``spec.method``'s registry entry says, with ``options`` (:func:`build_run_backbone`)."""
     rows = read_manifest(manifest)
     splits = protocol_splits(
         spec.benchmark, rows, spec.protocol, spec.seed, task_config.train.val_fraction, spec.label_fraction
@@ -82,8 +92,9 @@ def finetune_benchmark(
         "task": to_dict(task_config),
         "backbone": to_dict(backbone),
         "checkpoint": None if checkpoint is None else str(checkpoint),
+        **({"backbone_options": dict(options)} if options else {}),
     }
-    model = build_run_backbone(backbone, checkpoint, spec.seed)
+    model = build_run_backbone(backbone, checkpoint, spec.seed, spec.method, options, spec.mode)
     frozen_fn = _task_part(spec.benchmark, "frozen")
     if spec.mode == "frozen" and frozen_fn is not None:
         return frozen_fn(task_config, splits, raw_dir, spec, model, out_dir, settings)
