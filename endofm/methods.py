@@ -67,7 +67,10 @@ METHODS: dict[str, Method] = {
 
 
 class TaskBackbone(abc.ABC):
-    """What a fine-tuning run does with a method's backbone: build it, and which of its parameters train."""
+    """What a fine-tuning run does with a method's backbone: build it, and which of its parameters train.
+    ``segmentation_decoders``: the CVC-12k decoders it can drive."""
+
+    segmentation_decoders: tuple[str, ...] = ("transunet", "light")
 
     @abc.abstractmethod
     def build(
@@ -122,7 +125,10 @@ class STAdapter(TaskBackbone):
     """A frozen image ViT run frame by frame with ST-Adapters (:mod:`endofm.models.st_adapter`): only the
     adapters train in ``full`` mode; ``frozen`` mode has no adapters (the frozen image ViT's features, the
     head alone trains). ``options["adapter"]`` holds the ``AdapterConfig`` fields. The backbone always runs
-    in eval mode (the adapters have no dropout or norm)."""
+    in eval mode (the adapters have no dropout or norm). TransUNet's hybrid encoder runs the backbone's
+    blocks itself, past the adapters, so only the light decoder segments with it."""
+
+    segmentation_decoders = ("light",)
 
     def build(
         self,

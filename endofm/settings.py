@@ -250,6 +250,14 @@ class WorkflowConfig:
                 f"finetune.variants: {unknown} are not pretraining variants ({', '.join(self.pretrain.variants)})"
             )
         self._check_ablations()
+        decoder = self.finetune.cvc12k.decoder
+        for method in self.finetune.methods:
+            if "cvc12k" in self.data.benchmarks and decoder not in task_backbone(method).segmentation_decoders:
+                raise ConfigError(
+                    f"finetune.cvc12k.decoder: {method} cannot run the {decoder} decoder "
+                    f"(it can: {', '.join(task_backbone(method).segmentation_decoders)})",
+                    key="finetune.cvc12k.decoder",
+                )
         missing = [n for n in self.report.ablations if n not in self.ablations]
         if missing:
             raise ConfigError(f"report.ablations: {missing} are not named in ablations ({', '.join(self.ablations)})")
@@ -317,7 +325,9 @@ class WorkflowConfig:
             return self.pretrain.variant(name)
         overlays = self.pretrain_overlays()
         if name not in overlays:
-            raise ConfigError(f"no pretraining variant {name!r}; known: {', '.join(overlays)}")
+            raise ConfigError(
+                f"pretrain.variants: no variant {name!r}; known (ablation arms included): {', '.join(overlays)}"
+            )
         return self.pretrain.resolve(overlays[name], f"ablations: variant {name}")
 
 

@@ -65,24 +65,27 @@ def clip_csv(tmp_path: Path) -> Path:
 
 def test_pretrain_settings_from_the_workflow_config_and_its_variants(tmp_path):
     shipped = yaml.safe_load((ROOT / "config/config.yaml").read_text())["pretrain"]
-    cfg = load_pretrain_settings(ROOT / "config/config.yaml")
-    assert cfg.epochs == shipped["settings"]["epochs"] == 15
+    method, cfg = load_pretrain_settings(ROOT / "config/config.yaml")
+    assert method == "endofm" and cfg.epochs == shipped["settings"]["epochs"] == 15
     assert cfg.views.local_size == shipped["settings"]["views"]["local_size"] == 32
     data = yaml.safe_load(TINY.read_text())
     data["pretrain"]["variants"] = {"default": {}, "short": {"epochs": 1, "views": {"local_size": 16}}}
     two = tmp_path / "two.yaml"
     two.write_text(yaml.safe_dump(data))
-    short = load_pretrain_settings(two, "short")
+    _, short = load_pretrain_settings(two, "short")
     assert short.epochs == 1 and short.views.local_size == 16
     assert short.out_dim == 64 and short.views.global_size == 16  # the rest from the shared settings
-    assert load_pretrain_settings(two).epochs == data["pretrain"]["settings"]["epochs"]
+    assert load_pretrain_settings(two)[1].epochs == data["pretrain"]["settings"]["epochs"]
     # the workflow's per-job file (one variant resolved) reads back to the same settings, without --variant
     resolved = tmp_path / "pretrain.yaml"
-    resolved.write_text(yaml.safe_dump({"pretrain": to_dict(short)}))
-    assert load_pretrain_settings(resolved) == short
+    resolved.write_text(yaml.safe_dump({"method": "endofm", "pretrain": to_dict(short)}))
+    assert load_pretrain_settings(resolved) == ("endofm", short)
     with pytest.raises(ConfigError, match=r"pretrain.yaml: holds one run's resolved settings.*drop --variant x"):
         load_pretrain_settings(resolved, "x")
-    with pytest.raises(ConfigError, match=r"two.yaml: pretrain.variants: no variant 'long'; known: default, short"):
+    with pytest.raises(
+        ConfigError,
+        match=r"two.yaml: pretrain.variants: no variant 'long'; known \(ablation arms included\): default, short",
+    ):
         load_pretrain_settings(two, "long")
 
 
@@ -204,7 +207,7 @@ def video(tmp_path: Path) -> Path:
 def _micro_backbone_pt(path: Path) -> tuple[Path, BackboneConfig]:
     from endofm.pretraining.train import build_model, export_backbone
 
-    cfg = load_pretrain_settings(TINY)
+    _, cfg = load_pretrain_settings(TINY)
     torch.manual_seed(0)
     return export_backbone(build_model(cfg), path, cfg), cfg.backbone
 
@@ -324,7 +327,7 @@ def test_missing_inputs_say_what_to_run_first(tmp_path, capsys, monkeypatch):
     line = fails(["finetune", "polypdiag", "--config", str(config), "--method", "endofm"], capsys)
     assert line.endswith(
         "results/pretrain/endofm/default/backbone.pt: backbone of method endofm not found; "
-        "run `snakemake pretrain` (variant default) first"
+        "run `snakemake pretrain` (endofm, variant default) first"
     )
     line = fails(["finetune", "polypdiag", "--config", str(config), "--method", "scratch"], capsys)
     manifest = tmp_path / "benchmarks/polypdiag/manifest.csv"

@@ -144,7 +144,7 @@ def test_config_errors(tmp_path):
         tiny_config(views={"frames": 2, "size": 20})
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"method": "vcl", "pretrain": {**TINY, "temprature": 0.1}}))
-    with pytest.raises(ConfigError, match=r"pretrain: unknown key\(s\) 'temprature'"):
+    with pytest.raises(ConfigError, match=r"pretrain: unknown key 'temprature' \(did you mean 'temperature'\?\)"):
         load_pretrain_config(path)
     path.write_text(yaml.safe_dump({"method": "scratch", "pretrain": {}}))
     with pytest.raises(ConfigError, match="method 'scratch' is not a pretrained method"):
