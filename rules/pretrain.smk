@@ -9,12 +9,12 @@ rule pretrain_config:
         "results/pretrain/{method}/{variant}/pretrain.yaml",
     log:
         f"{LOGS}/pretrain_config/{{method}}/{{variant}}.log",
-    params:
-        method="{method}",
-        settings=pretrain_settings,
     localrule: True
     conda:
         "../envs/endofm.yaml"
+    params:
+        method="{method}",
+        settings=pretrain_settings,
     script:
         "../workflow_scripts/write_pretrain_config.py"
 
