@@ -38,4 +38,4 @@ rule pretrain_model:
         "../envs/endofm.yaml"
     shell:
         "{params.launcher} -m endofm.pretraining.train --config {input.config} --clips {input.clips}"
-        " --out {params.run_dir} --workers {threads} --on-config-change restart > {log} 2>&1"
+        " --out {params.run_dir} --threads {threads} --on-config-change restart > {log} 2>&1"

@@ -22,7 +22,7 @@ Outputs in ``out_dir``:
 
 Command line (one process, or under ``torchrun --nproc_per_node N``)::
 
-    python -m endofm.pretraining.train --config X.yaml --clips a/clips.csv b/clips.csv --out DIR [--workers N]
+    python -m endofm.pretraining.train --config X.yaml --clips a/clips.csv b/clips.csv --out DIR [--workers N] [--threads N]
 
 A run stopped by SIGTERM/SIGUSR1 writes its checkpoint and exits with status
 :data:`~endofm.engine.PREEMPTED_EXIT_CODE` (75; under torchrun each worker does, and torchrun itself
@@ -71,6 +71,7 @@ from endofm.engine import (
     restore_rng_states,
     save_training_checkpoint,
     seed_everything,
+    set_cpu_threads,
     set_loader_epoch,
     unwrap,
     wrap_ddp,
@@ -625,6 +626,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds a checkpoint)")
     parser.add_argument("--workers", type=int, default=None, help="data-loading workers per process")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per process: one per data-loading worker, torch's intra-op threads the rest (at least 1); "
+        "default: torch's own choice",
+    )
+    parser.add_argument(
         "--on-config-change",
         choices=["error", "restart"],
         default="error",
@@ -632,8 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the previous run to OUT/superseded/ and start afresh",
     )
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     setup_logging(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     cfg = load_pretrain_config(args.config)
+    if args.threads is not None:
+        set_cpu_threads(args.threads, cfg.num_workers if args.workers is None else args.workers)
     pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change)
     return 0
 
