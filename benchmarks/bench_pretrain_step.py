@@ -17,8 +17,11 @@ Three parts, each a table:
 Clips: ``--clips clips.csv ...`` (e.g. made with ``endofm synth`` + ``endofm extract-clips``), or
 ``--count`` textured moving clips of 32 frames at 64x80 made in a temporary folder. The machine's
 load average is printed first and last: on a shared host compare variants of one run, not runs.
+On a busy 2-core host more than one torch thread made every step several times slower (each
+parallel region waits for its descheduled thread), hence the workflow's ``--threads`` split.
 
-    python benchmarks/bench_pretrain_step.py [--clips a/clips.csv] [--threads 1 2] [--workers 0 1 2]
+    python benchmarks/bench_pretrain_step.py [--clips a/clips.csv ...] [--threads 1 2] [--workers 0 1 2]
+        [--steps 8] [--epochs 2] [--precision fp32|bf16] [--attention sdpa|explicit] [--parts data model e2e]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import pandas as pd
 import torch
 
 from endofm.data.video import VideoReader
-from endofm.engine import DistInfo, build_loader
+from endofm.engine import DistInfo, autocast, build_loader
 from endofm.pretraining.objective import EndoFMLoss, clip_gradients, ema_update, param_groups
 from endofm.pretraining.train import PretrainConfig, build_model, pretrain
 from endofm.pretraining.views import (
@@ -113,14 +116,16 @@ def model_breakdown(cfg: PretrainConfig, views: list[torch.Tensor], steps: int) 
         sinkhorn_iterations=cfg.sinkhorn_iterations,
     )
     optimizer = torch.optim.AdamW(param_groups(student), lr=1e-4)
+    cpu = torch.device("cpu")
     parts = ("teacher", "student", "loss", "backward", "optimiser", "ema", "stats")
     out: dict[str, list[float]] = {k: [] for k in parts}
     for step in range(steps + 1):
         t = [time.perf_counter()]
-        with torch.no_grad():
+        with torch.no_grad(), autocast(cfg.precision, cpu):
             teacher_out = teacher(views[: cfg.n_global])
         t.append(time.perf_counter())
-        student_out = student(views)
+        with autocast(cfg.precision, cpu):
+            student_out = student(views)
         t.append(time.perf_counter())
         res = loss_fn(student_out, teacher_out, 1)
         t.append(time.perf_counter())
@@ -133,7 +138,7 @@ def model_breakdown(cfg: PretrainConfig, views: list[torch.Tensor], steps: int) 
         t.append(time.perf_counter())
         ema_update(teacher, student, 0.99)
         t.append(time.perf_counter())
-        {k: float(res[k]) for k in ("loss", "cv", "dm", "teacher_entropy", "batch_entropy", "center_norm")}
+        {k: float(res[k].detach()) for k in ("loss", "cv", "dm", "teacher_entropy", "batch_entropy", "center_norm")}
         t.append(time.perf_counter())
         if step:  # the first step warms up
             for k, a, b in zip(parts, t[:-1], t[1:], strict=True):
@@ -141,8 +146,10 @@ def model_breakdown(cfg: PretrainConfig, views: list[torch.Tensor], steps: int) 
     return out
 
 
-def end_to_end(cfg: PretrainConfig, manifests: list[Path], threads: int, workers: int, tmp: Path) -> tuple[float, list]:
-    """Wall seconds of a whole ``pretrain`` run after its set-up, and metrics.csv's epoch seconds."""
+def end_to_end(
+    cfg: PretrainConfig, manifests: list[Path], threads: int, workers: int, tmp: Path
+) -> tuple[float, int, list]:
+    """Wall seconds of a whole ``pretrain`` run, its steps, and metrics.csv's epoch seconds."""
     out = tmp / f"run_t{threads}_w{workers}"
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -153,7 +160,7 @@ def end_to_end(cfg: PretrainConfig, manifests: list[Path], threads: int, workers
     finally:
         torch.set_num_threads(before)
     metrics = pd.read_csv(out / "metrics.csv")
-    return wall, metrics["seconds"].tolist()
+    return wall, int(metrics["steps"].sum()), metrics["seconds"].tolist()
 
 
 def table(title: str, parts: dict[str, list[float]]) -> None:
@@ -176,15 +183,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6, help="steps per epoch / model steps measured (6)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per end-to-end run (2; 0 skips the part)")
     parser.add_argument("--data-batches", type=int, default=2, help="batches for the data breakdown (2)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="override the config's precision")
+    parser.add_argument("--attention", choices=["sdpa", "explicit"], help="override the backbone's attention")
     parser.add_argument("--parts", nargs="+", choices=["data", "model", "e2e"], default=["data", "model", "e2e"])
     args = parser.parse_args(argv)
 
     wf = load_workflow_config(args.config)
     cfg = wf.pretrain.variant(args.variant)
+    if args.precision:
+        cfg.precision = args.precision
+    if args.attention:
+        cfg.backbone.attention = args.attention
     print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; load average {load_avg()}")
     print(
         f"{cfg.backbone.name}, batch {cfg.batch_size_per_gpu}, views {cfg.views.global_frames}x{cfg.views.global_size}"
-        f" + {cfg.views.local_frames}x{cfg.views.local_size}, out_dim {cfg.out_dim}, centering {cfg.centering}"
+        f" + {cfg.views.local_frames}x{cfg.views.local_size}, out_dim {cfg.out_dim}, centering {cfg.centering}, "
+        f"precision {cfg.precision}, attention {cfg.backbone.attention}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         manifests = args.clips or [make_clips(Path(tmp) / "clips", args.count)]
@@ -212,11 +226,10 @@ def main(argv: list[str] | None = None) -> None:
                     "max_steps_per_epoch": args.steps,
                 }
             )
-            steps = args.epochs * args.steps
-            print(f"\n3. end to end: pretrain(), {args.epochs} epochs x {args.steps} steps")
+            print(f"\n3. end to end: pretrain(), {args.epochs} epochs of at most {args.steps} steps")
             print(f"  {'threads':>7} {'workers':>7} {'wall s':>7} {'s/step':>7} {'steps/min':>9}  epoch seconds")
             for threads, workers in itertools.product(args.threads, args.workers):
-                wall, seconds = end_to_end(run_cfg, manifests, threads, workers, Path(tmp))
+                wall, steps, seconds = end_to_end(run_cfg, manifests, threads, workers, Path(tmp))
                 print(
                     f"  {threads:>7} {workers:>7} {wall:>7.1f} {wall / steps:>7.3f} {60 * steps / wall:>9.1f}  "
                     + " ".join(f"{s:.1f}" for s in seconds)
