@@ -645,7 +645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     cfg = load_pretrain_config(args.config)
     if args.threads is not None:
-        set_cpu_threads(args.threads, cfg.num_workers if args.workers is None else args.workers)
+        workers = cfg.num_workers if args.workers is None else args.workers
+        intra = set_cpu_threads(args.threads, workers)
+        log.info("%d thread(s): %d torch intra-op, %d data-loading worker(s)", args.threads, intra, workers)
     pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change)
     return 0
 
