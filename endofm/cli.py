@@ -145,6 +145,7 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     import os
 
+    from endofm.engine import set_cpu_threads
     from endofm.pretraining.train import pretrain
     from endofm.settings import load_pretrain_settings
 
@@ -152,6 +153,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         logging.getLogger().setLevel(logging.WARNING)
     config = args.config if args.config is not None or not DEFAULT_CONFIG.is_file() else DEFAULT_CONFIG
     method, cfg = load_pretrain_settings(config, args.variant, args.method)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        workers = cfg.num_workers if args.workers is None else args.workers
+        intra = set_cpu_threads(args.threads, workers)
+        logging.getLogger(__name__).info(
+            "%d thread(s): %d torch intra-op, %d data-loading worker(s)", args.threads, intra, workers
+        )
     for path in args.clips:
         _need(path, "clip manifest", "cut the source into clips first (`endofm extract-clips SOURCE`)")
     pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change, method=method)
@@ -314,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=Path, nargs="+", required=True, help="clips.csv manifests")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds a checkpoint)")
     p.add_argument("--workers", type=int, help="data-loading workers per process (default: the config's num_workers)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads per process: one per data-loading worker, torch's intra-op threads the rest (at least 1); "
+        "default: torch's own choice",
+    )
     p.add_argument(
         "--on-config-change",
         choices=["error", "restart"],

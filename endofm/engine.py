@@ -388,6 +388,20 @@ def build_loader(
     return loader
 
 
+def set_cpu_threads(threads: int, num_workers: int) -> int:
+    """Share ``threads`` CPU threads between ``num_workers`` DataLoader workers (one each, as
+    PyTorch runs them single-threaded) and this process's torch intra-op threads (the rest, at least
+    one); returns the intra-op count it set. Small models slow down badly when the two together
+    oversubscribe the cores."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    intra = max(1, threads - num_workers)
+    torch.set_num_threads(intra)
+    return intra
+
+
 def _ignore_preemption_signals(worker_id: int) -> None:
     # SLURM signals every process of a job step: workers must outlive the main process's
     # pre-emption checkpoint (they exit by themselves once it is gone).

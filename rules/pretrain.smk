@@ -38,6 +38,7 @@ rule pretrain_model:
     params:
         launcher=launcher(CFG.pretrain.gpus),
         run_dir=subpath(output.backbone, parent=True),
+        threads=lambda w, threads: max(1, threads // max(1, CFG.pretrain.gpus)),  # per process
     shell:
         "{params.launcher} -m endofm.cli pretrain --config {input.config} --clips {input.clips}"
-        " --out {params.run_dir} --workers {threads} --on-config-change restart > {log} 2>&1"
+        " --out {params.run_dir} --threads {params.threads} --on-config-change restart > {log} 2>&1"

@@ -305,3 +305,20 @@ def test_lr_schedules():
         lr_schedule("step", 1.0, 2, 2, milestones=[1.5])
     with pytest.raises(ValueError, match="kind"):
         lr_schedule("linear", 1.0, 2, 2)
+
+
+@pytest.mark.parametrize(("threads", "workers", "intra"), [(2, 0, 2), (2, 1, 1), (2, 2, 1), (8, 3, 5), (1, 4, 1)])
+def test_set_cpu_threads_gives_workers_one_thread_each_and_torch_the_rest(threads, workers, intra):
+    before = torch.get_num_threads()
+    try:
+        assert engine.set_cpu_threads(threads, workers) == intra
+        assert torch.get_num_threads() == intra
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_set_cpu_threads_rejects_bad_counts():
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        engine.set_cpu_threads(0, 0)
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        engine.set_cpu_threads(2, -1)

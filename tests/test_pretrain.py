@@ -544,3 +544,21 @@ def test_demo_recipe_learns_on_the_builtin_corpus_without_collapsing(builtin_cli
     late = metrics.iloc[-3:]
     assert (late["teacher_entropy"] < 0.85 * log_k).all(), metrics["teacher_entropy"].tolist()
     assert (late["batch_entropy"] > late["teacher_entropy"] + 0.5).all(), metrics["batch_entropy"].tolist()
+
+
+def test_main_threads_flag_shares_threads_with_the_workers(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"pretrain": {"init": "random", "num_workers": 3}}))
+    seen = []
+    monkeypatch.setattr(train, "pretrain", lambda cfg, *a, **kw: seen.append((torch.get_num_threads(), kw["workers"])))
+    before = torch.get_num_threads()
+    try:
+        (tmp_path / "x.csv").touch()
+        base = ["--config", str(config), "--clips", str(tmp_path / "x.csv"), "--out", str(tmp_path / "out")]
+        train.main([*base, "--threads", "5"])  # the config's 3 workers, 2 intra-op threads
+        train.main([*base, "--threads", "2", "--workers", "1"])
+        assert seen == [(2, None), (1, 1)]
+        assert train.main([*base, "--threads", "0"]) == 1
+        assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

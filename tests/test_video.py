@@ -266,3 +266,12 @@ def test_auto_falls_back_to_pyav_where_decord_fails(tmp_path):
         assert reader.backend == "pyav"
     assert got.shape == (3, 32, 48, 3)
     assert np.abs(got[:, :, :12].astype(int) - 200).max() < 20 and got[:, :, 20:].max() < 20
+
+
+def test_single_threaded_decord_reads_the_same_frames_as_its_default(sources):
+    """The reader decodes with one FFmpeg thread (faster on small clips); the pixels do not change."""
+    decord = video._import_decord()
+    wanted = [0, 3, 29, 30, 31, 45, 61, 69]
+    default = decord.VideoReader(str(sources["mp4"]), ctx=decord.cpu(0)).get_batch(wanted).asnumpy()
+    with VideoReader(sources["mp4"], "decord") as reader:
+        np.testing.assert_array_equal(reader.get_frames(wanted), default)

@@ -135,7 +135,9 @@ class _DecordBackend:
         decord = _import_decord()
         self.path, self.header = path, header
         # decord.bridge may have been switched globally (e.g. to torch); results are converted below.
-        self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        # One decoding thread: FFmpeg's default starts a thread per core for every file opened, which
+        # costs more than it saves on short, small clips and competes with the training process.
+        self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         self.num_frames = len(self._vr)
 
     def read(self, wanted: np.ndarray) -> np.ndarray:

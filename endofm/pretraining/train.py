@@ -32,7 +32,7 @@ Outputs in ``out_dir``:
 Command line (one process, or under ``torchrun --nproc_per_node N``; ``python -m endofm.pretraining.train``
 takes the same arguments)::
 
-    endofm pretrain --config config/config.yaml [--variant NAME] --clips a/clips.csv b/clips.csv --out DIR
+    endofm pretrain --config config/config.yaml [--method M] [--variant NAME] [--threads N] --clips a/clips.csv b/clips.csv --out DIR
 
 where ``X.yaml`` names the ``method`` (default ``endofm``) and holds its ``pretrain:`` settings.
 
