@@ -115,7 +115,7 @@ def test_slurm_submissions_and_a_preempted_pretraining(tmp_path):
     assert f"-t {resources['runtime']}" in line and f"--mem {resources['mem_mb']}" in line
     assert resources["slurm_extra"] in line and "--ntasks-per-gpu" not in line
     launched = (state / f"{pretrain[0]['jobid']}.out").read_text()
-    assert "-m endofm.launch --standalone --nproc-per-node=2 -m endofm.pretraining.train" in launched
+    assert "-m endofm.launch --standalone --nproc-per-node=2 -m endofm.cli pretrain" in launched
     assert (state / "states").read_text().splitlines()[0].endswith("|FAILED")
     assert (state / "preempted").read_text().startswith(pretrain[0]["jobid"])  # the stub signalled attempt 1
     log = (workdir / "results/logs/pretrain/endofm/default.log").read_text()  # attempt 2's
