@@ -2,7 +2,7 @@
 
 On CPU each (model, attention, dtype, mode) runs in a forked child so that its peak memory (growth
 of the resident set's high-water mark, ``ru_maxrss``) is not masked by an earlier, larger run. On
-CUDA runs share one process and the peak is ``torch.cuda.max_memory_allocated`` (weights included). GFLOP/clip is analytic (ENDOFM.md §9):
+CUDA runs share one process and the peak is ``torch.cuda.max_memory_allocated`` (weights included). GFLOP/clip is analytic (docs/original.md §9):
 forward = 2 x MACs of the linear layers, attention and patch embedding; forward+backward = 3 x forward.
 
     python benchmarks/bench_backbone.py --iters 2            # CPU: ViT-B 8x224 and the CPU size

@@ -9,7 +9,7 @@ several random draws of 8 frame indices, times (taking turns, medians per draw)
 - ``decord-all``:  decord ``get_batch`` of every frame, keeping 8.
 
 Each draw opens the file afresh, as a data loader does per sample. Two index patterns, after
-ENDOFM.md 3.3: ``global`` (8 uniform over the clip) and ``local`` (8 uniform within a random
+docs/original.md 3.3: ``global`` (8 uniform over the clip) and ``local`` (8 uniform within a random
 window of clip_length // 8 frames). Prints sampled frames/s and the seek/decode-all ratios.
 
     python benchmarks/bench_decode.py [--video CLIP.mp4] [--draws 30] [--gop 30]

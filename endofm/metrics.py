@@ -1,4 +1,4 @@
-"""Metrics of the three downstream benchmarks (ENDOFM.md §4.1-4.3, §5); every result is JSON-ready.
+"""Metrics of the three downstream benchmarks (docs/original.md §4.1-4.3, §5); every result is JSON-ready.
 
 - Classification (PolypDiag): :func:`classification_metrics`; the paper reports binary F1 of class 1.
 - Segmentation (CVC-12k): :func:`dice_paper` (the original's per-sequence volume Dice with its empty-mask
@@ -59,7 +59,7 @@ def classification_metrics(labels: Any, probs: Any) -> dict[str, Any]:
     ``labels`` (N,) in {0, 1}; ``probs`` (N,) probability of class 1 or (N, 2) class probabilities (scores
     such as logits also work). The prediction is the argmax over the two classes, ties going to class 0 as
     with ``argmax``: for (N,) input that is ``p > 0.5``, so p = 0.5 predicts class 0 (argmax of [1 - p, p]).
-    AUROC ranks by the class-1 column. Returns ``f1`` (the paper's number, ENDOFM.md §4.1), ``precision``,
+    AUROC ranks by the class-1 column. Returns ``f1`` (the paper's number, docs/original.md §4.1), ``precision``,
     ``recall``, ``accuracy``, ``auroc`` (NaN with one class present), ``n``, ``n_positive`` and the
     confusion counts ``tp``, ``fp``, ``fn``, ``tn``; conventions as scikit-learn with ``zero_division=0``.
     """
@@ -108,7 +108,7 @@ def _masks(pred: Any, target: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dice_paper(pred: Any, target: Any) -> float:
-    """Dice of one sequence volume (T, H, W) by the original CVC rule (ENDOFM.md §4.2, TransUNet + medpy).
+    """Dice of one sequence volume (T, H, W) by the original CVC rule (docs/original.md §4.2, TransUNet + medpy).
 
     Both non-empty: ``2|P∩G| / (|P| + |G|)``. Quirks kept on purpose: a non-empty prediction on an empty GT
     scores **1**, and an empty prediction scores **0** even when the GT is empty too (a correct "no polyp"
@@ -234,7 +234,7 @@ def _check_frames(frames: Sequence[Mapping[str, Any]]) -> None:
 
 
 def detection_f1_paper(frames: Sequence[Mapping[str, Any]], score_threshold: float = 0.5) -> dict[str, Any]:
-    """The original KUMC "detection F1": frame-level presence, no localisation (ENDOFM.md §4.3, §5 flaw 3).
+    """The original KUMC "detection F1": frame-level presence, no localisation (docs/original.md §4.3, §5 flaw 3).
 
     ``frames``: one dict per test frame with ``gt_boxes`` (N, 4) xyxy, ``boxes`` (M, 4) xyxy and ``scores``
     (M,) (``gt_labels``/``labels`` are ignored here). A frame with ≥1 GT box and ≥1 box scoring
@@ -273,7 +273,7 @@ def detection_f1_iou(
     score_threshold: float = 0.5,
     class_aware: bool = True,
 ) -> dict[str, Any]:
-    """Box-level detection F1 (the ``clean`` protocol, ENDOFM.md §5).
+    """Box-level detection F1 (the ``clean`` protocol, docs/original.md §5).
 
     Per frame, boxes scoring ``>= score_threshold`` are taken in descending score order (stable on ties);
     each matches the still-unmatched GT box of highest IoU (lowest index on ties) with IoU

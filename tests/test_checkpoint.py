@@ -53,7 +53,7 @@ def head_state(prefix: str = "head.") -> dict[str, torch.Tensor]:
 
 
 def official_checkpoint(backbone: dict[str, torch.Tensor]) -> dict:
-    """The official pretraining layout (ENDOFM.md §2.1), with a micro backbone."""
+    """The official pretraining layout (docs/original.md §2.1), with a micro backbone."""
     teacher = {"backbone." + k: v for k, v in backbone.items()} | head_state()
     student = {"module.backbone." + k: v + 1 for k, v in backbone.items()} | head_state("module.head.")
     return {

@@ -31,7 +31,7 @@ def _pretrained(tmp_path):
     return ours, official, backbone
 
 
-# The official teacher keys (ENDOFM.md §2.2), written out by hand rather than derived from our model or
+# The official teacher keys (docs/original.md §2.2), written out by hand rather than derived from our model or
 # converter, with the micro backbone's shapes: width D = 32, MLP hidden 64, patch 8 on 32 px (4 x 4 = 16
 # patches + CLS), 4 frames, 2 blocks; a small DINO head in the legacy weight-norm naming.
 D, HIDDEN = 32, 64
@@ -80,7 +80,7 @@ OFFICIAL_HEAD = {
 
 @pytest.fixture
 def handmade_official(tmp_path):
-    """An ``endo_fm.pth`` in the official pretraining layout (ENDOFM.md §2.1) from the hand-written key
+    """An ``endo_fm.pth`` in the official pretraining layout (docs/original.md §2.1) from the hand-written key
     table, every tensor distinct; returns the path and the teacher's backbone tensors by official key."""
     shapes = dict(OFFICIAL_STEM)
     for i in range(2):

@@ -1,4 +1,4 @@
-"""Downstream metrics (ENDOFM.md §4.1-4.3, §5) against scikit-learn, pycocotools and hand-computed values."""
+"""Downstream metrics (docs/original.md §4.1-4.3, §5) against scikit-learn, pycocotools and hand-computed values."""
 
 from __future__ import annotations
 

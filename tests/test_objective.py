@@ -1,4 +1,4 @@
-"""DINO head, multi-view forward, Endo-FM loss and the training-loop helpers (ENDOFM.md §2.3, §3.5-3.6)."""
+"""DINO head, multi-view forward, Endo-FM loss and the training-loop helpers (docs/original.md §2.3, §3.5-3.6)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_dino_head_vit_b_sizes_and_names():
     assert sum(p.numel() for p in head.parameters()) == 23_138_560
     assert sum(p.numel() for p in head.parameters() if p.requires_grad) == 23_138_560 - 65536
     shapes = {k: list(v.shape) for k, v in head.state_dict().items()}
-    assert shapes == {  # ENDOFM.md §2.2, with the parametrization names for weight_g/weight_v
+    assert shapes == {  # docs/original.md §2.2, with the parametrization names for weight_g/weight_v
         "mlp.0.weight": [2048, 768],
         "mlp.0.bias": [2048],
         "mlp.2.weight": [2048, 2048],

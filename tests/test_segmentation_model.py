@@ -153,7 +153,7 @@ def test_paper_scale_structure():
     assert shapes["decoder.blocks.3.conv1.0.weight"] == (16, 64, 3, 3)
     assert shapes["segmentation_head.0.weight"] == (2, 16, 3, 3)
     assert not any(k.startswith(("transformer.encoder.patch_embed", "transformer.encoder.pos_embed")) for k in shapes)
-    # Removing the TimeSformer-only temporal parts (2,954,496 per block, ENDOFM.md §1 vs a plain ViT block) and the
+    # Removing the TimeSformer-only temporal parts (2,954,496 per block, docs/original.md §1 vs a plain ViT block) and the
     # CLS gives plain R50-ViT-B_16 TransUNet, published as 105.28 M parameters (recalled, Chen et al. 2021).
     temporal = 12 * (2 * 768 + (768 * 2304 + 2304) + 2 * (768 * 768 + 768))
     total = sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ import pytest
 from endofm.data import sources as S
 from endofm.data.layouts import frame_name
 
-#: ENDOFM.md table 3.1 (clips, frames) for the six public pretraining sources.
+#: docs/original.md table 3.1 (clips, frames) for the six public pretraining sources.
 TABLE_3_1 = {
     "colonoscopic": (210, 36_534),
     "sun_seg": (1_018, 159_400),
@@ -19,7 +19,7 @@ TABLE_3_1 = {
     "kvasir_capsule": (1_000, 158_892),
     "cholect45": (580, 90_444),
 }
-#: ENDOFM.md section 4 (videos, frames) for the benchmarks.
+#: docs/original.md section 4 (videos, frames) for the benchmarks.
 BENCHMARKS = {"polypdiag": (253, 485_561), "cvc12k": (29, 612), "kumc": (53, 19_832)}
 SYNTHETIC = {"synthetic_colonoscopy": "videos", "synthetic_gastroscopy": "videos", "synthetic_laparoscopy": "frames"}
 WEIGHTS = {"clip_vitb16"}
@@ -36,7 +36,7 @@ def test_registry_names_are_snake_case_unique_and_keyed() -> None:
 def test_pretraining_counts_match_endofm_table() -> None:
     got = {s.name: (s.paper_clips, s.paper_frames) for s in S.pretrain_sources()}
     assert got == TABLE_3_1
-    # ENDOFM.md 3.1 [derived]: the public part is 8,749 clips / 1,361,396 frames.
+    # docs/original.md 3.1 [derived]: the public part is 8,749 clips / 1,361,396 frames.
     assert sum(c for c, _ in got.values()) == 8_749
     assert sum(f for _, f in got.values()) == 1_361_396
     assert all(s.kind == "pretrain" and s.layout in ("videos", "frames") for s in S.pretrain_sources())
@@ -77,7 +77,7 @@ def test_every_source_says_how_to_get_it(source: S.Source) -> None:
 
 
 def test_clip_weights_are_a_pinned_single_file_download() -> None:
-    """ST-Adapter's CLIP ViT-B/16 (ENDOFM.md §7.2): one checksummed file at a fixed Hub revision, kept as is,
+    """ST-Adapter's CLIP ViT-B/16 (docs/original.md §7.2): one checksummed file at a fixed Hub revision, kept as is,
     neither a pretraining source nor a benchmark (so no default target fetches it)."""
     src = S.get_source("clip_vitb16")
     assert src.kind == "weights" and src.layout == "weights" and src.access == "open"

@@ -1,4 +1,4 @@
-"""ST-Adapter (ENDOFM.md §7.2): adapter counts, identity at init, frozen backbone, CLS pooling, the tasks'
+"""ST-Adapter (docs/original.md §7.2): adapter counts, identity at init, frozen backbone, CLS pooling, the tasks'
 interface, and CLIP weights (timm and OpenAI layouts) against timm's own CLIP image tower."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from endofm.pretraining.train import export_backbone
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# ENDOFM.md §7.2, by hand: fc1 768·384 + 384, depth-wise conv 384·3 + 384, fc2 384·768 + 768.
+# docs/original.md §7.2, by hand: fc1 768·384 + 384, depth-wise conv 384·3 + 384, fc2 384·768 + 768.
 PER_ADAPTER_B = (768 * 384 + 384) + (384 * 3 + 384) + (384 * 768 + 768)
 MICRO = BackboneConfig(name="vit_micro_patch8", attention_type="space_only")  # 32 wide, 2 blocks, patch 8
 SMALL_ADAPTER = AdapterConfig(bottleneck=8)

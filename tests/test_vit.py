@@ -10,7 +10,7 @@ from endofm.models.checkpoint import load_backbone
 from endofm.models.vit import PRESETS, BackboneConfig, TimeSformer, build_backbone
 
 D_B = 768
-BLOCK_SHAPES = {  # ENDOFM.md §2.2, without the ``backbone.`` prefix
+BLOCK_SHAPES = {  # docs/original.md §2.2, without the ``backbone.`` prefix
     "norm1.weight": [D_B],
     "norm1.bias": [D_B],
     "attn.qkv.weight": [2304, D_B],
@@ -87,7 +87,7 @@ def test_official_teacher_layout_loads_strictly(vit_b_meta):
         "head.last_layer.weight_v": [65536, 256],
     }
     ckpt = {"teacher": {k: torch.empty(v, device="meta") for k, v in (teacher | head).items()}}
-    assert sum(torch.Size(v).numel() for v in head.values()) == 23_138_560  # ENDOFM.md §1
+    assert sum(torch.Size(v).numel() for v in head.values()) == 23_138_560  # docs/original.md §1
     report = load_backbone(vit_b_meta, ckpt)
     assert report.head_keys == list(head) and report.resized == []
 
@@ -137,7 +137,7 @@ def _reference_attention(attn, x: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_forward(model: TimeSformer, clip: torch.Tensor) -> torch.Tensor:
-    """ENDOFM.md §1 token flow, written with explicit loops over locations and frames: (1 + N·T, C)."""
+    """docs/original.md §1 token flow, written with explicit loops over locations and frames: (1 + N·T, C)."""
     _, t_len, h_img, w_img = clip.shape
     p = model.patch_size
     gh, gw = h_img // p, w_img // p

@@ -1,4 +1,4 @@
-"""Cut pretraining sources into clips: the official protocol of ENDOFM.md 3.2.
+"""Cut pretraining sources into clips: the official protocol of docs/original.md 3.2.
 
 Each source video (file or frame folder) is cut into ``n // 150`` clips, the last absorbing the
 remainder (150-299 frames); a source shorter than a clip becomes one clip. Clips are resized to

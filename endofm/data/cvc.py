@@ -40,7 +40,7 @@ OFFICIAL_TRAIN_LINES = 20
 
 # The official hard-coded (start, length) lists, kept verbatim. FLAW: 7 of the 9 test sequences
 # (starts 51, 429, 178, 253, 343, 68, 200) are also train sequences, so the official test set is
-# mostly seen in training (ENDOFM.md section 5, flaw 1). Use them only for the faithful protocol.
+# mostly seen in training (docs/original.md section 5, flaw 1). Use them only for the faithful protocol.
 OFFICIAL_TRAIN = (
     (104, 23), (529, 18), (448, 19), (26, 25), (343, 21), (178, 22), (429, 19), (200, 6), (127, 25), (253, 25),
     (364, 20), (592, 21), (228, 25), (68, 11), (467, 12), (206, 22), (79, 25), (479, 25), (51, 17), (572, 20),

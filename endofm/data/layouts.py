@@ -1,7 +1,7 @@
 """The on-disk layouts of the official datasets: the one place that knows file and folder names.
 
 The synthetic corpus writes these layouts and the indexers read them, so a real download and the
-built-in data go through the same code. See ``ENDOFM.md`` sections 3.2 and 4 for the originals.
+built-in data go through the same code. See ``docs/original.md`` sections 3.2 and 4 for the originals.
 """
 
 from __future__ import annotations

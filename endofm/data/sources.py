@@ -1,7 +1,7 @@
 """Registry of the data sources: six public pretraining sets, three benchmarks, three built-in synthetic sets,
 and the pretrained weights a baseline starts from (kind ``weights``: CLIP ViT-B/16 for ST-Adapter).
 
-Facts (homepages, access, licences, counts) come from ``ENDOFM.md`` sections 3.1 and 8; their
+Facts (homepages, access, licences, counts) come from ``docs/original.md`` sections 3.1 and 8; their
 ``[unverified]`` tags are kept in ``notes``. Every source lives under ``<raw root>/<name>/``
 (``resources/raw/<name>/`` in the workflow); ``raw_layout`` and ``instructions`` write that folder
 as ``<raw_dir>``, which :func:`missing_data_message` replaces with the real path.
@@ -62,7 +62,7 @@ class Source:
     downloads: tuple[Download, ...] = ()
     instructions: str = ""
     notes: str = ""
-    #: Endo-FM's table (ENDOFM.md 3.1 for pretraining clips, section 4 for benchmark videos).
+    #: Endo-FM's table (docs/original.md 3.1 for pretraining clips, section 4 for benchmark videos).
     paper_clips: int | None = None
     paper_videos: int | None = None
     paper_frames: int | None = None
@@ -129,7 +129,7 @@ def _manual(what: str, where: str = f"{RAW_DIR}/") -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pretraining sources (ENDOFM.md table 3.1 counts; section 8 hosts, access, licences, formats).
+# Pretraining sources (docs/original.md table 3.1 counts; section 8 hosts, access, licences, formats).
 
 _PRETRAIN = (
     Source(
@@ -288,7 +288,7 @@ _PRETRAIN = (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Benchmarks (ENDOFM.md section 4 counts and layouts, section 8 access and licences).
+# Benchmarks (docs/original.md section 4 counts and layouts, section 8 access and licences).
 
 _BENCHMARKS = (
     Source(
@@ -362,7 +362,7 @@ _BENCHMARKS = (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Pretrained weights (ENDOFM.md §7.2): fetched only by their explicit `download_<name>` target.
+# Pretrained weights (docs/original.md §7.2): fetched only by their explicit `download_<name>` target.
 
 #: timm/vit_base_patch16_clip_224.openai on the Hugging Face Hub, pinned to one revision.
 CLIP_VITB16_REVISION = "977e3dd0ec55ab8da155f2fbeb6b5f54948b6e3d"

@@ -14,7 +14,7 @@ from endofm.data.video import resize_short_side
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: The SlowFast defaults the official PolypDiag fine-tuning normalises with (ENDOFM.md §4.1, §5 flaw 6).
+#: The SlowFast defaults the official PolypDiag fine-tuning normalises with (docs/original.md §4.1, §5 flaw 6).
 KINETICS_MEAN = (0.45, 0.45, 0.45)
 KINETICS_STD = (0.225, 0.225, 0.225)
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 Backend = Literal["auto", "decord", "pyav", "frames"]
 BACKENDS = ("auto", "decord", "pyav", "frames")
 
-#: Frame folders carry no timing; the pretraining protocol treats them as 30 fps (ENDOFM.md 3.2).
+#: Frame folders carry no timing; the pretraining protocol treats them as 30 fps (docs/original.md 3.2).
 FRAME_FOLDER_FPS = 30.0
 
 #: Encoder per container: H.264 for mp4 (the clip format), MPEG-4 part 2 for avi (as many

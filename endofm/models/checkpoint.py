@@ -1,6 +1,6 @@
 """Checkpoints: load the official Endo-FM/TimeSformer layouts strictly, and save/load our own format.
 
-Official layouts accepted by :func:`load_backbone_state` (ENDOFM.md §2):
+Official layouts accepted by :func:`load_backbone_state` (docs/original.md §2):
 
 - pretraining checkpoint ``{"teacher": {backbone.*, head.*}, "student": {module.backbone.*, ...}, ...}``;
 - TimeSformer ``{"model_state": {model.*}}``;
@@ -439,7 +439,7 @@ def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
 
 
 def from_official(official: Mapping[str, Any]) -> dict[str, Any]:
-    """Convert an official pretraining checkpoint (ENDOFM.md §2.1) to our layout (without format tags).
+    """Convert an official pretraining checkpoint (docs/original.md §2.1) to our layout (without format tags).
 
     ``module.`` is removed from the student, weight-norm names become parametrization names,
     ``args`` becomes the ``config`` dict, ``dino_loss.center`` becomes ``center``; other top-level

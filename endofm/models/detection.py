@@ -1,4 +1,4 @@
-"""KUMC polyp detector: Endo-FM backbone -> simple feature pyramid + FPN -> FCOS head (ENDOFM.md §4.3).
+"""KUMC polyp detector: Endo-FM backbone -> simple feature pyramid + FPN -> FCOS head (docs/original.md §4.3).
 
 The original (``STFT/``, config ``kumc_R_50_STFT.yaml``) runs the ViT over a clip, turns the tokens into
 a ConvTranspose / identity / MaxPool pyramid, adds an FPN with P6/P7 and an FCOS head, and at test
@@ -432,7 +432,7 @@ class DetectionModel(nn.Module):
     Build with ``DetectionModel(backbone, config)`` or ``DetectionModel(backbone, fpn_channels=32, ...)``
     (keyword overrides of :class:`DetectionConfig` fields). State-dict keys: ``backbone.*``,
     ``pyramid.*``, ``head.*``. Inputs are expected normalised by the caller (the original uses
-    Caffe-style BGR, ENDOFM.md §4.3) and padded to a multiple of the patch size.
+    Caffe-style BGR, docs/original.md §4.3) and padded to a multiple of the patch size.
     """
 
     def __init__(self, backbone: TimeSformer, config: DetectionConfig | None = None, **overrides) -> None:

@@ -1,4 +1,4 @@
-"""DINO projection head (ENDOFM.md §2.3), parameter-compatible with the official ``DINOHead``.
+"""DINO projection head (docs/original.md §2.3), parameter-compatible with the official ``DINOHead``.
 
 State-dict names are ``mlp.0``/``mlp.2``/``mlp.4`` (``mlp`` for ``nlayers=1``) and, for the
 weight-normalised last layer, ``last_layer.parametrizations.weight.original0`` (magnitude, [out, 1])

@@ -1,4 +1,4 @@
-"""Polyp segmentation on the Endo-FM backbone (CVC-12k, ENDOFM.md §4.2): TransUNet and a light decoder.
+"""Polyp segmentation on the Endo-FM backbone (CVC-12k, docs/original.md §4.2): TransUNet and a light decoder.
 
 Two decoders share one interface, :class:`SegmentationModel` (video (B, 3, T, H, W) -> logits (B, T, K, H, W)):
 
@@ -40,7 +40,7 @@ TRANSUNET_STRIDE = 16
 def segmentation_loss(
     logits: torch.Tensor, masks: torch.Tensor, ce_weight: float = 0.5, dice_weight: float = 0.5
 ) -> torch.Tensor:
-    """``ce_weight``·cross-entropy + ``dice_weight``·soft Dice loss, the CVC recipe (ENDOFM.md §4.2).
+    """``ce_weight``·cross-entropy + ``dice_weight``·soft Dice loss, the CVC recipe (docs/original.md §4.2).
 
     ``logits`` (N, K, H, W) and ``masks`` (N, H, W) of class ids in [0, K); (B, T, K, H, W) with (B, T, H, W)
     is flattened to frames first. The Dice term is TransUNet's ``DiceLoss(softmax=True)``: per class k over the
@@ -94,7 +94,7 @@ def _upsample2(x: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass
 class TransUNetConfig:
-    """TransUNet settings; defaults are the official ``R50-ViT-B_16`` at 224² (ENDOFM.md §4.2).
+    """TransUNet settings; defaults are the official ``R50-ViT-B_16`` at 224² (docs/original.md §4.2).
 
     ``img_size`` fixes the stored ``position_embeddings`` grid (``img_size / 16`` squared); other input sizes
     resize it at run time with ``pos_interp`` (the original never resizes: it always runs at 224²).
@@ -344,7 +344,7 @@ class DecoderCup(nn.Module):
 
 
 class TransUNet(nn.Module):
-    """The official CVC-12k model (ENDOFM.md §4.2 "Model") on a :class:`TimeSformer`.
+    """The official CVC-12k model (docs/original.md §4.2 "Model") on a :class:`TimeSformer`.
 
     ``forward``: video (B, 3, T, H, W) -> logits (B, T, K, H, W), H and W multiples of 16. Every frame goes
     through the CNN stem and the patch embedding; the frames of each sequence then form the time axis of the

@@ -1,5 +1,5 @@
 """ST-Adapter (Pan et al., NeurIPS 2022): a frozen image ViT run frame by frame, with trainable
-spatio-temporal adapters (ENDOFM.md §7.2).
+spatio-temporal adapters (docs/original.md §7.2).
 
 Adapter: ``fc1`` Linear C→r, the patch tokens reshaped to (B, r, T, h, w), a depth-wise ``conv``
 Conv3d of kernel (k_t, 1, 1) with padding (k_t // 2, 0, 0), ``fc2`` Linear r→C, no activation,

@@ -1,6 +1,6 @@
 """TimeSformer ViT with divided space-time attention, parameter-compatible with Endo-FM's backbone.
 
-Layout and numerics follow the official ``models/timesformer.py`` as described in ENDOFM.md §1:
+Layout and numerics follow the official ``models/timesformer.py`` as described in docs/original.md §1:
 per block temporal attention -> spatial attention -> MLP, a CLS token repeated per frame for
 spatial attention and averaged back, LayerNorm eps 1e-6, and ``pos_embed``/``time_embed``
 resized at run time (nearest by default) for any grid and frame count. Parameter names equal the

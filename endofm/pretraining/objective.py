@@ -1,4 +1,4 @@
-"""Endo-FM's self-distillation objective and the optimisation helpers of its training loop (ENDOFM.md §3.5-3.6).
+"""Endo-FM's self-distillation objective and the optimisation helpers of its training loop (docs/original.md §3.5-3.6).
 
 - :class:`MultiViewModel`: backbone + head over a list of views, one backbone pass per run of
   same-shaped consecutive views (the official ``MultiCropWrapper(vary_fr=True)`` grouping).
@@ -57,7 +57,7 @@ class MultiViewModel(nn.Module):
 
     The backbone runs once per :func:`group_views` group on the batch-concatenated views; the head
     runs once on all CLS embeddings. State-dict keys are ``backbone.*`` and ``head.*`` (our
-    checkpoint layout, ENDOFM.md §2.2).
+    checkpoint layout, docs/original.md §2.2).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:

@@ -5,7 +5,7 @@ views, the model, the loss and the exported backbone. :data:`OBJECTIVES` has End
 (:class:`EndoFMObjective`, below) and VCL's (:mod:`endofm.pretraining.vcl`); the method registry
 (:mod:`endofm.methods`) says which method trains with which.
 
-Endo-FM (ENDOFM.md §3.5, §3.6): the student (backbone + DINO head) sees every view of a clip, the teacher (an EMA of the student,
+Endo-FM (docs/original.md §3.5, §3.6): the student (backbone + DINO head) sees every view of a clip, the teacher (an EMA of the student,
 no gradients) only the global views; :class:`~endofm.pretraining.objective.EndoFMLoss` matches them.
 AdamW with per-iteration cosine schedules for the learning rate (linear warm-up), the weight decay
 and the teacher momentum, per-tensor gradient clipping and a frozen last layer in the first
@@ -129,7 +129,7 @@ OnConfigChange = Literal["error", "restart"]
 #: may move to another path, but not change between ``random`` and a checkpoint.
 RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every", "device", "precision", "init", "init_head"})
 
-#: The original's starting point, SVT's Kinetics-400 self-supervised ViT-B (ENDOFM.md §2.4, §3.6): where
+#: The original's starting point, SVT's Kinetics-400 self-supervised ViT-B (docs/original.md §2.4, §3.6): where
 #: the default ``init`` expects it, and where to download it.
 SVT_CHECKPOINT = "resources/weights/kinetics400_vitb_ssl.pth"
 SVT_URL = "https://github.com/kahnchana/svt/releases/download/v1.0/kinetics400_vitb_ssl.pth"
@@ -137,7 +137,7 @@ SVT_URL = "https://github.com/kahnchana/svt/releases/download/v1.0/kinetics400_v
 
 @dataclass
 class PretrainConfig:
-    """Pretraining settings; the defaults are the official recipe (ENDOFM.md §3.5, §3.6).
+    """Pretraining settings; the defaults are the official recipe (docs/original.md §3.5, §3.6).
 
     ``init``: the initial student and teacher weights, a checkpoint path (backbone and head, loaded
     strictly; any layout :mod:`endofm.models.checkpoint` reads) or ``random``. The original always starts

@@ -1,5 +1,5 @@
 """VCL (Qian et al., "Static and Dynamic Concepts for Self-supervised Video Representation Learning",
-ECCV 2022) as a pretraining objective of the shared loop (ENDOFM.md §7.1).
+ECCV 2022) as a pretraining objective of the shared loop (docs/original.md §7.1).
 
 The original trains 3D CNNs (R(2+1)D-18); here the objective runs on the same TimeSformer, corpus,
 epochs, batch and optimiser (AdamW, cosine schedules) as Endo-FM, so a comparison isolates the
@@ -112,7 +112,7 @@ class VCLViewConfig:
 class VCLConfig:
     """VCL pretraining settings. The loop's settings (backbone to ``max_steps_per_epoch``, same names and
     defaults as :class:`~endofm.pretraining.train.PretrainConfig`) are Endo-FM's recipe; the objective's
-    are the original's (ENDOFM.md §7.1), with 768-d features on the ViT-B."""
+    are the original's (docs/original.md §7.1), with 768-d features on the ViT-B."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     views: VCLViewConfig = field(default_factory=VCLViewConfig)

@@ -1,4 +1,4 @@
-"""Multi-view spatio-temporal sampling of pretraining clips: the original protocol (ENDOFM.md 3.3, 3.4).
+"""Multi-view spatio-temporal sampling of pretraining clips: the original protocol (docs/original.md 3.3, 3.4).
 
 A sample is one clip turned into ``len(global_frames) + len(local_frames)`` views, globals first,
 each a float32 ``(3, T, S, S)`` tensor. Per sample:
@@ -66,7 +66,7 @@ CROP_RULES = ("original", "last_valid")
 
 @dataclass
 class ViewConfig:
-    """How a clip becomes views; the defaults are the paper's (ENDOFM.md 3.3, 3.4)."""
+    """How a clip becomes views; the defaults are the paper's (docs/original.md 3.3, 3.4)."""
 
     global_frames: tuple[int, ...] = (8, 16)  # frames of global 1 and global 2
     global_size: int = 224

@@ -180,7 +180,7 @@ def read_timings(root: str | os.PathLike | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stage", "job", "wall_s", "cpu_s", "max_rss_mb"])
 
 
-#: How sure a reported number is (ENDOFM.md's tags): read in the paper, computed from its stated margins,
+#: How sure a reported number is (docs/original.md's tags): read in the paper, computed from its stated margins,
 #: or taken from secondary sources.
 TAGS = ("verified", "derived", "unverified")
 

@@ -44,7 +44,7 @@ SECONDARY_ORDER: dict[str, list[str]] = {
 PROTOCOL_ORDER = ("paper", "clean")
 MODE_LABELS = {"full": "full fine-tuning", "frozen": "frozen backbone"}
 DASH = "–"
-#: Marks of the paper numbers' tags (ENDOFM.md): verified numbers carry none.
+#: Marks of the paper numbers' tags (docs/original.md): verified numbers carry none.
 TAG_MARKS = {"verified": "", "derived": " (d)", "unverified": " (u)"}
 TAG_LEGEND = "(d): derived from margins the paper states; (u): unverified (secondary sources); unmarked: verified"
 

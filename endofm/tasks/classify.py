@@ -1,4 +1,4 @@
-"""PolypDiag video classification (normal vs abnormal; ENDOFM.md §4.1).
+"""PolypDiag video classification (normal vs abnormal; docs/original.md §4.1).
 
 Full fine-tuning (:class:`ClassifyTask` in :func:`endofm.tasks.finetune.run_finetune`): a linear head
 on the CLS embedding, the whole backbone trained, the official sampling and normalisation. The
@@ -62,13 +62,13 @@ class ProbeConfig:
 
 
 def _official_train() -> TrainConfig:
-    # 20 epochs; SGD momentum 0.9, wd 0; lr 0.001 × batch/256; cosine; batch 4 (ENDOFM.md §4.1).
+    # 20 epochs; SGD momentum 0.9, wd 0; lr 0.001 × batch/256; cosine; batch 4 (docs/original.md §4.1).
     return TrainConfig(epochs=20, batch_size=4, optim=OptimConfig(name="sgd", lr=1e-3, batch_scaled=True))
 
 
 @dataclass
 class ClassifyConfig:
-    """PolypDiag settings; the defaults are the official recipe (ENDOFM.md §4.1).
+    """PolypDiag settings; the defaults are the official recipe (docs/original.md §4.1).
 
     Training: a random window of ``window`` frames at ``window_fps`` (a video at ``fps`` gets
     ``window × fps / window_fps`` of its frames, the original's ``256 × fps / 30``; ``window_fps: null``

@@ -1,8 +1,8 @@
-"""KUMC polyp detection: the detector's input pipeline, fine-tuning task and evaluation (ENDOFM.md §4.3).
+"""KUMC polyp detection: the detector's input pipeline, fine-tuning task and evaluation (docs/original.md §4.3).
 
 Inputs follow the original (STFT on maskrcnn-benchmark): every frame resized to a ``max_size`` ×
 ``max_size`` square, aspect not kept (``resize="square"``: the ``Resize.get_size`` the original calls
-returns ``(max_size, max_size)``, 640 × 640; ENDOFM.md §4.3), or, with ``resize="aspect"``,
+returns ``(max_size, max_size)``, 640 × 640; docs/original.md §4.3), or, with ``resize="aspect"``,
 maskrcnn-benchmark's aspect-keeping rule (short side to ``min_size`` unless the long side would exceed
 ``max_size``; the original has it as ``get_size_`` but does not call it), horizontal flip in training, Caffe-style normalisation (BGR, 0-255, minus the pixel mean, std 1), zero padding at the
 right/bottom to a multiple of ``size_divisibility`` and of the patch size. Training clips are the key
@@ -14,7 +14,7 @@ Predictions are boxes in the original image's pixels (0-based continuous xyxy, a
 model keeps at its 0.05 pre-NMS threshold) and scored against :func:`endofm.data.kumc.to_coco`:
 
 - ``f1_paper`` (+ ``precision_paper``, ``recall_paper``): the original's frame-presence F1 at score
-  ``score_threshold``, no localisation (:func:`endofm.metrics.detection_f1_paper`, ENDOFM.md §5 flaw 3);
+  ``score_threshold``, no localisation (:func:`endofm.metrics.detection_f1_paper`, docs/original.md §5 flaw 3);
 - ``f1_iou`` (+ ``precision_iou``, ``recall_iou``): class-aware box F1 at IoU ``iou_threshold``;
 - ``AP``, ``AP50``, ``AP75`` and ``AP50_<class>``: COCO box AP (pycocotools).
 """
@@ -46,7 +46,7 @@ from endofm.tasks.finetune import OptimConfig, Task, TrainConfig
 from endofm.tasks.protocols import ProtocolSplits
 
 DETECTIONS = "detections.json"
-#: maskrcnn-benchmark's ``INPUT.PIXEL_MEAN``: BGR order, 0-255 scale (ENDOFM.md §4.3 rounds it to 2 decimals).
+#: maskrcnn-benchmark's ``INPUT.PIXEL_MEAN``: BGR order, 0-255 scale (docs/original.md §4.3 rounds it to 2 decimals).
 CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
 
 Normalization = Literal["caffe", "imagenet"]
@@ -55,7 +55,7 @@ RESIZE_RULES: tuple[str, ...] = ("square", "aspect")
 
 
 def _official_train() -> TrainConfig:
-    # STFT's kumc_R_50_STFT recipe (ENDOFM.md §4.3): SGD momentum 0.9, lr 0.0025, wd 1e-4 with bias wd 0, one
+    # STFT's kumc_R_50_STFT recipe (docs/original.md §4.3): SGD momentum 0.9, lr 0.0025, wd 1e-4 with bias wd 0, one
     # image per batch, 96k iterations: 8k warm-up, lr x0.5 at 64k/80k/88k. In epochs: 96k iterations are ~3.3
     # passes over train2019's ~28.8k annotated frames [unverified count], so 3 epochs; the warm-up is 1/12 of
     # the run and the milestones 2/3, 5/6, 11/12 of it. Not reproducible with OptimConfig: the original's bias
@@ -80,13 +80,13 @@ def _official_train() -> TrainConfig:
 
 @dataclass
 class DetectConfig:
-    """KUMC settings; the defaults are the official recipe (ENDOFM.md §4.3).
+    """KUMC settings; the defaults are the official recipe (docs/original.md §4.3).
 
     ``resize``: ``square`` (the original: every frame to ``max_size`` × ``max_size``, aspect not kept;
     ``min_size`` unused) or ``aspect`` (short side ``min_size``, long side at most ``max_size``, aspect
     kept). Boxes follow the frame's own x and y scales, and predictions are mapped back to original pixels.
     ``normalization``: ``caffe`` (the original's quirk: BGR 0-255 minus :data:`CAFFE_MEAN_BGR`, std 1,
-    although the backbone was pretrained on RGB [0, 1] ImageNet-normalised input; ENDOFM.md §5 flaw 6)
+    although the backbone was pretrained on RGB [0, 1] ImageNet-normalised input; docs/original.md §5 flaw 6)
     or ``imagenet`` (RGB, [0, 1], ImageNet mean/std). ``train_ref_range`` ``[lo, hi]``: training clips
     take one reference at an offset drawn from ``[-hi, -lo]`` and one from ``[lo, hi]`` (clamped at the
     video's ends). ``test_frames``: odd clip length at test (1 = the original). ``score_threshold`` and

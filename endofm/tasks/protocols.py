@@ -1,4 +1,4 @@
-"""Evaluation protocols: which manifest rows train, select the model and test (ENDOFM.md §5).
+"""Evaluation protocols: which manifest rows train, select the model and test (docs/original.md §5).
 
 ``paper`` reproduces the official evaluation with its flaws, so numbers compare with the paper's:
 the official splits, the CVC train/test overlap kept, and model selection on the test split.

@@ -1,4 +1,4 @@
-"""CVC-12k polyp segmentation (ENDOFM.md §4.2) for :func:`endofm.tasks.finetune.run_finetune`.
+"""CVC-12k polyp segmentation (docs/original.md §4.2) for :func:`endofm.tasks.finetune.run_finetune`.
 
 One sample is a whole sequence (its frames are the backbone's time axis). The model is
 :class:`~endofm.models.segmentation.SegmentationModel` (the official TransUNet, or the light decoder),
@@ -47,7 +47,7 @@ AUGMENTS: tuple[str, ...] = ("per_frame", "per_sequence")
 
 
 def _official_train() -> TrainConfig:
-    # 150 epochs, batch 1 sequence, AdamW lr 1e-4 wd 0.05 (on every parameter), poly power 0.9 (ENDOFM.md §4.2).
+    # 150 epochs, batch 1 sequence, AdamW lr 1e-4 wd 0.05 (on every parameter), poly power 0.9 (docs/original.md §4.2).
     return TrainConfig(
         epochs=150,
         batch_size=1,
@@ -57,7 +57,7 @@ def _official_train() -> TrainConfig:
 
 @dataclass
 class SegmentConfig:
-    """CVC-12k settings; the defaults are the official recipe (ENDOFM.md §4.2).
+    """CVC-12k settings; the defaults are the official recipe (docs/original.md §4.2).
 
     Model: ``decoder`` "transunet" (sized by ``transunet``, the paper's R50-ViT-B_16 by default) or
     "light" (widths ``light_channels``), ``num_classes`` outputs. Training input: resize to
@@ -412,7 +412,7 @@ def evaluate_segmentation(
     ``per_sequence``, from :func:`endofm.metrics.segmentation_metrics`.
 
     Every test sequence needs an array of its native (T, H, W) shape, and no other array may be present.
-    The original computes Dice on 224×224 masks (ENDOFM.md §4.2); we compute it at native resolution.
+    The original computes Dice on 224×224 masks (docs/original.md §4.2); we compute it at native resolution.
     """
     path = Path(run_dir) / MASKS
     if not path.is_file():
