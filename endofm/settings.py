@@ -158,6 +158,7 @@ class FinetuneStage:
     # by the run's seed); fractions below 1 run in label_fraction_modes only (null: every mode).
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
     label_fraction_modes: list[str] | None = None
+    label_fraction_methods: list[str] | None = None  # fractions below 1 for these methods only (null: all)
     gpus: int = 0
     threads: int = 4  # per job: torch threads, and data-loader workers (threads - 1)
     polypdiag: ClassifyConfig = field(default_factory=ClassifyConfig)
@@ -189,6 +190,9 @@ class FinetuneStage:
         unknown = [m for m in self.label_fraction_modes or [] if m not in MODES]
         if unknown:
             raise ConfigError(f"finetune.label_fraction_modes: {unknown}; allowed: {', '.join(MODES)}")
+        unknown = [m for m in self.label_fraction_methods or [] if m not in self.methods]
+        if unknown:
+            raise ConfigError(f"finetune.label_fraction_methods: {unknown} are not in finetune.methods")
         if self.threads < 1:
             raise ConfigError(f"finetune.threads must be >= 1, got {self.threads}")
         if self.gpus not in (0, 1):
@@ -198,9 +202,12 @@ class FinetuneStage:
         """The settings of ``benchmark``."""
         return getattr(self, benchmark)
 
-    def mode_label_fractions(self, mode: str) -> list[float]:
-        """The label fractions a run in ``mode`` trains on."""
-        if self.label_fraction_modes is None or mode in self.label_fraction_modes:
+    def run_label_fractions(self, method: str, mode: str) -> list[float]:
+        """The label fractions a run of ``method`` in ``mode`` trains on (1 always; the rest where
+        ``label_fraction_modes`` and ``label_fraction_methods`` allow)."""
+        if (self.label_fraction_modes is None or mode in self.label_fraction_modes) and (
+            self.label_fraction_methods is None or method in self.label_fraction_methods
+        ):
             return list(self.label_fractions)
         return [f for f in self.label_fractions if f == 1]
 
@@ -343,7 +350,7 @@ def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
         for protocol in ft.protocols
         for mode in ft.modes
         for seed in ft.seeds
-        for fraction in ft.mode_label_fractions(mode)
+        for fraction in ft.run_label_fractions(method, mode)
     ]
 
 

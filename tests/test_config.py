@@ -177,6 +177,13 @@ def test_label_fractions_expand_the_matrix_in_their_modes():
     runs = finetune_runs(load_workflow_config(data))
     full = 3 * len(data["finetune"]["methods"]) * 2  # benchmarks x methods x modes, one seed and protocol
     assert len(runs) == full + full // 2  # the frozen runs once more at 25 %
+    data["finetune"]["label_fraction_methods"] = ["scratch"]
+    runs = finetune_runs(load_workflow_config(data))
+    assert {r.method for r in runs if r.label_fraction < 1} == {"scratch"} and len(runs) == full + 3
+    data["finetune"]["label_fraction_methods"] = ["vlc"]
+    with pytest.raises(ConfigError, match=r"^finetune\.label_fraction_methods: \['vlc'\] are not in finetune\.methods"):
+        load_workflow_config(data)
+    data["finetune"]["label_fraction_methods"] = None
     quarter = [r for r in runs if r.label_fraction == 0.25]
     assert {r.mode for r in quarter} == {"frozen"}
     assert quarter[0].path.endswith("/frozen/seed0-labels25")
