@@ -31,7 +31,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
 from endofm.models.vit import TimeSformer
 
@@ -367,6 +366,8 @@ def fcos_loss(
     positive = tgt.labels > 0
     num_pos = int(positive.sum())
     onehot = F.one_hot(tgt.labels, num_classes + 1)[..., 1:].to(logits.dtype)
+    from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss  # seconds to import: only here
+
     cls = sigmoid_focal_loss(logits, onehot, cfg.focal_alpha, cfg.focal_gamma, reduction="sum") / max(num_pos, 1)
     if num_pos == 0:
         box = ltrb.sum() * 0.0
@@ -418,6 +419,8 @@ def postprocess_detections(
             scores_all.append(scores)
             labels_all.append(candidates[:, 1] + 1)
         boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
+        from torchvision.ops import batched_nms  # seconds to import: only here
+
         keep = batched_nms(boxes, scores, labels, nms_threshold)[:max_detections]  # sorted by score
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)

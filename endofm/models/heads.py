@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
+
+from endofm.models.layers import trunc_normal_
 
 
 class DINOHead(nn.Module):

@@ -24,8 +24,9 @@ from typing import Literal, NamedTuple, overload
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, Mlp, QuickGELU, trunc_normal_
 from torch import nn
+
+from endofm.models.layers import DropPath, Mlp, QuickGELU, trunc_normal_
 
 AttentionKind = Literal["sdpa", "explicit"]
 GridInterp = Literal["nearest", "bilinear", "bicubic"]

@@ -19,8 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -232,6 +230,9 @@ def linear_probe(
 ) -> tuple[dict[str, np.ndarray], float]:
     """Standardised logistic regression; C picked by F1 on ``eval_sets['select']`` (ties: smaller C).
     Returns the class probabilities of every eval set under the chosen C, and that C."""
+    from sklearn.linear_model import LogisticRegression  # seconds to import: only the probes need it
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(train_x)
     best: tuple[float, float, Any] | None = None
     for c in sorted(c_grid):
