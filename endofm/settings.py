@@ -87,6 +87,7 @@ class PretrainStage:
     take the budget of ``settings``."""
 
     gpus: int = 0
+    threads: int = 2  # CPU threads of a pretraining job (per process: threads // gpus)
     settings: PretrainConfig = field(default_factory=PretrainConfig)
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
     vcl: dict[str, Any] = field(default_factory=dict)  # overlay on VCL's settings (endofm.pretraining.vcl.VCLConfig)
@@ -95,6 +96,8 @@ class PretrainStage:
     def __post_init__(self) -> None:
         if self.gpus < 0:
             raise ConfigError(f"pretrain.gpus must be >= 0, got {self.gpus}")
+        if self.threads < 1:
+            raise ConfigError(f"pretrain.threads must be >= 1, got {self.threads}")
         if not self.variants:
             raise ConfigError("pretrain.variants: at least one variant is needed (e.g. default: {})")
         for name in self.variants:

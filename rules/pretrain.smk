@@ -32,7 +32,7 @@ rule pretrain_model:
         "results/benchmarks/pretrain/{method}/{variant}.tsv"
     conda:
         "../envs/endofm.yaml"
-    threads: 2
+    threads: CFG.pretrain.threads
     resources:
         gpu=CFG.pretrain.gpus,
     params:
