@@ -40,8 +40,8 @@ import torch
 
 from endofm.data.video import VideoReader
 from endofm.engine import DistInfo, autocast, build_loader
-from endofm.pretraining.objective import EndoFMLoss, clip_gradients, ema_update, param_groups
-from endofm.pretraining.train import PretrainConfig, build_model, pretrain
+from endofm.pretraining.objective import clip_gradients, ema_update, param_groups
+from endofm.pretraining.train import EndoFMObjective, PretrainConfig, pretrain
 from endofm.pretraining.views import (
     MultiViewDataset,
     augment_view,
@@ -97,24 +97,11 @@ def data_breakdown(ds: MultiViewDataset, batches: int, batch: int) -> dict[str, 
 def model_breakdown(cfg: PretrainConfig, views: list[torch.Tensor], steps: int) -> dict[str, list[float]]:
     """Seconds per step of each part of the training step (as ``_Pretraining._train_step``)."""
     torch.manual_seed(cfg.seed)
-    student, teacher = build_model(cfg), build_model(cfg)
-    teacher.load_state_dict(student.state_dict())
-    teacher.requires_grad_(False)
-    teacher.train(cfg.teacher_drop_path)
+    objective = EndoFMObjective(cfg, DistInfo())
+    student = objective.build_model()
+    objective.setup(student)  # the EMA teacher and the loss, as the training loop builds them
+    teacher, loss_fn = objective.teacher, objective.criterion
     student.train()
-    loss_fn = EndoFMLoss(
-        cfg.out_dim,
-        cfg.n_global,
-        cfg.n_views,
-        teacher_temp=cfg.teacher_temp,
-        warmup_teacher_temp=cfg.warmup_teacher_temp,
-        warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
-        epochs=cfg.epochs,
-        student_temp=cfg.student_temp,
-        center_momentum=cfg.center_momentum,
-        centering=cfg.centering,
-        sinkhorn_iterations=cfg.sinkhorn_iterations,
-    )
     optimizer = torch.optim.AdamW(param_groups(student), lr=1e-4)
     cpu = torch.device("cpu")
     parts = ("teacher", "student", "loss", "backward", "optimiser", "ema", "stats")
