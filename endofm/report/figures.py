@@ -145,7 +145,7 @@ def label_efficiency(
                     (sub["method"] == method) & (sub["variant"] == variant)
                     & (sub["protocol"] == protocol) & (sub["mode"] == mode)
                 ].sort_values("label_fraction")  # fmt: skip
-                if line.empty:
+                if line["label_fraction"].nunique() < 2:  # a curve needs the method to have run several fractions
                     continue
                 style = "-" if mode == "full" else "--"
                 ax.errorbar(
@@ -157,6 +157,9 @@ def label_efficiency(
             xlabel="fraction of labelled training data",
         )
         ax.set_xscale("log")
+        fractions = sorted(sub["label_fraction"].unique())
+        ax.set_xticks(fractions, [f"{100 * f:g} %" for f in fractions])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
