@@ -389,6 +389,10 @@ class Objective(abc.ABC):
     def build_model(self) -> nn.Module:
         """The trained model on the CPU (its weights drawn from the seeded global generator)."""
 
+    def check(self) -> None:
+        """Fail early (before data loading starts or anything is written) on settings that cannot run."""
+        return None
+
     def setup(self, model: nn.Module) -> None:
         """Build what the objective keeps besides the model (teacher, loss buffers), once ``model`` is on the device."""
         return None
@@ -440,8 +444,11 @@ class EndoFMObjective(Objective):
     def dataset(self, clips: pd.DataFrame) -> Dataset:
         return MultiViewDataset(clips, self.cfg.sampled_views, seed=self.cfg.seed)
 
+    def check(self) -> None:
+        init_checkpoint(self.cfg)  # a missing initial checkpoint: one line saying what to download
+
     def build_model(self) -> MultiViewModel:
-        init = init_checkpoint(self.cfg)  # a missing file fails here, before anything is written
+        init = init_checkpoint(self.cfg)
         student = build_model(self.cfg)
         if init is None:
             log.info("init: random weights (the original starts from SVT's Kinetics-400 checkpoint)")
@@ -537,6 +544,7 @@ class _Pretraining:
         method: str,
     ) -> None:
         cfg, info = objective.cfg, objective.info
+        objective.check()
         self.objective, self.method, self.cfg, self.out_dir, self.info = objective, method, cfg, out_dir, info
         self.precision = resolve_precision(cfg.precision, info.device)
         seed_everything(cfg.seed)  # the same initial weights on every rank

@@ -161,7 +161,8 @@ def label_efficiency(
         ax.set_xticks(fractions, [f"{100 * f:g} %" for f in fractions])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
