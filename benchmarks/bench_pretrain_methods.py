@@ -39,7 +39,7 @@ def main() -> None:
     cfg = load_workflow_config(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
-            settings = cfg.pretrain.method_settings(method, "default")
+            settings = cfg.method_settings(method, "default")
             settings = dataclasses.replace(
                 settings,
                 epochs=args.epochs,

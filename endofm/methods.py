@@ -35,8 +35,8 @@ from endofm.models.vit import BackboneConfig
 class Method:
     """One method: ``objective`` (a key of :data:`endofm.pretraining.train.OBJECTIVES`, None: not
     pretrained), ``backbone`` (a key of :data:`BACKBONES`), ``section`` (where its settings live under
-    ``pretrain:`` in the workflow config), ``resolve`` (``"module:function"`` turning the workflow's
-    pretraining stage and a variant into the settings its objective takes) and ``ablations`` (its variants
+    ``pretrain:`` in the workflow config), ``resolve`` (``"module:function"`` turning the workflow config
+    and a variant into the settings its objective takes) and ``ablations`` (its variants
     are the named overlays of ``pretrain.variants``; other pretrained methods have the one variant
     ``default``)."""
 
@@ -50,12 +50,12 @@ class Method:
     def pretrained(self) -> bool:
         return self.objective is not None
 
-    def settings(self, stage: Any, variant: str) -> Any:
-        """The pretraining settings of ``variant`` resolved from the workflow's ``pretrain`` stage."""
+    def settings(self, cfg: Any, variant: str) -> Any:
+        """The pretraining settings of ``variant`` resolved from the workflow config ``cfg``."""
         if self.resolve is None:
             raise ValueError("this method is not pretrained")
         module, name = self.resolve.split(":")
-        return getattr(importlib.import_module(module), name)(stage, variant)
+        return getattr(importlib.import_module(module), name)(cfg, variant)
 
 
 METHODS: dict[str, Method] = {
@@ -174,11 +174,6 @@ def task_backbone(method: str) -> TaskBackbone:
     return BACKBONES[METHODS[method].backbone if method in METHODS else "video_vit"]
 
 
-def pretrained_methods() -> list[str]:
-    """Names of the methods that have a pretraining job."""
-    return [name for name, m in METHODS.items() if m.pretrained]
-
-
 def single_frame_views(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` (a plain :class:`~endofm.pretraining.train.PretrainConfig` dict) with every view one frame long."""
     views = dict(settings.get("views", {}))
@@ -187,7 +182,7 @@ def single_frame_views(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "views": views}
 
 
-def st_adapter_settings(stage: Any, variant: str) -> Any:
+def st_adapter_settings(cfg: Any, variant: str) -> Any:
     """ST-Adapter's image ViT pretraining: the Endo-FM settings (``pretrain.settings``: the same corpus,
     objective and budget) with every view one frame long (T = 1), the backbone an image ViT
     (``attention_type: space_only``) initialised at random, then ``pretrain.st_adapter.settings``."""
@@ -197,6 +192,7 @@ def st_adapter_settings(stage: Any, variant: str) -> Any:
 
     if variant != "default":
         raise ValueError(f"st_adapter has the one pretraining variant 'default', got {variant!r}")
+    stage = cfg.pretrain
     base = single_frame_views(to_dict(stage.settings))
     if "attention_type" in base["backbone"]:  # a per-frame image ViT where the backbone module offers it
         base["backbone"] = {**base["backbone"], "attention_type": "space_only"}
@@ -213,7 +209,6 @@ __all__ = [
     "TaskBackbone",
     "VideoViT",
     "get_method",
-    "pretrained_methods",
     "single_frame_views",
     "st_adapter_settings",
     "task_backbone",

@@ -102,16 +102,6 @@ class PretrainStage:
             raise ConfigError("pretrain.variants: at least one variant is needed (e.g. default: {})")
         for name in self.variants:
             self.variant(name)  # fail at start, naming the variant, if an overlay is invalid
-        for name, method in METHODS.items():
-            if method.pretrained and not method.ablations:
-                self.method_settings(name, "default")  # fail at start, naming the section
-
-    def method_settings(self, method: str, variant: str) -> Any:
-        """The resolved pretraining settings of a pretrained ``method`` (its objective's config class)."""
-        try:
-            return get_method(method).settings(self, variant)
-        except ValueError as exc:
-            raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"pretrain: {method}: {exc}") from exc
 
     def method_variants(self, method: str) -> list[str]:
         """The pretraining variants of a pretrained method: every named variant for Endo-FM, ``default`` otherwise."""
@@ -260,6 +250,9 @@ class WorkflowConfig:
                 f"finetune.variants: {unknown} are not pretraining variants ({', '.join(self.pretrain.variants)})"
             )
         self._check_ablations()
+        for name, method in METHODS.items():
+            if method.pretrained and not method.ablations:
+                self.method_settings(name, "default")  # fail at start, naming the section
         decoder = self.finetune.cvc12k.decoder
         for method in self.finetune.methods:
             if "cvc12k" in self.data.benchmarks and decoder not in task_backbone(method).segmentation_decoders:
@@ -323,11 +316,12 @@ class WorkflowConfig:
         return out
 
     def method_settings(self, method: str, variant: str) -> Any:
-        """The pretraining settings of ``variant`` of a pretrained ``method``: for the method whose variants
-        are the named overlays (Endo-FM), those of :meth:`pretrain_variant` (ablation arms included)."""
-        if get_method(method).ablations:
-            return self.pretrain_variant(variant)
-        return self.pretrain.method_settings(method, variant)
+        """The resolved pretraining settings of ``variant`` of a pretrained ``method`` (its objective's config
+        class), by the method's resolver in :data:`endofm.methods.METHODS`."""
+        try:
+            return get_method(method).settings(self, variant)
+        except ValueError as exc:
+            raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"pretrain: {method}: {exc}") from exc
 
     def pretrain_variant(self, name: str) -> PretrainConfig:
         """The settings of pretraining variant ``name`` (of ``pretrain.variants`` or an ablation arm)."""
@@ -383,9 +377,9 @@ def pretrain_runs(cfg: WorkflowConfig) -> list[tuple[str, str]]:
     ]
 
 
-def endofm_settings(stage: PretrainStage, variant: str) -> PretrainConfig:
-    """Endo-FM's settings of ``variant`` (the registry's resolver for ``endofm``)."""
-    return stage.variant(variant)
+def endofm_settings(cfg: WorkflowConfig, variant: str) -> PretrainConfig:
+    """Endo-FM's settings of ``variant``, a named variant or an ablation arm (the registry's resolver)."""
+    return cfg.pretrain_variant(variant)
 
 
 def run_backbone(cfg: WorkflowConfig, method: str, variant: str) -> tuple[BackboneConfig, str | None]:

@@ -38,7 +38,6 @@ LOGS = "results/logs"
 
 
 PRETRAIN_RUNS = pretrain_runs(CFG)  # (method, variant) of every pretraining job
-PRETRAIN_VARIANTS = list(CFG.pretrain.variants)
 FINETUNE_RUNS = finetune_runs(CFG)
 # Ablations: {name: {pretraining variant: arm (its row label)}}, in config order.
 ABLATIONS = {name: CFG.ablation_variants(name) for name in CFG.ablations}

@@ -64,13 +64,13 @@ def test_baselines_take_the_endofm_budget():
     data = demo()
     data["pretrain"]["settings"].update(epochs=7, max_steps_per_epoch=3)
     cfg = load_workflow_config(data)
-    endofm, vcl = cfg.pretrain.settings, cfg.pretrain.method_settings("vcl", "default")
+    endofm, vcl = cfg.pretrain.settings, cfg.method_settings("vcl", "default")
     assert isinstance(vcl, VCLConfig)
     for key in SHARED_SETTINGS:
         assert getattr(vcl, key) == getattr(endofm, key), key
     assert (vcl.views.frames, vcl.num_concepts, vcl.local_start_epoch) == (4, 32, 5)  # its own section
 
-    st = cfg.pretrain.method_settings("st_adapter", "default")
+    st = cfg.method_settings("st_adapter", "default")
     assert st.views.global_frames == (1, 1) and st.views.local_frames == (1, 1, 1, 1)
     expected = {**to_dict(endofm), "views": {**to_dict(endofm.views), "global_frames": [1, 1], "local_frames": [1] * 4}}
     if "init" in expected:  # an image ViT from random weights (SVT's video ViT does not fit it)
@@ -82,7 +82,7 @@ def test_baselines_take_the_endofm_budget():
 
     data["pretrain"]["vcl"]["epochs"] = 2
     data["pretrain"]["vcl"]["warmup_epochs"] = 1
-    assert load_workflow_config(data).pretrain.method_settings("vcl", "default").epochs == 2
+    assert load_workflow_config(data).method_settings("vcl", "default").epochs == 2
     data["pretrain"]["vcl"]["num_concept"] = 3
     with pytest.raises(
         ConfigError, match=r"pretrain\.vcl: unknown key 'num_concept' \(did you mean 'num_concepts'\?\)"

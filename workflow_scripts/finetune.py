@@ -1,7 +1,6 @@
 """Snakemake adapter: one fine-tuning run (endofm.tasks.runs.finetune_benchmark)."""
 
-import torch
-
+from endofm.engine import set_cpu_threads
 from endofm.logs import job_log
 from endofm.settings import load_workflow_config, run_backbone, run_backbone_options
 from endofm.tasks.finetune import RunSpec
@@ -15,8 +14,8 @@ with job_log(smk.log[0]):
         smk.params.benchmark, w.method, w.variant, w.protocol, w.mode, int(w.seed), smk.params.label_fraction
     )
     task = cfg.finetune.task(spec.benchmark)
-    torch.set_num_threads(smk.threads)
     task.train.num_workers = min(task.train.num_workers, smk.threads - 1)
+    set_cpu_threads(smk.threads, task.train.num_workers)  # one thread per loader worker, torch the rest
     backbone, _ = run_backbone(cfg, spec.method, spec.variant)
     finetune_benchmark(
         spec,

@@ -179,16 +179,16 @@ class VCLConfig:
             )
 
 
-def workflow_settings(stage: Any, variant: str) -> VCLConfig:
+def workflow_settings(cfg: Any, variant: str) -> VCLConfig:
     """VCL's settings in the workflow: the budget of ``pretrain.settings`` (:data:`SHARED_SETTINGS`),
     then the ``pretrain.vcl`` overlay."""
     from endofm.settings import merge
 
     if variant != "default":
         raise ValueError(f"vcl has the one pretraining variant 'default', got {variant!r}")
-    base = to_dict(stage.settings)
+    base = to_dict(cfg.pretrain.settings)
     shared = {k: base[k] for k in SHARED_SETTINGS}
-    return from_dict(VCLConfig, merge(shared, stage.vcl), "pretrain.vcl")
+    return from_dict(VCLConfig, merge(shared, cfg.pretrain.vcl), "pretrain.vcl")
 
 
 # ----------------------------------------------------------------------------------------------------
