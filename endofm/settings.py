@@ -7,6 +7,7 @@ in the registry, that synthetic and real sources are not mixed).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
 from endofm.methods import METHODS, get_method, task_backbone
 from endofm.models.vit import BackboneConfig
-from endofm.pretraining.train import PretrainConfig, load_pretrain_config, pretrain_method
+from endofm.pretraining.train import PretrainConfig, load_pretrain_config, pretrain_method, snapshot_path
 from endofm.report import ReportConfig
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
@@ -152,6 +153,12 @@ class FinetuneStage:
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
     label_fraction_modes: list[str] | None = None
     label_fraction_methods: list[str] | None = None  # fractions below 1 for these methods only (null: all)
+    # Pretraining efficiency: read-outs of backbone snapshots after these fractions of the pretraining
+    # steps (0: its initial weights; 1: the normal runs), in these modes, methods and benchmarks.
+    pretrain_fractions: list[float] = field(default_factory=list)
+    pretrain_fraction_modes: list[str] = field(default_factory=lambda: ["frozen"])
+    pretrain_fraction_methods: list[str] = field(default_factory=lambda: ["endofm"])
+    pretrain_fraction_benchmarks: list[str] = field(default_factory=lambda: ["polypdiag", "cvc12k"])
     gpus: int = 0
     threads: int = 4  # per job: torch threads, and data-loader workers (threads - 1)
     polypdiag: ClassifyConfig = field(default_factory=ClassifyConfig)
@@ -186,10 +193,34 @@ class FinetuneStage:
         unknown = [m for m in self.label_fraction_methods or [] if m not in self.methods]
         if unknown:
             raise ConfigError(f"finetune.label_fraction_methods: {unknown} are not in finetune.methods")
+        self._check_pretrain_fractions()
         if self.threads < 1:
             raise ConfigError(f"finetune.threads must be >= 1, got {self.threads}")
         if self.gpus not in (0, 1):
             raise ConfigError(f"finetune.gpus must be 0 or 1 (one job per GPU), got {self.gpus}")
+
+    def _check_pretrain_fractions(self) -> None:
+        fractions = self.pretrain_fractions
+        if any(not 0 <= f <= 1 for f in fractions) or len(set(fractions)) < len(fractions):
+            raise ConfigError(f"finetune.pretrain_fractions: expected distinct values in [0, 1], got {fractions}")
+        unknown = [m for m in self.pretrain_fraction_modes if m not in MODES]
+        if unknown:
+            raise ConfigError(f"finetune.pretrain_fraction_modes: {unknown}; allowed: {', '.join(MODES)}")
+        unknown = [b for b in self.pretrain_fraction_benchmarks if b not in BENCHMARKS]
+        if unknown:
+            raise ConfigError(f"finetune.pretrain_fraction_benchmarks: {unknown}; allowed: {', '.join(BENCHMARKS)}")
+        for name in self.pretrain_fraction_methods if self.snapshot_fractions() else []:
+            if name not in self.methods:
+                raise ConfigError(f"finetune.pretrain_fraction_methods: {name!r} is not in finetune.methods")
+            if name not in METHODS or not METHODS[name].pretrained:
+                raise ConfigError(
+                    f"finetune.pretrain_fraction_methods: {name!r} has no pretraining of this workflow to take "
+                    "snapshots of"
+                )
+
+    def snapshot_fractions(self) -> list[float]:
+        """The pretraining fractions below 1 (each a backbone snapshot of the pretraining runs on the axis)."""
+        return sorted(f for f in self.pretrain_fractions if f < 1)
 
     def task(self, benchmark: str) -> Any:
         """The settings of ``benchmark``."""
@@ -250,6 +281,12 @@ class WorkflowConfig:
                 f"finetune.variants: {unknown} are not pretraining variants ({', '.join(self.pretrain.variants)})"
             )
         self._check_ablations()
+        for name in self.finetune.pretrain_fraction_methods if self.finetune.snapshot_fractions() else []:
+            if self.pretrain.external_checkpoint(name) is not None:
+                raise ConfigError(
+                    f"finetune.pretrain_fraction_methods: {name!r} takes its weights from a file "
+                    f"(pretrain.{get_method(name).section}.checkpoint), not from a pretraining run with snapshots"
+                )
         for name, method in METHODS.items():
             if method.pretrained and not method.ablations:
                 self.method_settings(name, "default")  # fail at start, naming the section
@@ -319,9 +356,21 @@ class WorkflowConfig:
         """The resolved pretraining settings of ``variant`` of a pretrained ``method`` (its objective's config
         class), by the method's resolver in :data:`endofm.methods.METHODS`."""
         try:
-            return get_method(method).settings(self, variant)
+            settings = get_method(method).settings(self, variant)
         except ValueError as exc:
             raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"pretrain: {method}: {exc}") from exc
+        derived = self.pretrain_snapshots(method, variant)
+        if derived:
+            settings = dataclasses.replace(settings, snapshots=sorted({*settings.snapshots, *derived}))
+        return settings
+
+    def pretrain_snapshots(self, method: str, variant: str) -> list[float]:
+        """The snapshots the pretraining axis asks of pretraining job (``method``, ``variant``): every
+        fraction below 1 of ``finetune.pretrain_fractions`` when the method is in
+        ``pretrain_fraction_methods`` and the variant is one those methods fine-tune, else none."""
+        ft = self.finetune
+        variants = {v for m in ft.pretrain_fraction_methods for v in ft.method_variants(m)}
+        return ft.snapshot_fractions() if method in ft.pretrain_fraction_methods and variant in variants else []
 
     def pretrain_variant(self, name: str) -> PretrainConfig:
         """The settings of pretraining variant ``name`` (of ``pretrain.variants`` or an ablation arm)."""
@@ -337,9 +386,10 @@ class WorkflowConfig:
 
 def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
     """Every run of the matrix: benchmark × method (× its variants) × protocol × mode × seed × label
-    fraction (of that mode)."""
+    fraction (of that mode), and the pretraining axis: its benchmarks × methods × protocols × modes × seeds ×
+    pretraining fraction (``finetune.pretrain_fractions``)."""
     ft = cfg.finetune
-    return [
+    runs = [
         RunSpec(bench, method, variant, protocol, mode, seed, fraction)
         for bench in cfg.data.benchmarks
         for method in ft.methods
@@ -349,6 +399,18 @@ def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
         for seed in ft.seeds
         for fraction in ft.run_label_fractions(method, mode)
     ]
+    curve = [
+        RunSpec(bench, method, variant, protocol, mode, seed, pretrain_fraction=fraction)
+        for bench in ft.pretrain_fraction_benchmarks
+        if bench in cfg.data.benchmarks
+        for method in ft.pretrain_fraction_methods
+        for variant in ft.method_variants(method)
+        for protocol in ft.protocols
+        for mode in ft.pretrain_fraction_modes
+        for seed in ft.seeds
+        for fraction in ft.pretrain_fractions
+    ]
+    return list(dict.fromkeys(runs + curve))  # the axis' fraction-1 runs are the matrix's own
 
 
 def ablation_runs(cfg: WorkflowConfig, name: str) -> list[RunSpec]:
@@ -382,19 +444,28 @@ def endofm_settings(cfg: WorkflowConfig, variant: str) -> PretrainConfig:
     return cfg.pretrain_variant(variant)
 
 
-def run_backbone(cfg: WorkflowConfig, method: str, variant: str) -> tuple[BackboneConfig, str | None]:
+def run_backbone(
+    cfg: WorkflowConfig, method: str, variant: str, pretrain_fraction: float = 1.0
+) -> tuple[BackboneConfig, str | None]:
     """The backbone settings a fine-tuning run builds, and the checkpoint it loads (None: random init).
 
-    A pretrained method loads its pretraining's ``backbone.pt`` (or the weights file its section names);
-    ``scratch`` uses the default pretraining variant's architecture, so it compares like for like.
+    A pretrained method loads its pretraining's ``backbone.pt`` (or the weights file its section names),
+    or with ``pretrain_fraction`` below 1 that pretraining's snapshot (:func:`snapshot_path`); ``scratch``
+    uses the default pretraining variant's architecture, so it compares like for like.
     """
+    if pretrain_fraction != 1 and pretrain_fraction not in cfg.pretrain_snapshots(method, variant):
+        raise ConfigError(
+            f"finetune.pretrain_fractions: {method}/{variant} has no pretraining snapshot at {pretrain_fraction:g}"
+        )
     if method in METHODS:
         if not METHODS[method].pretrained:
             reference = "default" if "default" in cfg.pretrain.variants else next(iter(cfg.pretrain.variants))
             return cfg.pretrain.variant(reference).backbone, None
         settings = cfg.method_settings(method, variant)
         checkpoint = cfg.pretrain.external_checkpoint(method)
-        return settings.backbone, checkpoint or f"results/pretrain/{method}/{variant}/backbone.pt"
+        if checkpoint:
+            return settings.backbone, checkpoint
+        return settings.backbone, snapshot_path(f"results/pretrain/{method}/{variant}", pretrain_fraction).as_posix()
     if method in cfg.finetune.checkpoints:
         external = cfg.finetune.checkpoints[method]
         return external.backbone, external.path

@@ -16,7 +16,8 @@ from endofm.settings import (
     run_backbone,
     run_backbone_options,
 )
-from endofm.tasks.finetune import label_tag
+from endofm.pretraining.train import snapshot_path
+from endofm.tasks.finetune import label_tag, pretrain_tag
 
 # The schema, then the typed config (it fills the defaults of keys left out and checks what the schema
 # cannot express); a problem stops the run with one line naming the file and the dotted key.
@@ -44,6 +45,10 @@ ABLATIONS = {name: CFG.ablation_variants(name) for name in CFG.ablations}
 ABLATION_RUNS = {name: ablation_runs(CFG, name) for name in CFG.ablations}
 # Run-path suffix of each label fraction ("" for 1, "-labels25" for 0.25) -> the fraction.
 LABEL_FRACTIONS = {label_tag(f): f for f in {1.0, *CFG.finetune.label_fractions}}  # 1: the ablations' runs
+# Run-path suffix of each pretraining fraction ("" for 1, "-pt25" for the snapshot after a quarter of the
+# steps) -> the fraction; the pretraining jobs (method, variant) that write those snapshots.
+PRETRAIN_FRACTIONS = {pretrain_tag(f): f for f in {1.0, *CFG.finetune.pretrain_fractions}}
+SNAPSHOT_RUNS = [(m, v) for m, v in PRETRAIN_RUNS if CFG.pretrain_snapshots(m, v)]
 
 
 wildcard_constraints:
@@ -55,6 +60,7 @@ wildcard_constraints:
     mode="full|frozen",
     seed=r"\d+",
     labels="(?:" + "|".join(sorted(LABEL_FRACTIONS)) + ")",
+    pt="(?:" + "|".join(sorted(PRETRAIN_FRACTIONS)) + ")",
     ablation="|".join(ABLATIONS) or "(?!)",
 
 
@@ -126,7 +132,7 @@ def finetune_inputs(bench):
     run starts from (none for scratch)."""
 
     def inputs(wildcards):
-        _, checkpoint = run_backbone(CFG, wildcards.method, wildcards.variant)
+        _, checkpoint = run_backbone(CFG, wildcards.method, wildcards.variant, pretrain_fraction(wildcards))
         files = {"manifest": f"{BENCH}/{bench}/manifest.csv", "raw": raw_folder(bench)}
         return files | ({"checkpoint": checkpoint} if checkpoint else {})
 
@@ -148,6 +154,16 @@ def finetune_settings(bench):
 def label_fraction(wildcards):
     """The label fraction of a run, from its path suffix."""
     return LABEL_FRACTIONS[wildcards.labels]
+
+
+def pretrain_fraction(wildcards):
+    """The pretraining fraction of a run (1: the finished pretraining), from its path suffix."""
+    return PRETRAIN_FRACTIONS[wildcards.pt]
+
+
+def snapshot_outputs(run_dir):
+    """The snapshot files the pretraining axis asks of every pretraining job in SNAPSHOT_RUNS."""
+    return [snapshot_path(run_dir, f).as_posix() for f in CFG.finetune.snapshot_fractions()]
 
 
 def finetune_outputs():

@@ -1,9 +1,10 @@
 # Fine-tuning: one job per run of the matrix (benchmark × method × variant × protocol × mode × seed
-# × label fraction: `labels` is "" for every training video, "-labels25" for a quarter of them),
+# × label fraction: `labels` is "" for every training video, "-labels25" for a quarter of them; and the
+# pretraining axis: `pt` is "" for the finished pretraining, "-pt25" for its snapshot after a quarter of the steps),
 # one rule per benchmark because each writes its own prediction files. checkpoint.pt in the run folder
 # is the resume state of a pre-empted job and deliberately not an output.
 
-RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}{labels}"
+RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}{pt}{labels}"
 PREDICTIONS = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
 
 for _bench in BENCHMARKS:
@@ -29,6 +30,7 @@ for _bench in BENCHMARKS:
         params:
             benchmark=_bench,
             label_fraction=label_fraction,
+            pretrain_fraction=pretrain_fraction,
             settings=finetune_settings(_bench),
             run_dir=subpath(output.run, parent=True),
         script:

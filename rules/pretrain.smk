@@ -42,3 +42,20 @@ rule pretrain_model:
     shell:
         "{params.launcher} -m endofm.cli pretrain --config {input.config} --clips {input.clips}"
         " --out {params.run_dir} --threads {params.threads} --on-config-change restart > {log} 2>&1"
+
+
+# The pretraining axis (finetune.pretrain_fractions): the same job, but its backbone snapshots are outputs too
+# (the fractions reach the job through pretrain.yaml's `snapshots`, so a change of them reruns it).
+if SNAPSHOT_RUNS:
+
+    use rule pretrain_model as pretrain_model_snapshots with:
+        output:
+            backbone="results/pretrain/{method}/{variant}/backbone.pt",
+            metrics="results/pretrain/{method}/{variant}/metrics.csv",
+            run="results/pretrain/{method}/{variant}/run.json",
+            snapshots=snapshot_outputs("results/pretrain/{method}/{variant}"),
+        wildcard_constraints:
+            method="|".join(sorted({m for m, _ in SNAPSHOT_RUNS})),
+            variant="|".join(sorted({v for _, v in SNAPSHOT_RUNS})),
+
+    ruleorder: pretrain_model_snapshots > pretrain_model

@@ -11,12 +11,19 @@ with job_log(smk.log[0]):
     w = smk.wildcards
     cfg = load_workflow_config(smk.config)
     spec = RunSpec(
-        smk.params.benchmark, w.method, w.variant, w.protocol, w.mode, int(w.seed), smk.params.label_fraction
+        smk.params.benchmark,
+        w.method,
+        w.variant,
+        w.protocol,
+        w.mode,
+        int(w.seed),
+        smk.params.label_fraction,
+        smk.params.pretrain_fraction,
     )
     task = cfg.finetune.task(spec.benchmark)
     task.train.num_workers = min(task.train.num_workers, smk.threads - 1)
     set_cpu_threads(smk.threads, task.train.num_workers)  # one thread per loader worker, torch the rest
-    backbone, _ = run_backbone(cfg, spec.method, spec.variant)
+    backbone, _ = run_backbone(cfg, spec.method, spec.variant, spec.pretrain_fraction)
     finetune_benchmark(
         spec,
         task,

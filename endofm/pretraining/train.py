@@ -127,7 +127,9 @@ OnConfigChange = Literal["error", "restart"]
 
 #: Settings that may change between a run and its resumption (they do not change the maths). ``init``
 #: may move to another path, but not change between ``random`` and a checkpoint.
-RESUMABLE_CHANGES = frozenset({"num_workers", "checkpoint_every", "device", "precision", "init", "init_head"})
+RESUMABLE_CHANGES = frozenset(
+    {"num_workers", "checkpoint_every", "device", "precision", "init", "init_head", "snapshots"}
+)
 
 #: The original's starting point, SVT's Kinetics-400 self-supervised ViT-B (docs/original.md §2.4, §3.6): where
 #: the default ``init`` expects it, and where to download it.
@@ -194,8 +196,12 @@ class PretrainConfig:
     data_fraction: float = 1.0  # share of each clip manifest used, drawn with `seed`
     checkpoint_every: int = 5  # numbered copies; 0 keeps only checkpoint.pt
     max_steps_per_epoch: int | None = None  # cap for tests and demos
+    # Backbone snapshots at these fractions of the run's optimiser steps (0: the initial weights), see
+    # snapshot_path; the workflow derives them from finetune.pretrain_fractions.
+    snapshots: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_snapshots(self.snapshots)
         positive = ("out_dim", "hidden_dim", "bottleneck_dim", "epochs", "batch_size_per_gpu")
         for name in positive:
             if getattr(self, name) < 1:
@@ -247,6 +253,30 @@ class PretrainConfig:
     @property
     def n_views(self) -> int:
         return len(self.views.global_frames) + len(self.views.local_frames)
+
+
+SNAPSHOTS_DIR = "snapshots"
+
+
+def check_snapshots(fractions: Sequence[float]) -> None:
+    """Snapshot fractions must be distinct values in [0, 1)."""
+    if any(not 0 <= f < 1 for f in fractions) or len(set(fractions)) < len(fractions):
+        raise ValueError(f"snapshots: expected distinct fractions in [0, 1), got {list(fractions)}")
+
+
+def snapshot_path(run_dir: str | os.PathLike, fraction: float) -> Path:
+    """The backbone of a pretraining run in ``run_dir`` after ``fraction`` of its optimiser steps:
+    ``backbone.pt`` for 1, ``snapshots/backbone_pt25.pt`` for 0.25 (``pt0``: the initial weights)."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"pretraining fraction must be in [0, 1], got {fraction}")
+    if fraction == 1:
+        return Path(run_dir) / BACKBONE_NAME
+    return Path(run_dir) / SNAPSHOTS_DIR / f"backbone_pt{fraction * 100:g}.pt"
+
+
+def snapshot_step(fraction: float, total_steps: int) -> int:
+    """The optimiser step at which the snapshot of ``fraction`` is taken: round(fraction × total_steps)."""
+    return int(round(fraction * total_steps))
 
 
 def load_pretrain_config(path: str | os.PathLike) -> Any:
@@ -347,13 +377,14 @@ def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike, head: b
     log.info("initialised backbone and head from %s", path)
 
 
-def export_backbone(model: nn.Module, path: str | os.PathLike, cfg: Any = None) -> Path:
+def export_backbone(model: nn.Module, path: str | os.PathLike, cfg: Any = None, step: int | None = None) -> Path:
     """Write ``model.backbone`` (Endo-FM: the teacher's) as ``{"teacher": {"backbone.<name>": tensor}}`` in
-    our tagged format, with the run's settings (``config``, so its backbone is rebuilt without naming it),
-    atomically: the layout every backbone loader reads, whichever objective trained it. The official
-    fine-tuning code reads the same ``teacher`` entry."""
+    our tagged format, with the run's settings (``config``, so its backbone is rebuilt without naming it)
+    and the optimiser steps behind it (``step``), atomically: the layout every backbone loader reads,
+    whichever objective trained it. The official fine-tuning code reads the same ``teacher`` entry."""
     state = {f"backbone.{k}": v.detach().cpu() for k, v in model.backbone.state_dict().items()}
-    return save_checkpoint(path, teacher=state, **({"config": to_dict(cfg)} if cfg is not None else {}))
+    meta = ({"config": to_dict(cfg)} if cfg is not None else {}) | ({"step": step} if step is not None else {})
+    return save_checkpoint(path, teacher=state, **meta)
 
 
 def count_parameters(module: nn.Module, trainable: bool = False) -> int:
@@ -528,6 +559,16 @@ def _resume_problem(ckpt: Mapping[str, Any], cfg: Any, spe: int, path: Path) -> 
         )
     if not 0 <= skip < saved_spe and epoch < cfg.epochs:
         return CheckpointError(f"{path}: step {step} does not fall in epoch {epoch} of {saved_spe} steps")
+    missing = [
+        f
+        for f in getattr(cfg, "snapshots", [])
+        if snapshot_step(f, cfg.epochs * spe) < step and not snapshot_path(path.parent, f).is_file()
+    ]
+    if missing:
+        return CheckpointError(
+            f"{path}: is at step {step}, past the snapshots {missing} that are not in {path.parent / SNAPSHOTS_DIR}; "
+            "they need a run from the start (--on-config-change restart)"
+        )
     return None
 
 
@@ -572,6 +613,8 @@ class _Pretraining:
         self.lr = cosine_schedule(self.base_lr, cfg.min_lr, cfg.epochs, spe, warmup_epochs=cfg.warmup_epochs)
         self.wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, spe)
         self.schedules = objective.schedules(spe)
+        self.total_steps = cfg.epochs * spe
+        self.snapshots = {f: snapshot_step(f, self.total_steps) for f in getattr(cfg, "snapshots", [])}
 
         self.start_epoch, self.step, self.skip, self.meter_state, self.history = 0, 0, 0, None, None
         self._resume(on_config_change)
@@ -632,7 +675,7 @@ class _Pretraining:
             log.warning("%s; restarting from scratch, the previous run moves to %s", problem, target)
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
-            for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, BACKBONE_NAME, RUN_NAME):
+            for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME, BACKBONE_NAME, RUN_NAME, SNAPSHOTS_DIR):
                 if (self.out_dir / name).exists():
                     os.replace(self.out_dir / name, target / name)
             for numbered in self.out_dir.glob("checkpoint_*.pt"):
@@ -716,9 +759,23 @@ class _Pretraining:
             "device": str(self.info.device),
             "precision": self.precision,
             "train_seconds": seconds,
+            "snapshots": {
+                f"{f:g}": {"step": step, "file": snapshot_path(".", f).as_posix()}
+                for f, step in sorted(self.snapshots.items())
+            },
             "versions": package_versions(),
         }
         write_json(self.out_dir / RUN_NAME, record)
+
+    def _write_snapshots(self) -> None:
+        """Export the backbone as each snapshot due at the current step (rewritten if present: same weights)."""
+        due = [f for f, step in self.snapshots.items() if step == self.step]
+        if not due or not self.info.is_main:
+            return
+        model = self.objective.export_model(self.student_module)
+        for f in due:
+            path = export_backbone(model, snapshot_path(self.out_dir, f), self.cfg, step=self.step)
+            log.info("snapshot after %d of %d steps (%g) -> %s", self.step, self.total_steps, f, path)
 
     def _train_step(self, views: list[torch.Tensor], epoch: int) -> dict[str, float]:
         """One optimiser step at global iteration ``self.step``; returns the rank-averaged statistics."""
@@ -764,6 +821,7 @@ class _Pretraining:
         self.metrics = MetricsLog(
             self.out_dir / METRICS_NAME, start_epoch=self.start_epoch, enabled=info.is_main, history=self.history
         )
+        self._write_snapshots()  # step 0: the initial weights (or a snapshot due exactly at the resumed step)
         with PreemptionHandler() as preempt:
             for epoch in range(self.start_epoch, cfg.epochs):
                 skip = self.skip if epoch == self.start_epoch else 0
@@ -775,6 +833,7 @@ class _Pretraining:
                 bar = progress(batches, info, total=spe - skip, desc=f"epoch {epoch}/{cfg.epochs}")
                 for views in bar:
                     stats = self._train_step(views, epoch)
+                    self._write_snapshots()
                     meter.update(stats, self.global_batch)
                     bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
                     if preempt.should_stop(info):
@@ -803,7 +862,8 @@ class _Pretraining:
                 if stop and epoch + 1 < cfg.epochs:
                     raise self._preempted(preempt, epoch + 1, path)
         if info.is_main:
-            export_backbone(self.objective.export_model(self.student_module), self.out_dir / BACKBONE_NAME, self.cfg)
+            model = self.objective.export_model(self.student_module)
+            export_backbone(model, self.out_dir / BACKBONE_NAME, self.cfg, step=self.step)
             self._write_record()
         barrier(info)
         return checkpoint_path(self.out_dir)
@@ -861,6 +921,7 @@ __all__ = [
     "METRICS_NAME",
     "SVT_CHECKPOINT",
     "SVT_URL",
+    "SNAPSHOTS_DIR",
     "OBJECTIVES",
     "RUN_NAME",
     "EndoFMObjective",
@@ -876,6 +937,8 @@ __all__ = [
     "load_pretrain_config",
     "main",
     "pretrain",
+    "snapshot_path",
+    "snapshot_step",
 ]
 
 if __name__ == "__main__":

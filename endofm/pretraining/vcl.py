@@ -53,7 +53,7 @@ from endofm.data.video import VideoReader
 from endofm.engine import unwrap
 from endofm.models.vit import BackboneConfig, build_backbone
 from endofm.pretraining.objective import sinkhorn_knopp
-from endofm.pretraining.train import Objective
+from endofm.pretraining.train import Objective, check_snapshots
 from endofm.pretraining.views import MultiViewDataset, augment_view
 
 #: Stream order of a sample: RGB 1, RGB 2, static 1, static 2, dynamic 1, dynamic 2.
@@ -149,8 +149,10 @@ class VCLConfig:
     data_fraction: float = 1.0
     checkpoint_every: int = 5
     max_steps_per_epoch: int | None = None
+    snapshots: list[float] = field(default_factory=list)  # as PretrainConfig.snapshots
 
     def __post_init__(self) -> None:
+        check_snapshots(self.snapshots)
         for name in ("proj_dim", "num_concepts", "sinkhorn_iterations", "local_topk", "epochs", "batch_size_per_gpu"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

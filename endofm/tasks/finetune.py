@@ -136,10 +136,19 @@ def label_tag(fraction: float) -> str:
     return "" if fraction == 1 else f"-labels{fraction * 100:g}"
 
 
+def pretrain_tag(fraction: float) -> str:
+    """The run-path suffix of a pretraining fraction: ``""`` for 1 (the finished pretraining), ``"-pt25"``
+    for the backbone after a quarter of its steps, ``"-pt0"`` for its initial weights."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"pretrain_fraction must be in [0, 1], got {fraction}")
+    return "" if fraction == 1 else f"-pt{fraction * 100:g}"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Which run this is: one cell of the experiment matrix. ``label_fraction`` is the share of the
-    protocol's training videos the run trains on (:func:`endofm.tasks.protocols.label_subset`)."""
+    protocol's training videos the run trains on (:func:`endofm.tasks.protocols.label_subset`);
+    ``pretrain_fraction`` the share of its pretraining's steps behind the backbone (a snapshot, below 1)."""
 
     benchmark: str
     method: str
@@ -148,18 +157,21 @@ class RunSpec:
     mode: str
     seed: int
     label_fraction: float = 1.0
+    pretrain_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         label_tag(self.label_fraction)
+        pretrain_tag(self.pretrain_fraction)
 
     @property
     def path(self) -> str:
         """The run's place under ``results/finetune/`` (a folder) and ``results/metrics/`` (+ ``.json``):
         ``<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>``, with ``-labels<percent>`` appended
-        when the run trains on a fraction of the videos."""
-        tag = label_tag(self.label_fraction)
+        when the run trains on a fraction of the videos, after ``-pt<percent>`` when it starts from a
+        pretraining snapshot."""
+        tag = pretrain_tag(self.pretrain_fraction) + label_tag(self.label_fraction)
         return f"{self.benchmark}/{self.method}/{self.variant}/{self.protocol}/{self.mode}/seed{self.seed}{tag}"
 
 
