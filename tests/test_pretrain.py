@@ -562,3 +562,87 @@ def test_main_threads_flag_shares_threads_with_the_workers(tmp_path, monkeypatch
         assert "--threads must be >= 1, got 0" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- snapshots (the pretraining-steps axis)
+
+
+def _backbone(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["teacher"]
+
+
+def _teacher_backbone(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_checkpoint(checkpoint)["teacher"].items() if k.startswith("backbone.")}
+
+
+def _assert_equal_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_snapshots_at_exact_steps(reference, clips, tmp_path):
+    """6 steps (2 epochs x 3): snapshots 0, 0.25, 0.5 at steps 0, 2 (1.5 rounded half up) and 3; step 0 holds
+    the initial weights, step 3 the teacher of the epoch-1 checkpoint of the same run without snapshots, and
+    the final backbone is unchanged by taking them."""
+    assert [train.snapshot_step(f, 6) for f in (0.0, 0.25, 0.5, 0.9)] == [0, 2, 3, 5]
+    pretrain(tiny_config(snapshots=[0.0, 0.25, 0.5]), [clips], tmp_path)
+    files = {f: train.snapshot_path(tmp_path, f) for f in (0.0, 0.25, 0.5)}
+    assert files[0.25] == tmp_path / "snapshots/backbone_pt25.pt"
+    assert [load_checkpoint(p)["step"] for p in files.values()] == [0, 2, 3]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["steps"] == 6 and run["snapshots"]["0.25"] == {"step": 2, "file": "snapshots/backbone_pt25.pt"}
+
+    train.seed_everything(0)
+    initial = {f"backbone.{k}": v for k, v in build_model(tiny_config()).backbone.state_dict().items()}
+    _assert_equal_states(_backbone(files[0.0]), initial)
+    _assert_equal_states(_backbone(files[0.5]), _teacher_backbone(reference / "checkpoint_0001.pt"))
+    _assert_equal_states(_backbone(tmp_path / "backbone.pt"), _backbone(reference / "backbone.pt"))
+    for other in (files[0.0], tmp_path / "backbone.pt"):
+        assert not torch.equal(_backbone(files[0.5])["backbone.pos_embed"], _backbone(other)["backbone.pos_embed"])
+    # The backbone loader reads a snapshot like backbone.pt.
+    load_backbone(build_backbone(tiny_config().backbone), files[0.5])
+
+
+def test_snapshots_survive_preemption(reference, clips, tmp_path, monkeypatch):
+    """SIGTERM at step 5 of 6: the snapshots passed (0, 2, 5) are kept in snapshots/taken, none is published;
+    the resumed run does not retake the earlier ones and publishes all of them, equal to an uninterrupted run's."""
+    calls, original = [], train.ema_update
+
+    def ema_then_signal(*args, **kwargs):
+        original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = tiny_config(snapshots=[0.0, 0.25, 0.9])
+    monkeypatch.setattr(train, "ema_update", ema_then_signal)
+    with pytest.raises(SystemExit):
+        pretrain(cfg, [clips], tmp_path)
+    monkeypatch.undo()
+    taken = {f: train.taken_snapshot_path(tmp_path, f) for f in (0.0, 0.25, 0.9)}
+    assert all(p.is_file() for p in taken.values()) and not (tmp_path / "snapshots/backbone_pt0.pt").exists()
+    stamps = {f: taken[f].stat().st_mtime_ns for f in (0.0, 0.25)}
+    pretrain(cfg, [clips], tmp_path)
+    assert {f: taken[f].stat().st_mtime_ns for f in (0.0, 0.25)} == stamps
+    assert [load_checkpoint(train.snapshot_path(tmp_path, f))["step"] for f in (0.0, 0.25, 0.9)] == [0, 2, 5]
+    _assert_equal_states(_backbone(tmp_path / "backbone.pt"), _backbone(reference / "backbone.pt"))
+
+
+def test_resume_past_a_missing_snapshot_restarts(reference, clips, tmp_path):
+    """A checkpoint at step 3 can take a snapshot due at step 3 (its own weights) but not one at step 2."""
+    shutil.copy(reference / "checkpoint_0001.pt", tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"past the snapshots \[0\.25\]"):
+        pretrain(tiny_config(snapshots=[0.25, 0.5]), [clips], tmp_path)
+    pretrain(tiny_config(snapshots=[0.5]), [clips], tmp_path)
+    _assert_equal_states(
+        _backbone(train.snapshot_path(tmp_path, 0.5)), _teacher_backbone(reference / "checkpoint_0001.pt")
+    )
+    pretrain(tiny_config(snapshots=[0.25, 0.5]), [clips], tmp_path, on_config_change="restart")
+    assert (tmp_path / "superseded/snapshots/backbone_pt50.pt").is_file()
+    assert load_checkpoint(train.snapshot_path(tmp_path, 0.25))["step"] == 2
+
+
+def test_snapshot_fractions_are_checked():
+    with pytest.raises(ConfigError, match=r"snapshots: expected distinct fractions in \[0, 1\)"):
+        from_dict(PretrainConfig, {**TINY, "snapshots": [0.5, 1.0]}, "pretrain")

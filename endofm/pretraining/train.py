@@ -28,6 +28,10 @@ Outputs in ``out_dir``:
 - ``backbone.pt``: written once training is complete, the objective's backbone (Endo-FM: the teacher's) as
   ``{"teacher": {"backbone.<name>": tensor}}``, the layout of the released ``endo_fm.pth`` that the
   official fine-tuning code and :func:`~endofm.models.checkpoint.load_backbone` both read.
+- ``snapshots/backbone_pt<percent>.pt`` (with ``snapshots`` set): the same export after ``round(f × steps)``
+  optimiser steps for each fraction ``f`` (``pt0``: the initial weights), ``step`` recorded in the file and
+  in ``run.json``; taken into ``snapshots/taken/`` when the step is reached (kept across pre-emptions)
+  and linked into ``snapshots/`` once training is complete.
 
 Command line (one process, or under ``torchrun --nproc_per_node N``; ``python -m endofm.pretraining.train``
 takes the same arguments)::
@@ -49,6 +53,7 @@ import dataclasses
 import importlib
 import itertools
 import logging
+import math
 import os
 import shutil
 import signal
@@ -93,7 +98,7 @@ from endofm.engine import (
     unwrap,
     wrap_ddp,
 )
-from endofm.io import write_json, write_text
+from endofm.io import atomic_path, write_json, write_text
 from endofm.models.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
@@ -274,9 +279,18 @@ def snapshot_path(run_dir: str | os.PathLike, fraction: float) -> Path:
     return Path(run_dir) / SNAPSHOTS_DIR / f"backbone_pt{fraction * 100:g}.pt"
 
 
+def taken_snapshot_path(run_dir: str | os.PathLike, fraction: float) -> Path:
+    """Where a snapshot is written when its step is reached (``snapshots/taken/``); :func:`snapshot_path`
+    gets a hard link to it once the run is complete. Like ``checkpoint.pt`` it is not a workflow output,
+    so Snakemake never deletes it and a pre-empted run keeps the snapshots it has passed."""
+    path = snapshot_path(run_dir, fraction)
+    return path.parent / "taken" / path.name
+
+
 def snapshot_step(fraction: float, total_steps: int) -> int:
-    """The optimiser step at which the snapshot of ``fraction`` is taken: round(fraction × total_steps)."""
-    return int(round(fraction * total_steps))
+    """The optimiser step at which the snapshot of ``fraction`` is taken: fraction × total_steps rounded
+    half up."""
+    return math.floor(fraction * total_steps + 0.5)
 
 
 def load_pretrain_config(path: str | os.PathLike) -> Any:
@@ -562,11 +576,11 @@ def _resume_problem(ckpt: Mapping[str, Any], cfg: Any, spe: int, path: Path) -> 
     missing = [
         f
         for f in getattr(cfg, "snapshots", [])
-        if snapshot_step(f, cfg.epochs * spe) < step and not snapshot_path(path.parent, f).is_file()
+        if snapshot_step(f, cfg.epochs * spe) < step and not taken_snapshot_path(path.parent, f).is_file()
     ]
     if missing:
         return CheckpointError(
-            f"{path}: is at step {step}, past the snapshots {missing} that are not in {path.parent / SNAPSHOTS_DIR}; "
+            f"{path}: is at step {step}, past the snapshots {missing} missing in {path.parent / SNAPSHOTS_DIR}/taken; "
             "they need a run from the start (--on-config-change restart)"
         )
     return None
@@ -774,8 +788,19 @@ class _Pretraining:
             return
         model = self.objective.export_model(self.student_module)
         for f in due:
-            path = export_backbone(model, snapshot_path(self.out_dir, f), self.cfg, step=self.step)
+            path = export_backbone(model, taken_snapshot_path(self.out_dir, f), self.cfg, step=self.step)
             log.info("snapshot after %d of %d steps (%g) -> %s", self.step, self.total_steps, f, path)
+
+    def _publish_snapshots(self) -> None:
+        """Hard-link (or copy) every taken snapshot to its :func:`snapshot_path` once the run is complete."""
+        for f in self.snapshots:
+            src, dst = taken_snapshot_path(self.out_dir, f), snapshot_path(self.out_dir, f)
+            with atomic_path(dst) as tmp:
+                tmp.unlink()
+                try:
+                    os.link(src, tmp)
+                except OSError:
+                    shutil.copyfile(src, tmp)
 
     def _train_step(self, views: list[torch.Tensor], epoch: int) -> dict[str, float]:
         """One optimiser step at global iteration ``self.step``; returns the rank-averaged statistics."""
@@ -864,6 +889,7 @@ class _Pretraining:
         if info.is_main:
             model = self.objective.export_model(self.student_module)
             export_backbone(model, self.out_dir / BACKBONE_NAME, self.cfg, step=self.step)
+            self._publish_snapshots()
             self._write_record()
         barrier(info)
         return checkpoint_path(self.out_dir)
@@ -939,6 +965,7 @@ __all__ = [
     "pretrain",
     "snapshot_path",
     "snapshot_step",
+    "taken_snapshot_path",
 ]
 
 if __name__ == "__main__":
