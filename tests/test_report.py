@@ -247,3 +247,63 @@ def test_cli_report_names_missing_files(tmp_path, monkeypatch, capsys):
     assert main(["report", "--config", str(ROOT / "tests/configs/tiny.yaml")]) == 1
     err = capsys.readouterr().err
     assert re.fullmatch(r"endofm report: error: results/metrics/\S+/seed0\.json: missing metrics file\n", err)
+
+
+def test_pretraining_steps_table_and_figure(fabricated):
+    """Frozen read-outs from snapshots after 0, 1/4 and 1/2 of 8 pretraining steps, beside the finished
+    pretraining's runs (fraction 1): a table with the step numbers and mean ± std per read-out, a figure,
+    an HTML section; the snapshot runs stay out of Table 1."""
+    root, paths = fabricated
+    pre = root / "results/pretrain/endofm/default"
+    pre.mkdir(parents=True)
+    (pre / "metrics.csv").write_text("epoch,loss\n0,1.0\n1,0.5\n")
+    snapshots = {"0": {"step": 0}, "0.25": {"step": 2}, "0.5": {"step": 4}}
+    (pre / "run.json").write_text(json.dumps({"steps": 8, "snapshots": snapshots}))
+    extra = []
+    for fraction, tag in ((0.0, "pt0"), (0.25, "pt25"), (0.5, "pt50")):
+        for seed in (0, 1, 2):
+            value = fraction + 0.1 * seed
+            readouts = {"knn": {"f1": value / 2}, "linear_pooled": {"f1": value / 4}}
+            for bench, metrics in (("polypdiag", {"f1": value}), ("cvc12k", {"dice": value})):
+                p = root / f"results/metrics/{bench}/endofm/default/clean/frozen/seed{seed}-{tag}.json"
+                p.write_text(json.dumps({"benchmark": bench, "method": "endofm", "variant": "default", "protocol": "clean",
+                                         "mode": "frozen", "seed": seed, "pretrain_fraction": fraction,
+                                         "metrics": metrics, **({"readouts": readouts} if bench == "polypdiag" else {})}))  # fmt: skip
+                extra.append(p)
+    inputs = ReportInputs(
+        metrics=[str(p) for p in [*paths, *extra]], pretrain=[str(pre / "metrics.csv")], paper_results=str(PAPER)
+    )
+    build_report(inputs, root / "results/report", ReportConfig(), n_seeds=3, synthetic=True)
+    md = (root / "results/report/tables.md").read_text()
+    section = md.split("## Frozen read-out vs pretraining steps")[1].split("## ")[0]
+    lines = {
+        tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+        for line in section.splitlines()
+        if line.startswith("|")
+    }
+    assert "| Method | Read-out | 0 | 0.25 | 0.5 | 1 |" in section
+    assert lines[("Endo-FM", "pretraining step")].split("|")[3:7] == [" 0 ", " 2 ", " 4 ", " 8 "]
+    polyp = lines[("Endo-FM", "PolypDiag F1")]
+    assert "| 35.0 ± 10.0 (n=3) |" in polyp  # 0.25 + 0.1 × seed
+    assert "| 17.5 ± 5.0 (n=3) |" in lines[("Endo-FM", "PolypDiag F1 (knn)")]
+    assert "| 10.0 ± 10.0 (n=3) | 35.0 ± 10.0 (n=3) | 60.0 ± 10.0 (n=3) |" in lines[("Endo-FM", "CVC-12k Dice")]
+    # Fraction 1 is the finished pretraining's frozen run, as in Table 1, which the snapshots leave alone.
+    table1 = cell_of(md, "clean protocol, frozen backbone", "Endo-FM", "PolypDiag F1")
+    assert table1.endswith("(n=3)") and polyp.rstrip(" |").endswith(table1)
+    assert "machinery, not clinical accuracy" in section
+    csv = pd.read_csv(root / "results/report/tables.csv")
+    assert set(csv["pretrain_fraction"]) == {0.0, 0.25, 0.5, 1.0}
+    assert not csv.duplicated(
+        ["benchmark", "method", "variant", "protocol", "mode", "pretrain_fraction", "metric"]
+    ).any()
+    assert (root / "results/report/figures/pretrain_curve.png").is_file()
+    html = (root / "results/report/index.html").read_text()
+    assert html.index('<h2 id="table1">') < html.index('<h2 id="pretraining_steps">') < html.index('<h2 id="curves">')
+    assert "Read-outs versus pretraining steps" in html
+
+
+def test_no_pretraining_steps_section_without_snapshot_runs(fabricated):
+    root, paths = fabricated
+    report(root, paths)
+    assert "pretraining steps" not in (root / "results/report/tables.md").read_text()
+    assert not (root / "results/report/figures/pretrain_curve.png").exists()

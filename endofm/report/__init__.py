@@ -69,17 +69,26 @@ class ReportInputs:
 
 @dataclass
 class Collected:
+    """The runs from finished pretrainings (``long``, ``records``, ``summary``) and, apart, the
+    pretraining-steps axis (``curve``: :func:`~endofm.report.tables.curve_runs` summarised over seeds)."""
+
     long: pd.DataFrame
     records: list[dict[str, Any]]
     summary: pd.DataFrame
     pretraining: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     timings: pd.DataFrame = field(default_factory=pd.DataFrame)
     paper: dict[str, Any] = field(default_factory=dict)
+    curve: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def collect(inputs: ReportInputs, cfg: ReportConfig, n_seeds: int | None) -> Collected:
     """Read every input and summarise the metrics over seeds, each row compared to the reference."""
     long, records = C.collect_metrics(inputs.metrics)
+    curve = T.summarise(T.curve_runs(long), n_seeds, axes=T.CURVE_AXES)
+    long = long[long["pretrain_fraction"] == 1.0].drop(columns="pretrain_fraction")
+    records = [r for r in records if r["pretrain_fraction"] == 1.0]
+    if not records:
+        raise ReportError("no metrics files of runs from a finished pretraining (only pretraining snapshots)")
     summary = T.summarise(long, n_seeds)
     summary = T.add_significance(
         summary, T.per_seed(long), (cfg.reference_method, cfg.main_variant), cfg.test, cfg.alpha
@@ -91,6 +100,7 @@ def collect(inputs: ReportInputs, cfg: ReportConfig, n_seeds: int | None) -> Col
         pretraining=C.read_pretraining(inputs.pretrain),
         timings=C.read_timings(inputs.timings_dir),
         paper=C.read_paper_results(inputs.paper_results),
+        curve=curve,
     )
 
 
@@ -155,11 +165,17 @@ def make_tables(
     tables += T.secondary_tables(s, paper=paper, **common)
     tables += T.ablation_tables(s, ablations, method=cfg.reference_method, **common)
     efficiency = T.label_efficiency_table(s, paper=paper, reference=cfg.reference_method, main_variant=cfg.main_variant)
-    return tables + ([efficiency] if efficiency else [])
+    curve = T.pretraining_curve_table(data.curve, pretraining=data.pretraining, paper=paper, synthetic=synthetic)
+    return tables + ([efficiency] if efficiency else []) + ([curve] if curve else [])
 
 
-def write_tables(out_dir: Path, tables: Sequence[T.Table], summary: pd.DataFrame) -> list[Path]:
+def write_tables(
+    out_dir: Path, tables: Sequence[T.Table], summary: pd.DataFrame, curve: pd.DataFrame | None = None
+) -> list[Path]:
+    """tables.md, tables.tex and tables.csv (``summary``, then the snapshot rows of ``curve``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if curve is not None and not curve.empty:
+        summary = pd.concat([summary.assign(pretrain_fraction=1.0), curve[curve["pretrain_fraction"] < 1]])
     return [
         write_text(out_dir / "tables.md", "# endofm result tables\n\n" + T.to_markdown(tables)),
         write_text(out_dir / "tables.tex", T.to_latex(tables)),
@@ -194,6 +210,7 @@ def make_figures(data: Collected, inputs: ReportInputs, cfg: ReportConfig) -> di
         "pretraining_curves": ("Pretraining: loss terms and entropies per epoch", F.pretraining_curves(data.pretraining)),
         "seed_bars": ("Table 1 metric per benchmark: bars are means over seeds, points are seeds", F.seed_bars(data.long, rows, labels)),
         "label_efficiency": ("Table 1 metric versus fraction of labelled training data", F.label_efficiency(data.summary, rows, labels)),
+        "pretrain_curve": ("Read-outs versus pretraining steps (mean ± std over seeds)", F.pretraining_efficiency(data.curve, data.pretraining, data.paper)),
     }  # fmt: skip
     histories: dict[str, list[tuple[str, pd.DataFrame]]] = {}
     for rec in data.records:
@@ -274,7 +291,8 @@ def build_report(
     unknown = set(parts) - {"tables", "html"}
     if unknown:
         raise ValueError(f"build_report: unknown parts {sorted(unknown)}; expected tables and/or html")
-    written = write_tables(out_dir, tables + ([timing] if timing else []), data.summary) if "tables" in parts else []
+    tables_out = tables + ([timing] if timing else [])
+    written = write_tables(out_dir, tables_out, data.summary, data.curve) if "tables" in parts else []
     if "html" not in parts:
         return written
     figures = make_figures(data, inputs, cfg)
@@ -302,6 +320,15 @@ def build_report(
                 "Label efficiency",
                 [by_name["label_efficiency"]] if "label_efficiency" in by_name else [],
                 fig("label_efficiency"),
+            )
+        )
+    if "pretrain_curve" in by_name:
+        sections.append(
+            H.section(
+                "pretraining_steps",
+                "Pretraining steps",
+                [by_name["pretrain_curve"]],
+                fig("pretrain_curve"),
             )
         )
     sections += [

@@ -47,8 +47,8 @@ def _number(value: Any) -> float | None:
 
 
 def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
-    """One metrics file, checked: identity fields, an optional ``label_fraction`` in (0, 1] (default
-    1.0) and a non-empty ``metrics`` mapping of numbers. Adds ``path``."""
+    """One metrics file, checked: identity fields, an optional ``label_fraction`` in (0, 1] and
+    ``pretrain_fraction`` in [0, 1] (default 1.0) and a non-empty ``metrics`` mapping of numbers. Adds ``path``."""
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "missing metrics file")
@@ -69,13 +69,21 @@ def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
     fraction = record.get("label_fraction", 1.0)
     if _number(fraction) is None or not 0.0 < float(fraction) <= 1.0:
         raise _fail(path, f"malformed metrics file: label_fraction must be in (0, 1], got {fraction!r}")
+    pretrain_fraction = record.get("pretrain_fraction", 1.0)
+    if _number(pretrain_fraction) is None or not 0.0 <= float(pretrain_fraction) <= 1.0:
+        raise _fail(path, f"malformed metrics file: pretrain_fraction must be in [0, 1], got {pretrain_fraction!r}")
     metrics = record["metrics"]
     if not isinstance(metrics, dict) or not metrics:
         raise _fail(path, "malformed metrics file: metrics must be a non-empty object")
     bad = [k for k, v in metrics.items() if _number(v) is None]
     if bad:
         raise _fail(path, f"malformed metrics file: metrics {bad[:3]} are not numbers")
-    return {**record, "label_fraction": float(fraction), "path": str(path)}
+    return {
+        **record,
+        "label_fraction": float(fraction),
+        "pretrain_fraction": float(pretrain_fraction),
+        "path": str(path),
+    }
 
 
 def flat_metrics(record: Mapping[str, Any]) -> dict[str, float]:
@@ -92,19 +100,24 @@ def flat_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """The metrics files as a long frame, one row per run × metric (``AXES``, ``seed``, ``metric``,
-    ``value``, ``data``, ``path``), and the checked records. Two files for one run fail."""
+    """The metrics files as a long frame, one row per run × metric (``AXES``, ``seed``,
+    ``pretrain_fraction``, ``metric``, ``value``, ``data``, ``path``), and the checked records. Two files
+    for one run fail."""
     records = [read_metrics_file(p) for p in sorted({str(p) for p in paths})]
     if not records:
         raise ReportError("no metrics files: the experiment matrix has no runs")
     seen: dict[tuple, str] = {}
     rows = []
     for rec in records:
-        key = (*(rec[k] for k in AXES), rec["seed"])
+        key = (*(rec[k] for k in AXES), rec["seed"], rec["pretrain_fraction"])
         if key in seen:
             raise ReportError(f"{rec['path']}: the same run as {seen[key]}")
         seen[key] = rec["path"]
-        ident = {k: rec[k] for k in AXES} | {"seed": rec["seed"], "data": rec.get("data", "unknown")}
+        ident = {k: rec[k] for k in AXES} | {
+            "seed": rec["seed"],
+            "pretrain_fraction": rec["pretrain_fraction"],
+            "data": rec.get("data", "unknown"),
+        }
         for metric, value in flat_metrics(rec).items():
             rows.append({**ident, "metric": metric, "value": value, "path": rec["path"]})
     return pd.DataFrame(rows), records
@@ -128,7 +141,8 @@ def run_dir_of(
 
 def read_pretraining(metrics_files: Iterable[str | os.PathLike]) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (method, variant): its ``metrics.csv`` (``results/pretrain/<method>/<variant>/metrics.csv``) as a
-    frame, and the parameter count from the resolved ``config.yaml`` beside it when recorded."""
+    frame, the parameter count from the resolved ``config.yaml`` beside it when recorded, and the run
+    record ``run.json`` beside it (``run``: steps and snapshot steps; {} when absent)."""
     out = {}
     for f in metrics_files:
         path = Path(f)
@@ -146,9 +160,15 @@ def read_pretraining(metrics_files: Iterable[str | os.PathLike]) -> dict[tuple[s
                 parameters = run.get("parameters")
             except yaml.YAMLError:
                 parameters = None
+        record = path.with_name("run.json")
+        try:
+            run = json.loads(record.read_text()) if record.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _fail(record, f"malformed pretraining record: {str(exc).splitlines()[0]}") from None
         out[(path.parent.parent.name, path.parent.name)] = {
             "curves": curves,
             "parameters": parameters,
+            "run": run if isinstance(run, dict) else {},
             "path": str(path),
         }
     return out

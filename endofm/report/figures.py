@@ -1,5 +1,5 @@
 """The report's figures (matplotlib, Agg): pretraining curves, fine-tuning curves, per-benchmark bars with
-the seeds as points, label-efficiency curves, and example test frames with predicted and true masks/boxes.
+the seeds as points, label-efficiency curves, read-outs versus pretraining steps, and example test frames with predicted and true masks/boxes.
 
 Each function returns a Figure (or None when there is nothing to draw); :func:`png` turns it into bytes.
 """
@@ -20,7 +20,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from endofm.report.tables import MODE_LABELS, benchmarks_of, blocks_of, headline  # noqa: E402
+from endofm.report.tables import (  # noqa: E402
+    MODE_LABELS,
+    benchmarks_of,
+    blocks_of,
+    curve_metrics,
+    headline,
+    metric_label,
+    pretrain_step,
+    row_label,
+)
 
 COLORS = plt.get_cmap("tab10").colors
 
@@ -160,6 +169,48 @@ def label_efficiency(
         fractions = sorted(sub["label_fraction"].unique())
         ax.set_xticks(fractions, [f"{100 * f:g} %" for f in fractions])
         ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def pretraining_efficiency(
+    curve: pd.DataFrame, pretraining: Mapping[tuple[str, str], Mapping[str, Any]], paper: Mapping[str, Any]
+) -> Figure | None:
+    """One panel per read-out (:func:`~endofm.report.tables.curve_metrics`): its value versus the optimiser
+    steps behind the backbone (the fraction of the pretraining when the steps are not recorded), a line
+    per method, variant, protocol and mode, error bars the std over seeds; None without snapshot runs."""
+    if curve.empty:
+        return None
+    panels = [(b, m) for b in benchmarks_of(curve) for m in curve_metrics(curve, b)]
+    pairs = list(dict.fromkeys(zip(curve["method"], curve["variant"], strict=True)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for j, (bench, metric) in enumerate(panels):
+        ax = axes[0, j]
+        sub = curve[(curve["benchmark"] == bench) & (curve["metric"] == metric)]
+        ticks: dict[float, str] = {}
+        for protocol, mode in blocks_of(sub):
+            for i, (method, variant) in enumerate(pairs):
+                line = sub[
+                    (sub["method"] == method) & (sub["variant"] == variant)
+                    & (sub["protocol"] == protocol) & (sub["mode"] == mode)
+                ].sort_values("pretrain_fraction")  # fmt: skip
+                if line.empty:
+                    continue
+                fractions = line["pretrain_fraction"].tolist()
+                steps = [pretrain_step(pretraining, method, variant, f) for f in fractions]
+                x = fractions if None in steps else steps
+                for v, f in zip(x, fractions, strict=True):
+                    ticks[float(v)] = f"{f:g}" if None in steps else f"{v:g}\n({f:g})"
+                label = f"{row_label(method, variant, paper, len(pairs) > 1)}, {protocol}, {mode}"
+                ax.errorbar(
+                    x, line["mean"] * 100, yerr=line["std"].fillna(0) * 100, fmt="-o", ms=4, capsize=3,
+                    color=COLORS[i % 10], label=label,
+                )  # fmt: skip
+        ax.set(title=f"{metric_label(bench, metric)} (×100)", xlabel="pretraining steps (fraction of the run)")
+        ax.set_xticks(list(ticks), list(ticks.values()), fontsize=7)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)

@@ -67,11 +67,11 @@ class Table:
 # ---------------------------------------------------------------------------------------------- summaries
 
 
-def summarise(long: pd.DataFrame, n_expected: int | None = None) -> pd.DataFrame:
-    """Mean, sample std (ddof 1; NaN for one seed) and n over seeds of every run cell × metric, from
-    :func:`collect_metrics`' frame. ``n`` counts the finite values; ``seeds`` lists their seeds."""
+def summarise(long: pd.DataFrame, n_expected: int | None = None, axes: Sequence[str] = AXES) -> pd.DataFrame:
+    """Mean, sample std (ddof 1; NaN for one seed) and n over seeds of every run cell (``axes``) × metric,
+    from :func:`collect_metrics`' frame. ``n`` counts the finite values; ``seeds`` lists their seeds."""
     finite = long[pd.to_numeric(long["value"], errors="coerce").notna()]
-    keys = [*AXES, "metric"]
+    keys = [*axes, "metric"]
     cells = long[keys].drop_duplicates()
     agg = (
         finite.groupby(keys, sort=False)
@@ -380,10 +380,88 @@ def label_efficiency_table(
     return Table("label_efficiency", "Label efficiency", caption, ["Method"] + [f"{f:g}" for f in fractions], blocks)
 
 
+#: Axes of the pretraining-steps summary: a run cell and the share of its pretraining behind the backbone.
+CURVE_AXES = (*AXES, "pretrain_fraction")
+
+
+def curve_runs(long: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the pretraining-steps axis: every cell (benchmark, method, variant, protocol, mode) at the
+    full label fraction that has runs from a pretraining snapshot, with its runs from the finished pretraining."""
+    if "pretrain_fraction" not in long or not (long["pretrain_fraction"] < 1).any():
+        return long.iloc[0:0]
+    cell = ["benchmark", "method", "variant", "protocol", "mode"]
+    data = long[long["label_fraction"] == 1.0]
+    cells = data.loc[data["pretrain_fraction"] < 1, cell].drop_duplicates()
+    return data.merge(cells, on=cell)
+
+
+def curve_metrics(summary: pd.DataFrame, benchmark: str) -> list[str]:
+    """The read-outs a curve shows for ``benchmark``: its Table 1 metric, then the extra read-outs' values
+    of it (PolypDiag's ``f1[linear_pooled]``, ``f1[knn]``)."""
+    metric = headline(benchmark).metric
+    present = set(summary.loc[summary["benchmark"] == benchmark, "metric"])
+    return [metric] * (metric in present) + sorted(m for m in present if m.startswith(f"{metric}["))
+
+
+def metric_label(benchmark: str, metric: str) -> str:
+    head = headline(benchmark)
+    return f"{head.label} {head.metric_label}" + (f" ({metric.split('[', 1)[1].rstrip(']')})" if "[" in metric else "")
+
+
+def pretrain_step(
+    pretraining: Mapping[tuple[str, str], Mapping[str, Any]], method: str, variant: str, fraction: float
+) -> int | None:
+    """The optimiser step behind the backbone of (method, variant) at ``fraction`` of its pretraining, from the
+    pretraining's ``run.json``; None when not recorded."""
+    run = (pretraining.get((method, variant)) or {}).get("run") or {}
+    if fraction == 1.0:
+        return run.get("steps")
+    return (run.get("snapshots", {}).get(f"{fraction:g}") or {}).get("step")
+
+
+def pretraining_curve_table(
+    summary: pd.DataFrame,
+    *,
+    pretraining: Mapping[tuple[str, str], Mapping[str, Any]],
+    paper: Mapping[str, Any],
+    synthetic: bool,
+) -> Table | None:
+    """Frozen read-outs (or any mode's) versus the share of the pretraining behind the backbone, from the
+    summary over :data:`CURVE_AXES` of :func:`curve_runs`; None without snapshot runs."""
+    if summary.empty:
+        return None
+    fractions = sorted(summary["pretrain_fraction"].unique())
+    cells = {(*(getattr(r, a) for a in CURVE_AXES), r.metric): r for r in summary.itertuples(index=False)}
+    pairs = list(dict.fromkeys(zip(summary["method"], summary["variant"], strict=True)))
+    several = len({m for m, _ in pairs}) < len(pairs)
+    blocks = []
+    for protocol, mode in blocks_of(summary):
+        lines = []
+        for method, variant in pairs:
+            label = row_label(method, variant, paper, several)
+            steps = [pretrain_step(pretraining, method, variant, f) for f in fractions]
+            lines.append([label, "pretraining step"] + [DASH if s is None else str(s) for s in steps])
+            for b in benchmarks_of(summary):
+                for metric in curve_metrics(summary, b):
+                    row = [cells.get((b, method, variant, protocol, mode, 1.0, f, metric)) for f in fractions]
+                    if any(r is not None for r in row):
+                        lines.append([label, metric_label(b, metric)] + [fmt_cell(r) for r in row])
+        blocks.append((block_title(protocol, mode), lines))
+    caption = (
+        "Read-outs (×100, mean ± sample std over fine-tuning seeds with n) of the backbone after a fraction of its "
+        "pretraining's optimiser steps (column: fraction; 0 is the initial weights, 1 the finished pretraining; "
+        "the 'pretraining step' row gives the step numbers)."
+    )
+    if synthetic:
+        caption += " On the built-in synthetic corpus these numbers test the machinery, not clinical accuracy."
+    columns = ["Method", "Read-out"] + [f"{f:g}" for f in fractions]
+    return Table("pretrain_curve", "Frozen read-out vs pretraining steps", caption, columns, blocks)
+
+
 def long_table(summary: pd.DataFrame) -> pd.DataFrame:
     """tables.csv: one row per benchmark × method × variant × protocol × mode × label fraction × metric."""
     cols = [
-        *AXES,
+        *CURVE_AXES,
         "metric",
         "n",
         "n_expected",
