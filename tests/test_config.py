@@ -205,3 +205,74 @@ def test_every_schema_key_is_documented():
     """Every property of the schema, at every level, has a description."""
     missing = [path for path, node in _properties(_schema(), "config") if "description" not in node]
     assert missing == []
+
+
+def test_pretrain_fractions_add_snapshot_runs():
+    """finetune.pretrain_fractions: frozen runs of Endo-FM from its snapshots on PolypDiag and CVC-12k (the
+    fraction-1 runs are the matrix's), the snapshots in its pretraining settings, run folders seed<k>-pt25."""
+    from endofm.settings import finetune_runs, load_workflow_config, run_backbone
+    from endofm.tasks.finetune import RunSpec
+
+    data = _tiny()
+    data["finetune"].update(methods=["endofm", "scratch", "vcl"], seeds=[0, 1])
+    before = finetune_runs(load_workflow_config(data))
+    data["finetune"]["pretrain_fractions"] = [0.0, 0.25, 0.5, 1.0]
+    cfg = load_workflow_config(data)
+    runs = finetune_runs(cfg)
+    added = [r for r in runs if r not in before]
+    assert len(runs) == len(before) + 3 * 2 * 2  # fractions below 1 × benchmarks × seeds
+    assert {(r.benchmark, r.method, r.mode, r.pretrain_fraction) for r in added} == {
+        (b, "endofm", "frozen", f) for b in ("polypdiag", "cvc12k") for f in (0.0, 0.25, 0.5)
+    }
+    assert cfg.method_settings("endofm", "default").snapshots == [0.0, 0.25, 0.5]
+    assert cfg.method_settings("vcl", "default").snapshots == []
+    assert (
+        run_backbone(cfg, "endofm", "default", 0.25)[1] == "results/pretrain/endofm/default/snapshots/backbone_pt25.pt"
+    )
+    assert run_backbone(cfg, "endofm", "default")[1] == "results/pretrain/endofm/default/backbone.pt"
+    with pytest.raises(ConfigError, match="vcl/default has no pretraining snapshot at 0.25"):
+        run_backbone(cfg, "vcl", "default", 0.25)
+    paths = {r.path for r in added}
+    assert (
+        "cvc12k/endofm/default/clean/frozen/seed1-pt0" in paths
+        and "polypdiag/endofm/default/clean/frozen/seed0-pt25" in paths
+    )
+    assert RunSpec("kumc", "endofm", "default", "clean", "full", 2, 0.25, 0.5).path.endswith("/seed2-pt50-labels25")
+    data["finetune"]["pretrain_fraction_methods"] = ["endofm", "vcl"]
+    assert load_workflow_config(data).method_settings("vcl", "default").snapshots == [0.0, 0.25, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        (
+            {"pretrain_fraction_methods": ["scratch"]},
+            r"^finetune\.pretrain_fraction_methods: 'scratch' has no pretraining",
+        ),
+        (
+            {"pretrain_fraction_methods": ["vcl"]},
+            r"^finetune\.pretrain_fraction_methods: 'vcl' is not in finetune\.methods",
+        ),
+        ({"pretrain_fractions": [0.5, 1.5]}, r"^finetune\.pretrain_fractions: expected distinct values in \[0, 1\]"),
+        ({"pretrain_fraction_modes": ["linear"]}, r"^finetune\.pretrain_fraction_modes: \['linear'\]"),
+        ({"pretrain_fraction_benchmarks": ["kvasir"]}, r"^finetune\.pretrain_fraction_benchmarks: \['kvasir'\]"),
+    ],
+)
+def test_bad_pretrain_fractions_fail_naming_the_key(update, message):
+    from endofm.settings import load_workflow_config
+
+    data = _tiny()
+    data["finetune"].update({"methods": ["endofm", "scratch"], "pretrain_fractions": [0.0, 1.0], **update})
+    with pytest.raises(ConfigError, match=message):
+        load_workflow_config(data)
+
+
+def test_pretrain_fraction_methods_with_a_weights_file_fail():
+    from endofm.settings import load_workflow_config
+
+    data = _tiny()
+    data["finetune"].update(methods=["endofm", "st_adapter"], pretrain_fractions=[0.5, 1.0])
+    data["finetune"]["pretrain_fraction_methods"] = ["st_adapter"]
+    data["pretrain"]["st_adapter"]["checkpoint"] = "clip.pth"
+    with pytest.raises(ConfigError, match=r"^finetune\.pretrain_fraction_methods: 'st_adapter' takes its weights"):
+        load_workflow_config(data)

@@ -78,6 +78,38 @@ def test_dry_run_plans_every_method(tmp_path):
     assert "results/finetune/kumc/st_adapter/default/paper/frozen/seed0/model.pt" in out
 
 
+def _job_counts(out: str) -> dict[str, int]:
+    return {
+        line.split()[0]: int(line.split()[1])
+        for line in out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+
+
+def test_dry_run_plans_the_pretraining_steps_axis(tmp_path):
+    """finetune.pretrain_fractions [0, 0.5, 1]: Endo-FM's pretraining job declares its two snapshots, and the
+    frozen PolypDiag and CVC-12k runs from them (one seed) start from those files; nothing else changes."""
+    config = tiny_config()
+    config["finetune"].update(methods=["endofm", "scratch"], pretrain_fractions=[0.0, 0.5, 1.0])
+    out = snakemake(make_workdir(tmp_path, config), "-n", "--forceall", "all").stdout
+    counts = _job_counts(out)
+    runs = 2 * 2  # methods × modes
+    assert counts["pretrain_model_snapshots"] == 1 and "pretrain_model" not in counts, out
+    assert counts["finetune_polypdiag"] == counts["finetune_cvc12k"] == runs + 2, out
+    assert counts["finetune_kumc"] == runs and counts["evaluate_run"] == 3 * runs + 4, out
+    snapshots = "results/pretrain/endofm/default/snapshots"
+    assert f"{snapshots}/backbone_pt0.pt, {snapshots}/backbone_pt50.pt" in out
+    for bench, tag in (("polypdiag", "pt0"), ("cvc12k", "pt50")):
+        job = out.split(f"results/finetune/{bench}/endofm/default/clean/frozen/seed0-{tag}/model.pt")[0]
+        inputs = job.rsplit("input:", 1)[1].split("output:")[0]
+        assert inputs.strip().endswith(f"{snapshots}/backbone_{tag}.pt"), bench
+    assert "scratch/none/clean/frozen/seed0-pt" not in out and "full/seed0-pt" not in out
+    config["finetune"]["pretrain_fractions"] = []
+    counts = _job_counts(snakemake(make_workdir(tmp_path, config), "-n", "--forceall", "all").stdout)
+    assert counts["pretrain_model"] == 1 and "pretrain_model_snapshots" not in counts
+    assert counts["finetune_polypdiag"] == runs
+
+
 def test_typed_check_fails_at_start(tmp_path):
     proc = snakemake(make_workdir(tmp_path, tiny_config(pretrain_sources=["sun_seg"])), "-n", "data", check=False)
     assert proc.returncode != 0
