@@ -1,0 +1,124 @@
+"""Does more pretraining pay? Frozen read-outs of PolypDiag and CVC-12k from a method's backbone after 0, ¼, ½
+and all of its pretraining steps, with a workflow config's settings and data.
+
+One pretraining run with backbone snapshots (``PretrainConfig.snapshots``) in ``OUT/pretrain/``, then for every
+fraction, benchmark and seed a frozen run (:func:`~endofm.tasks.runs.finetune_benchmark`) and its evaluation
+(:func:`~endofm.tasks.runs.evaluate_run`) under ``OUT/finetune/`` and ``OUT/metrics/``, named as the workflow
+names them (``seed0-pt25``). Finished runs are reused, so a second call only prints. Reads the workflow's data
+(``data.clips_dir``, ``data.benchmarks_dir``, ``data.raw_dir``): run ``snakemake data`` with the same config first.
+Printed: per fraction the optimiser steps, the read-outs as mean ± std over seeds (×100) and the wall seconds
+of its fine-tuning runs and evaluations.
+
+    python benchmarks/bench_pretrain_curve.py [--config config/config.yaml] [--method endofm] [--seeds 0,1,2] \\
+        [--fractions 0,0.25,0.5,1] [--threads 1] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from endofm.config import ConfigError
+from endofm.engine import set_cpu_threads
+from endofm.pretraining.train import RUN_NAME, pretrain, snapshot_path
+from endofm.report.collect import flat_metrics
+from endofm.settings import load_workflow_config, run_backbone_options
+from endofm.tasks.finetune import RunSpec
+from endofm.tasks.runs import evaluate_run, finetune_benchmark
+
+#: The read-outs printed per benchmark: (metric key of flat_metrics, column title).
+READOUTS = {
+    "polypdiag": [("f1", "PolypDiag F1"), ("f1[linear_pooled]", "F1 pooled"), ("f1[knn]", "F1 kNN")],
+    "cvc12k": [("dice", "CVC Dice")],
+}
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+    parser.add_argument("--method", default="endofm")
+    parser.add_argument("--variant", default="default")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--fractions", default="0,0.25,0.5,1", help="shares of the pretraining steps")
+    parser.add_argument("--benchmarks", default="polypdiag,cvc12k")
+    parser.add_argument("--protocol", default=None, help="default: the config's first finetune.protocols")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    try:
+        cfg = load_workflow_config(args.config)
+        settings = cfg.method_settings(args.method, args.variant)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    fractions = sorted(_floats(args.fractions))
+    seeds = [int(s) for s in _floats(args.seeds)]
+    benches = [b for b in args.benchmarks.split(",") if b]
+    protocol = args.protocol or cfg.finetune.protocols[0]
+    data = cfg.data
+    clips = [Path(data.clips_dir) / source / "clips.csv" for source in data.pretrain_sources]
+    needed = clips + [Path(data.benchmarks_dir) / b / "manifest.csv" for b in benches]
+    missing = [p for p in needed if not p.is_file()] + [
+        p for b in benches if not (p := Path(data.raw_dir) / b).is_dir()
+    ]
+    if missing:
+        sys.exit(f"error: {missing[0]} not found: run `snakemake data` with {args.config} first")
+    set_cpu_threads(args.threads, 0)
+
+    run_dir = args.out / "pretrain" / args.method / args.variant
+    snapshots = sorted({*settings.snapshots, *(f for f in fractions if f < 1)})
+    settings = dataclasses.replace(settings, snapshots=snapshots, num_workers=0)
+    started = time.perf_counter()
+    pretrain(settings, clips, run_dir, method=args.method, on_config_change="restart")
+    record = json.loads((run_dir / RUN_NAME).read_text())
+    print(f"pretraining: {record['steps']} steps, {time.perf_counter() - started:.0f} s (reused when done before)")
+
+    options = run_backbone_options(cfg, args.method)
+    rows = []
+    for fraction in fractions:
+        values: dict[str, list[float]] = {}
+        wall = 0.0
+        for bench in benches:
+            task = cfg.finetune.task(bench)
+            task.train.num_workers = 0
+            manifest, raw = Path(data.benchmarks_dir) / bench / "manifest.csv", Path(data.raw_dir) / bench
+            for seed in seeds:
+                spec = RunSpec(bench, args.method, args.variant, protocol, "frozen", seed, pretrain_fraction=fraction)
+                metrics_path = args.out / "metrics" / f"{spec.path}.json"
+                if not metrics_path.is_file():
+                    t0 = time.perf_counter()
+                    out = args.out / "finetune" / spec.path
+                    checkpoint = snapshot_path(run_dir, fraction)
+                    finetune_benchmark(spec, task, manifest, raw, out, settings.backbone, checkpoint, options)
+                    evaluate_run(out, manifest, raw, metrics_path, synthetic=data.origin == "synthetic")
+                    wall += time.perf_counter() - t0
+                flat = flat_metrics(json.loads(metrics_path.read_text()))
+                for key, title in READOUTS.get(bench, []):
+                    if key in flat:
+                        values.setdefault(title, []).append(flat[key])
+        step = record["steps"] if fraction == 1 else record["snapshots"][f"{fraction:g}"]["step"]
+        rows.append((step, fraction, values, wall))
+
+    titles = list(dict.fromkeys(t for _, _, values, _ in rows for t in values))
+    print(f"\n{args.method}/{args.variant}, {protocol} protocol, frozen; seeds {args.seeds}; mean ± std (×100)")
+    print(" | ".join(["steps", "fraction", *titles, "wall s"]))
+    for step, fraction, values, wall in rows:
+        cells = []
+        for title in titles:
+            v = np.array(values.get(title, []), dtype=float) * 100
+            cells.append(f"{v.mean():.1f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.1f}" if v.size else "–")
+        print(" | ".join([str(step), f"{fraction:g}", *cells, f"{wall:.0f}"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
