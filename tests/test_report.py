@@ -299,7 +299,7 @@ def test_pretraining_steps_table_and_figure(fabricated):
     assert (root / "results/report/figures/pretrain_curve.png").is_file()
     html = (root / "results/report/index.html").read_text()
     assert html.index('<h2 id="table1">') < html.index('<h2 id="pretraining_steps">') < html.index('<h2 id="curves">')
-    assert "Read-outs versus pretraining steps" in html
+    assert "Read-outs versus pretraining steps" in html and "18 more runs start from pretraining snapshots" in html
 
 
 def test_no_pretraining_steps_section_without_snapshot_runs(fabricated):

@@ -79,6 +79,7 @@ class Collected:
     timings: pd.DataFrame = field(default_factory=pd.DataFrame)
     paper: dict[str, Any] = field(default_factory=dict)
     curve: pd.DataFrame = field(default_factory=pd.DataFrame)
+    snapshot_runs: int = 0  # metrics files of runs from pretraining snapshots (in ``curve`` only)
 
 
 def collect(inputs: ReportInputs, cfg: ReportConfig, n_seeds: int | None) -> Collected:
@@ -86,6 +87,7 @@ def collect(inputs: ReportInputs, cfg: ReportConfig, n_seeds: int | None) -> Col
     long, records = C.collect_metrics(inputs.metrics)
     curve = T.summarise(T.curve_runs(long), n_seeds, axes=T.CURVE_AXES)
     long = long[long["pretrain_fraction"] == 1.0].drop(columns="pretrain_fraction")
+    snapshot_runs = sum(r["pretrain_fraction"] < 1 for r in records)
     records = [r for r in records if r["pretrain_fraction"] == 1.0]
     if not records:
         raise ReportError("no metrics files of runs from a finished pretraining (only pretraining snapshots)")
@@ -101,6 +103,7 @@ def collect(inputs: ReportInputs, cfg: ReportConfig, n_seeds: int | None) -> Col
         timings=C.read_timings(inputs.timings_dir),
         paper=C.read_paper_results(inputs.paper_results),
         curve=curve,
+        snapshot_runs=snapshot_runs,
     )
 
 
@@ -342,6 +345,8 @@ def build_report(
         f"{', '.join(T.benchmarks_of(data.summary))}; protocols {', '.join(sorted({x['protocol'] for x in r}))}; "
         f"modes {', '.join(sorted({x['mode'] for x in r}))}; seeds {', '.join(map(str, sorted({x['seed'] for x in r})))}."
     )
+    if data.snapshot_runs:
+        summary += f" {data.snapshot_runs} more runs start from pretraining snapshots (section Pretraining steps)."
     written.append(write_text(out_dir / "index.html", H.render(sections, synthetic=synthetic, summary=summary)))
     return written
 
