@@ -409,6 +409,7 @@ def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
         for mode in ft.pretrain_fraction_modes
         for seed in ft.seeds
         for fraction in ft.pretrain_fractions
+        if ft.snapshot_fractions()  # only fraction 1: the matrix alone
     ]
     return list(dict.fromkeys(runs + curve))  # the axis' fraction-1 runs are the matrix's own
 
