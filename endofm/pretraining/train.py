@@ -28,7 +28,7 @@ Outputs in ``out_dir``:
 - ``backbone.pt``: written once training is complete, the objective's backbone (Endo-FM: the teacher's) as
   ``{"teacher": {"backbone.<name>": tensor}}``, the layout of the released ``endo_fm.pth`` that the
   official fine-tuning code and :func:`~endofm.models.checkpoint.load_backbone` both read.
-- ``snapshots/backbone_pt<percent>.pt`` (with ``snapshots`` set): the same export after ``round(f × steps)``
+- ``snapshots/backbone_pt<percent>.pt`` (with ``snapshots`` set): the same export after ``f × steps`` (rounded half up)
   optimiser steps for each fraction ``f`` (``pt0``: the initial weights), ``step`` recorded in the file and
   in ``run.json``; taken into ``snapshots/taken/`` when the step is reached (kept across pre-emptions)
   and linked into ``snapshots/`` once training is complete.
