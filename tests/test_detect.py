@@ -167,6 +167,7 @@ def test_config_validation() -> None:
         DetectConfig(test_frames=2)
     with pytest.raises(ValueError, match="train_ref_range"):
         DetectConfig(train_ref_range=[0, 9])
+    assert from_dict(DetectConfig, {"train_ref_range": None}).train_ref_range is None  # YAML null: no references
     with pytest.raises(ValueError, match="num_classes"):
         DetectConfig(head=DetectionConfig(num_classes=3))
     optim = DetectConfig().train.optim  # the official recipe, in fractions of the run
@@ -197,6 +198,15 @@ def test_datasets_draw_references_per_item_and_collate_pads(tiny_benchmarks) -> 
         assert item["clip"].shape[1] == 3 and item["key_index"] == 1 and item["frame"] == 6
         seen.add((offsets, flip))
     assert len(seen) > 1
+    alone = DetectionDataset(DetectConfig(**{**cfg.__dict__, "train_ref_range": None}), rows, bench.raw, "train", True)
+    for seed in range(4):  # no references: the key frame alone (T = 1); the flip is the only draw
+        torch.manual_seed(seed)
+        flip = bool(torch_rng().random() < cfg.hflip)
+        torch.manual_seed(seed)
+        item = alone[5]
+        expected = prepare_item(KUMCDataset(rows, bench.raw, "train")[5], cfg, flip)
+        assert item["clip"].shape[1] == 1 and item["key_index"] == 0 and item["frame"] == 6
+        assert torch.equal(item["clip"], expected["clip"]) and torch.equal(item["boxes"], expected["boxes"])
     test = DetectionDataset(DetectConfig(**{**cfg.__dict__, "test_frames": 3}), rows, bench.raw, "val", train=False)
     assert test[0]["clip"].shape == (3, 3, 48, 64) and test[0]["key_index"] == 1
     assert torch.equal(test[4]["clip"], test[4]["clip"])

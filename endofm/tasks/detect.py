@@ -89,7 +89,8 @@ class DetectConfig:
     although the backbone was pretrained on RGB [0, 1] ImageNet-normalised input; docs/original.md §5 flaw 6)
     or ``imagenet`` (RGB, [0, 1], ImageNet mean/std). ``train_ref_range`` ``[lo, hi]``: training clips
     take one reference at an offset drawn from ``[-hi, -lo]`` and one from ``[lo, hi]`` (clamped at the
-    video's ends). ``test_frames``: odd clip length at test (1 = the original). ``score_threshold`` and
+    video's ends; T = 3, the original); ``null``: the key frame alone (T = 1, as at test, a third of the
+    backbone's cost per step). ``test_frames``: odd clip length at test (1 = the original). ``score_threshold`` and
     ``iou_threshold`` define ``f1_paper`` / ``f1_iou``.
     """
 
@@ -97,7 +98,7 @@ class DetectConfig:
     min_size: int = 600
     max_size: int = 640
     size_divisibility: int = 32
-    train_ref_range: list[int] = field(default_factory=lambda: [1, 9])
+    train_ref_range: list[int] | None = field(default_factory=lambda: [1, 9])
     test_frames: int = 1
     hflip: float = 0.5
     normalization: Normalization = "caffe"
@@ -115,8 +116,9 @@ class DetectConfig:
             raise ValueError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
         if self.size_divisibility < 1:
             raise ValueError(f"size_divisibility must be >= 1, got {self.size_divisibility}")
-        if len(self.train_ref_range) != 2 or not 1 <= self.train_ref_range[0] <= self.train_ref_range[1]:
-            raise ValueError(f"train_ref_range must be [lo, hi] with 1 <= lo <= hi, got {self.train_ref_range}")
+        refs = self.train_ref_range
+        if refs is not None and (len(refs) != 2 or not 1 <= refs[0] <= refs[1]):
+            raise ValueError(f"train_ref_range must be [lo, hi] with 1 <= lo <= hi, or null, got {refs}")
         if self.test_frames < 1 or self.test_frames % 2 == 0:
             raise ValueError(
                 f"test_frames must be an odd number >= 1 (key frame in the middle), got {self.test_frames}"
@@ -237,7 +239,8 @@ class DetectionDataset(Dataset):
     """Annotated frames of one split as :func:`prepare_item` dicts.
 
     ``train``: per item, from :func:`~endofm.data.transforms.torch_rng`, a reference offset from
-    ``[-hi, -lo]``, one from ``[lo, hi]`` and the flip (T = 3). Otherwise the key frame with
+    ``[-hi, -lo]``, one from ``[lo, hi]`` and the flip (T = 3; the flip alone and T = 1 when
+    ``train_ref_range`` is null). Otherwise the key frame with
     ``test_frames // 2`` neighbours on each side, no flip. References are clamped at the video's
     ends, as :class:`~endofm.data.kumc.KUMCDataset` does.
     """
@@ -254,8 +257,10 @@ class DetectionDataset(Dataset):
         if not self.train:
             return prepare_item(self.base[index], self.cfg)
         rng = torch_rng()
-        lo, hi = self.cfg.train_ref_range
-        offsets = [-int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))]
+        offsets = []
+        if self.cfg.train_ref_range is not None:
+            lo, hi = self.cfg.train_ref_range
+            offsets = [-int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))]
         flip = bool(rng.random() < self.cfg.hflip)
         return prepare_item(self.base.load(index, offsets), self.cfg, flip)
 
