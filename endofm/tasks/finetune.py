@@ -180,7 +180,7 @@ class Task(abc.ABC):
         name = cls.selection_metric if train.select_metric is None else train.select_metric
         if name not in cls.selection_metrics:
             raise ValueError(
-                f"select_metric must be one of {list(cls.selection_metrics)} for {cls.benchmark}, got {name!r}"
+                f"train.select_metric must be one of {list(cls.selection_metrics)} for {cls.benchmark}, got {name!r}"
             )
         return name
 
