@@ -14,6 +14,7 @@ from endofm.config import from_dict, to_dict
 from endofm.data.benchmarks import read_manifest
 from endofm.data.kumc import KUMCDataset, to_coco
 from endofm.data.transforms import torch_rng
+from endofm.models.checkpoint import load_checkpoint
 from endofm.models.detection import DetectionConfig
 from endofm.models.vit import BackboneConfig, build_backbone
 from endofm.tasks.detect import (
@@ -166,6 +167,7 @@ def test_config_validation() -> None:
         DetectConfig(test_frames=2)
     with pytest.raises(ValueError, match="train_ref_range"):
         DetectConfig(train_ref_range=[0, 9])
+    assert from_dict(DetectConfig, {"train_ref_range": None}).train_ref_range is None  # YAML null: no references
     with pytest.raises(ValueError, match="num_classes"):
         DetectConfig(head=DetectionConfig(num_classes=3))
     optim = DetectConfig().train.optim  # the official recipe, in fractions of the run
@@ -196,6 +198,15 @@ def test_datasets_draw_references_per_item_and_collate_pads(tiny_benchmarks) -> 
         assert item["clip"].shape[1] == 3 and item["key_index"] == 1 and item["frame"] == 6
         seen.add((offsets, flip))
     assert len(seen) > 1
+    alone = DetectionDataset(DetectConfig(**{**cfg.__dict__, "train_ref_range": None}), rows, bench.raw, "train", True)
+    for seed in range(4):  # no references: the key frame alone (T = 1); the flip is the only draw
+        torch.manual_seed(seed)
+        flip = bool(torch_rng().random() < cfg.hflip)
+        torch.manual_seed(seed)
+        item = alone[5]
+        expected = prepare_item(KUMCDataset(rows, bench.raw, "train")[5], cfg, flip)
+        assert item["clip"].shape[1] == 1 and item["key_index"] == 0 and item["frame"] == 6
+        assert torch.equal(item["clip"], expected["clip"]) and torch.equal(item["boxes"], expected["boxes"])
     test = DetectionDataset(DetectConfig(**{**cfg.__dict__, "test_frames": 3}), rows, bench.raw, "val", train=False)
     assert test[0]["clip"].shape == (3, 3, 48, 64) and test[0]["key_index"] == 1
     assert torch.equal(test[4]["clip"], test[4]["clip"])
@@ -279,6 +290,39 @@ def test_finetune_writes_detections_and_evaluates(tiny_benchmarks, tmp_path, pro
     assert all(0 <= out["metrics"][k] <= 1 for k in METRICS if not math.isnan(out["metrics"][k]))
     if protocol == "paper":  # the test split is the selection split: the selected epoch's scores come back
         assert out["metrics"] == pytest.approx(record["selection"]["scores"], nan_ok=True)
+
+
+class _ScriptedScores(DetectTask):
+    """Selection-split scores written by hand, one dict per evaluated epoch."""
+
+    script = ({"f1_paper": 0.6, "AP50": 0.1}, {"f1_paper": 0.2, "AP50": 0.3}, {"f1_paper": 0.4, "AP50": 0.2})
+
+    def score(self, predictions, role):
+        if role == "test":
+            return super().score(predictions, role)
+        self.calls = getattr(self, "calls", -1) + 1
+        return dict(self.script[self.calls])
+
+
+@pytest.mark.parametrize(("select_metric", "epoch", "value"), [(None, 0, 0.6), ("f1_paper", 0, 0.6), ("AP50", 1, 0.3)])
+def test_the_selected_epoch_follows_select_metric(tiny_benchmarks, tmp_path, select_metric, epoch, value) -> None:
+    bench = tiny_benchmarks["kumc"]
+    cfg = tiny_config(epochs=3, max_steps_per_epoch=1, select_metric=select_metric)
+    splits = protocol_splits("kumc", read_manifest(bench.manifest), "clean")
+    task = _ScriptedScores(cfg, splits, bench.raw)
+    spec = RunSpec("kumc", "scratch", "none", "clean", "full", 0)
+    record = run_finetune(task, cfg.train, spec, build_backbone(MICRO), tmp_path, {})
+    assert record["selection"]["metric"] == (select_metric or "f1_paper")
+    assert record["selection"]["epoch"] == epoch and record["selection"]["scores"] == task.script[epoch]
+    assert load_checkpoint(tmp_path / "model.pt")["extra"]["selected_epoch"] == epoch
+
+
+def test_select_metric_must_be_a_score_of_the_task() -> None:
+    with pytest.raises(ValueError, match=r"select_metric must be one of \['f1_paper', .*'AP50'.* got 'ap50'"):
+        tiny_config(select_metric="ap50")
+    with pytest.raises(ValueError, match="select_metric must be one of"):
+        from_dict(DetectConfig, {"train": {"select_metric": "dice"}})
+    assert tiny_config(select_metric="AP50").train.select_metric == "AP50"
 
 
 def test_finetuning_fits_the_training_frames(tiny_benchmarks, tmp_path) -> None:

@@ -103,6 +103,7 @@ class ClassifyConfig:
             raise ValueError(f"short_video must be one of {SHORT_VIDEO}, got {self.short_video!r}")
         ClipTransform(self.train_short_side, self.crop_size)  # validates the sizes
         ClipTransform(self.test_short_side, self.crop_size)
+        ClassifyTask.selection_key(self.train)
 
 
 class _Transformed(Dataset):
@@ -169,6 +170,7 @@ class ClassifyTask(Task):
 
     benchmark: ClassVar[str] = "polypdiag"
     selection_metric: ClassVar[str] = "f1"
+    selection_metrics: ClassVar[tuple[str, ...]] = ("f1", "auroc", "accuracy")
 
     def __init__(self, cfg: ClassifyConfig, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
         super().__init__(splits, root, seed)

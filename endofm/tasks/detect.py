@@ -89,7 +89,8 @@ class DetectConfig:
     although the backbone was pretrained on RGB [0, 1] ImageNet-normalised input; docs/original.md §5 flaw 6)
     or ``imagenet`` (RGB, [0, 1], ImageNet mean/std). ``train_ref_range`` ``[lo, hi]``: training clips
     take one reference at an offset drawn from ``[-hi, -lo]`` and one from ``[lo, hi]`` (clamped at the
-    video's ends). ``test_frames``: odd clip length at test (1 = the original). ``score_threshold`` and
+    video's ends; T = 3, the original); ``null``: the key frame alone (T = 1, as at test, a third of the
+    backbone's cost per step). ``test_frames``: odd clip length at test (1 = the original). ``score_threshold`` and
     ``iou_threshold`` define ``f1_paper`` / ``f1_iou``.
     """
 
@@ -97,7 +98,7 @@ class DetectConfig:
     min_size: int = 600
     max_size: int = 640
     size_divisibility: int = 32
-    train_ref_range: list[int] = field(default_factory=lambda: [1, 9])
+    train_ref_range: list[int] | None = field(default_factory=lambda: [1, 9])
     test_frames: int = 1
     hflip: float = 0.5
     normalization: Normalization = "caffe"
@@ -115,8 +116,9 @@ class DetectConfig:
             raise ValueError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
         if self.size_divisibility < 1:
             raise ValueError(f"size_divisibility must be >= 1, got {self.size_divisibility}")
-        if len(self.train_ref_range) != 2 or not 1 <= self.train_ref_range[0] <= self.train_ref_range[1]:
-            raise ValueError(f"train_ref_range must be [lo, hi] with 1 <= lo <= hi, got {self.train_ref_range}")
+        refs = self.train_ref_range
+        if refs is not None and (len(refs) != 2 or not 1 <= refs[0] <= refs[1]):
+            raise ValueError(f"train_ref_range must be [lo, hi] with 1 <= lo <= hi, or null, got {refs}")
         if self.test_frames < 1 or self.test_frames % 2 == 0:
             raise ValueError(
                 f"test_frames must be an odd number >= 1 (key frame in the middle), got {self.test_frames}"
@@ -132,6 +134,7 @@ class DetectConfig:
             )
         if self.head.num_classes != len(CLASS_IDS):
             raise ValueError(f"head.num_classes must be {len(CLASS_IDS)} (KUMC's classes), got {self.head.num_classes}")
+        DetectTask.selection_key(self.train)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -236,7 +239,8 @@ class DetectionDataset(Dataset):
     """Annotated frames of one split as :func:`prepare_item` dicts.
 
     ``train``: per item, from :func:`~endofm.data.transforms.torch_rng`, a reference offset from
-    ``[-hi, -lo]``, one from ``[lo, hi]`` and the flip (T = 3). Otherwise the key frame with
+    ``[-hi, -lo]``, one from ``[lo, hi]`` and the flip (T = 3; the flip alone and T = 1 when
+    ``train_ref_range`` is null). Otherwise the key frame with
     ``test_frames // 2`` neighbours on each side, no flip. References are clamped at the video's
     ends, as :class:`~endofm.data.kumc.KUMCDataset` does.
     """
@@ -253,8 +257,10 @@ class DetectionDataset(Dataset):
         if not self.train:
             return prepare_item(self.base[index], self.cfg)
         rng = torch_rng()
-        lo, hi = self.cfg.train_ref_range
-        offsets = [-int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))]
+        offsets = []
+        if self.cfg.train_ref_range is not None:
+            lo, hi = self.cfg.train_ref_range
+            offsets = [-int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))]
         flip = bool(rng.random() < self.cfg.hflip)
         return prepare_item(self.base.load(index, offsets), self.cfg, flip)
 
@@ -319,14 +325,18 @@ def detection_metrics(
 class DetectTask(Task):
     """Fine-tuning of :class:`~endofm.models.detection.DetectionModel` with the FCOS losses.
 
-    The epoch is selected on ``f1_paper``: the frame-presence F1 is what the original reports (on
-    ``val2019``, which the paper protocol also selects on); under the clean protocol the same rule is
-    applied on the validation split. Predictions are per-frame dicts (``image_id``, ``video``,
+    The epoch is selected on ``train.select_metric``, by default ``f1_paper``: the frame-presence F1 is
+    the number the original reports, on ``val2019``, which it also evaluates every 4k iterations
+    (docs/original.md §4.3, flaw 3; which checkpoint's F1 the paper reports is not documented) and which
+    the paper protocol selects on. The clean protocol's metrics are box-level (docs/original.md §5): there
+    ``AP50`` (or ``f1_iou``) on the validation split selects epochs even before any detection reaches
+    ``score_threshold``, where ``f1_paper`` is 0 in every epoch. Predictions are per-frame dicts (``image_id``, ``video``,
     ``frame``, ``boxes`` in original-image pixels, ``scores``, ``labels``) for the role's annotated frames.
     """
 
     benchmark: ClassVar[str] = "kumc"
     selection_metric: ClassVar[str] = "f1_paper"
+    selection_metrics: ClassVar[tuple[str, ...]] = ("f1_paper", "f1_iou", "AP", "AP50", "AP75")
 
     def __init__(self, cfg: DetectConfig, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
         super().__init__(splits, root, seed)

@@ -115,6 +115,7 @@ class TrainConfig:
     device: str = "auto"
     precision: Precision = "auto"  # auto: bf16 on CUDA, fp16 with loss scaling on GPUs without bf16, fp32 on CPU
     max_steps_per_epoch: int | None = None  # cap for tests and demos
+    select_metric: str | None = None  # picks the epoch: one of Task.selection_metrics; None: the task's default
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_every"):
@@ -176,12 +177,24 @@ class RunSpec:
 
 
 class Task(abc.ABC):
-    """One benchmark's part of fine-tuning. ``score`` returns floats; ``selection_metric`` names the
-    one (higher is better) that picks the epoch. Models expose ``backbone`` (the video ViT),
-    ``backbone_parameters()`` and ``head_parameters()``."""
+    """One benchmark's part of fine-tuning. ``score`` returns floats; ``selection_metrics`` names those
+    (higher is better) that may pick the epoch (``TrainConfig.select_metric``, :meth:`selection_key`),
+    ``selection_metric`` the default one, the benchmark's headline. Models expose ``backbone`` (the video
+    ViT), ``backbone_parameters()`` and ``head_parameters()``."""
 
     benchmark: ClassVar[str]
     selection_metric: ClassVar[str]
+    selection_metrics: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def selection_key(cls, train: TrainConfig) -> str:
+        """The score that picks the epoch: ``train.select_metric``, or :attr:`selection_metric` when unset."""
+        name = cls.selection_metric if train.select_metric is None else train.select_metric
+        if name not in cls.selection_metrics:
+            raise ValueError(
+                f"train.select_metric must be one of {list(cls.selection_metrics)} for {cls.benchmark}, got {name!r}"
+            )
+        return name
 
     def __init__(self, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
         if splits.benchmark != self.benchmark:
@@ -276,6 +289,7 @@ def run_finetune(
     ``run.json`` record.
     """
     out_dir = Path(out_dir)
+    select = task.selection_key(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     digest = config_hash(settings)
@@ -372,11 +386,11 @@ def run_finetune(
                     model.eval()
                     scores = task.score(task.predict(model, "select", device), "select")
                     row.update({f"select_{k}": v for k, v in scores.items()})
-                    value = scores[task.selection_metric]
+                    value = scores[select]
                     if value > best["value"] or best["epoch"] < 0:
                         best = {"epoch": epoch, "value": float(value), "scores": scores}
                         save_checkpoint(out_dir / _BEST_NAME, epoch=epoch + 1, student=model.state_dict())
-                    log.info("epoch %d: loss %.4f, select %s %.4f", epoch, row["loss"], task.selection_metric, value)
+                    log.info("epoch %d: loss %.4f, select %s %.4f", epoch, row["loss"], select, value)
                 metrics.append(row)
                 save_training_checkpoint(
                     out_dir,
@@ -409,7 +423,7 @@ def run_finetune(
     record = {
         **asdict(spec),
         "splits": task.splits.summary(),
-        "selection": {"metric": task.selection_metric, "epoch": best["epoch"], "scores": best["scores"]},
+        "selection": {"metric": select, "epoch": best["epoch"], "scores": best["scores"]},
         "test_split": task.splits.test.split,
         "predictions": files,
         "epochs": cfg.epochs,

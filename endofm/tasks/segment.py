@@ -125,6 +125,7 @@ class SegmentConfig:
             raise ValueError(
                 f"ce_weight and dice_weight must be >= 0, not both 0; got {self.ce_weight}, {self.dice_weight}"
             )
+        SegmentTask.selection_key(self.train)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -342,6 +343,7 @@ class SegmentTask(Task):
 
     benchmark: ClassVar[str] = "cvc12k"
     selection_metric: ClassVar[str] = "dice"
+    selection_metrics: ClassVar[tuple[str, ...]] = ("dice", "frame_dice", "frame_iou")
 
     def __init__(self, cfg: SegmentConfig, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
         super().__init__(splits, root, seed)
