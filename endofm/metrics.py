@@ -18,15 +18,17 @@ import contextlib
 import copy
 import io
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    # torch is not imported here (evaluation jobs run without it); a tensor implies it is already loaded.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     return np.asarray(x)
