@@ -210,7 +210,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from endofm.tasks.runs import evaluate_run, read_run
+    from endofm.tasks.evaluation import evaluate_run, read_run
 
     cfg = _workflow_config(args.config)
     bench = read_run(args.run_dir)["benchmark"]

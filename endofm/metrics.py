@@ -18,15 +18,17 @@ import contextlib
 import copy
 import io
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    # torch is not imported here (evaluation jobs run without it); a tensor implies it is already loaded.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     return np.asarray(x)
@@ -378,7 +380,9 @@ def coco_ap(coco_gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]])
         gt = COCO()
         gt.dataset = dataset
         gt.createIndex()
-        dt = gt.loadRes([dict(d) for d in copy.deepcopy(list(detections))])  # loadRes writes into the dicts
+        # loadRes only sets top-level keys (id, area, iscrowd, segmentation): shallow copies keep ``detections``
+        # intact, and a deep copy of thousands of results cost as much as the evaluation itself.
+        dt = gt.loadRes([dict(d) for d in detections])
         ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
         ev.accumulate()

@@ -1,9 +1,9 @@
-"""Snakemake adapter: metrics of one fine-tuning run (endofm.tasks.runs.evaluate_run)."""
+"""Snakemake adapter: metrics of one fine-tuning run (endofm.tasks.evaluation.evaluate_run: imports no torch)."""
 
 from pathlib import Path
 
 from endofm.logs import job_log
-from endofm.tasks.runs import evaluate_run
+from endofm.tasks.evaluation import evaluate_run
 
 smk = snakemake  # noqa: F821 (snakemake is injected)
 with job_log(smk.log[0]):

@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import tifffile
-import torch
-from torch.utils.data import Dataset
 
 from endofm.data.layouts import CVCLayout
 
@@ -221,7 +219,7 @@ def index_cvc(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-class CVCSequenceDataset(Dataset):
+class CVCSequenceDataset:
     """Whole sequences of one split: ``dict(frames=uint8 (T, H, W, 3), masks=uint8 {0,1} (T, H, W), sequence)``.
 
     ``transform`` (if given) maps that dict to the returned one.
@@ -242,6 +240,8 @@ class CVCSequenceDataset(Dataset):
         return len(self.sequences)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch  # here, not at module level: indexing and evaluation import this module without torch
+
         name, rows = self.sequences[index]
         frames = [read_image(self.root / p) for p in rows["image"]]
         masks = [read_mask(self.root / p) for p in rows["mask"]]

@@ -18,9 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from endofm.data.layouts import KUMCLayout
 
@@ -243,7 +241,7 @@ def to_coco(manifest: pd.DataFrame, split: str) -> dict[str, Any]:
     }
 
 
-class KUMCDataset(Dataset):
+class KUMCDataset:
     """Annotated frames of one split, each with reference frames from the same video.
 
     Items: ``dict(frames=uint8 (T, H, W, 3), key_index=int, boxes=float32 (N, 4), labels=int64 (N,),
@@ -285,6 +283,8 @@ class KUMCDataset(Dataset):
     def load(self, index: int, ref_offsets: Sequence[int]) -> dict[str, Any]:
         """Item ``index`` with the reference frames at ``ref_offsets`` instead of the dataset's own
         (training draws new offsets per item)."""
+        import torch  # here, not at module level: indexing and evaluation import this module without torch
+
         ref = sorted(int(o) for o in ref_offsets)
         if 0 in ref or len(set(ref)) != len(ref):
             raise ValueError(f"ref_offsets must be distinct and non-zero, got {list(ref_offsets)}")

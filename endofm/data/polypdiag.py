@@ -13,8 +13,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
 from endofm.data.layouts import PolypDiagLayout
 from endofm.data.video import VideoDecodeError, VideoReader, probe_video
@@ -174,7 +172,7 @@ def window_frames(window: int | None, fps: float, window_fps: float | None) -> f
     return window * fps / window_fps
 
 
-class PolypDiagDataset(Dataset):
+class PolypDiagDataset:
     """Clips of one split of a PolypDiag manifest; decodes only the sampled frames.
 
     Items are ``dict(frames=uint8 (T, H, W, 3), label=int, sample_id=str, indices=list[int])``; with
@@ -234,6 +232,8 @@ class PolypDiagDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch  # here, not at module level: indexing and evaluation import this module without torch
+
         row = self.rows.iloc[index]
         path = self.root / row["path"]
         with VideoReader(path) as reader:

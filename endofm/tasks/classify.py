@@ -31,14 +31,11 @@ from endofm.metrics import classification_metrics
 from endofm.models.checkpoint import package_versions, save_checkpoint
 from endofm.models.heads import VideoClassifier
 from endofm.models.vit import TimeSformer
+from endofm.tasks.evaluation import PREDICTIONS, READOUTS, _read_predictions, evaluate_classification  # noqa: F401
 from endofm.tasks.finetune import MODEL_NAME, RUN_NAME, OptimConfig, RunSpec, Task, TrainConfig, config_hash
 from endofm.tasks.protocols import ProtocolSplits
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS = "predictions.csv"
-#: Frozen read-outs: file name per read-out; ``predictions.csv`` is the headline (pooled linear probe).
-READOUTS = {"linear_pooled": PREDICTIONS, "linear_cls": "predictions_linear_cls.csv", "knn": "predictions_knn.csv"}
 
 
 @dataclass
@@ -312,33 +309,3 @@ def run_probe(
     }
     write_json(out_dir / RUN_NAME, record)
     return record
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def _read_predictions(path: Path, truth: pd.Series) -> dict[str, float]:
-    frame = pd.read_csv(path, dtype={"sample_id": str})
-    missing = sorted(set(truth.index) - set(frame["sample_id"]))
-    extra = sorted(set(frame["sample_id"]) - set(truth.index))
-    if missing or extra:
-        raise ValueError(f"{path}: predictions do not match the test split (missing {missing[:5]}, extra {extra[:5]})")
-    return classification_metrics(truth.loc[frame["sample_id"]].to_numpy(), frame[["prob_0", "prob_1"]].to_numpy())
-
-
-def evaluate_classification(run_dir: str | Path, test_rows: pd.DataFrame, **_: Any) -> dict[str, Any]:
-    """Metrics of a run's ``predictions.csv`` against ``test_rows`` (the manifest rows of its test
-    split) as ``metrics``; a frozen run's read-outs (:data:`READOUTS`) also as ``readouts``."""
-    run_dir = Path(run_dir)
-    truth = test_rows.set_index(test_rows["sample_id"].astype(str))["label"].astype(int)
-    if not (run_dir / PREDICTIONS).exists():
-        raise FileNotFoundError(f"{run_dir / PREDICTIONS}: no predictions")
-    out: dict[str, Any] = {"metrics": _read_predictions(run_dir / PREDICTIONS, truth)}
-    extra = {name: file for name, file in READOUTS.items() if file != PREDICTIONS and (run_dir / file).exists()}
-    if extra:
-        out["readouts"] = {
-            name: out["metrics"] if file == PREDICTIONS else _read_predictions(run_dir / file, truth)
-            for name, file in READOUTS.items()
-        }
-    return out

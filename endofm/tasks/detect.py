@@ -21,9 +21,7 @@ model keeps at its 0.05 pre-NMS threshold) and scored against :func:`endofm.data
 
 from __future__ import annotations
 
-import json
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +37,13 @@ from torch.utils.data import DataLoader, Dataset
 from endofm.data.kumc import CLASS_IDS, KUMCDataset, to_coco
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor, torch_rng
 from endofm.io import write_json
-from endofm.metrics import coco_ap, detection_f1_iou, detection_f1_paper, detections_to_coco
+from endofm.metrics import detections_to_coco
 from endofm.models.detection import DetectionConfig, DetectionModel
 from endofm.models.vit import TimeSformer
+from endofm.tasks.evaluation import DETECTIONS, detection_metrics, evaluate_detection  # noqa: F401
 from endofm.tasks.finetune import OptimConfig, Task, TrainConfig
 from endofm.tasks.protocols import ProtocolSplits
 
-DETECTIONS = "detections.json"
 #: maskrcnn-benchmark's ``INPUT.PIXEL_MEAN``: BGR order, 0-255 scale (docs/original.md §4.3 rounds it to 2 decimals).
 CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
 
@@ -266,59 +264,6 @@ class DetectionDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Metrics
-
-
-def _xyxy(bbox: Sequence[float]) -> list[float]:
-    x, y, w, h = (float(v) for v in bbox)
-    return [x, y, x + w, y + h]
-
-
-def detection_metrics(
-    coco_gt: Mapping[str, Any],
-    results: Sequence[Mapping[str, Any]],
-    score_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
-) -> dict[str, float]:
-    """Every KUMC metric (module docstring) of COCO ``results`` against the COCO dict ``coco_gt``; one
-    frame per GT image, with the results of its ``image_id``."""
-    gt: dict[int, list[tuple[list[float], int]]] = defaultdict(list)
-    for ann in coco_gt["annotations"]:
-        gt[int(ann["image_id"])].append((_xyxy(ann["bbox"]), int(ann["category_id"])))
-    dt: dict[int, list[tuple[list[float], float, int]]] = defaultdict(list)
-    for det in results:
-        dt[int(det["image_id"])].append((_xyxy(det["bbox"]), float(det["score"]), int(det["category_id"])))
-    frames = []
-    for image in coco_gt["images"]:
-        g, d = gt.get(int(image["id"]), []), dt.get(int(image["id"]), [])
-        frames.append(
-            {
-                "gt_boxes": np.array([b for b, _ in g], dtype=np.float64).reshape(-1, 4),
-                "gt_labels": np.array([c for _, c in g], dtype=np.int64),
-                "boxes": np.array([b for b, _, _ in d], dtype=np.float64).reshape(-1, 4),
-                "scores": np.array([s for _, s, _ in d], dtype=np.float64),
-                "labels": np.array([c for _, _, c in d], dtype=np.int64),
-            }
-        )
-    paper = detection_f1_paper(frames, score_threshold)
-    box = detection_f1_iou(frames, iou_threshold, score_threshold)
-    ap = coco_ap(coco_gt, results)
-    return {
-        "f1_paper": paper["f1"],
-        "precision_paper": paper["precision"],
-        "recall_paper": paper["recall"],
-        "f1_iou": box["f1"],
-        "precision_iou": box["precision"],
-        "recall_iou": box["recall"],
-        "AP": ap["AP"],
-        "AP50": ap["AP50"],
-        "AP75": ap["AP75"],
-        **{f"AP50_{name}": value for name, value in ap["AP50_per_category"].items()},
-        "frames": len(frames),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
 # Task
 
 
@@ -414,42 +359,3 @@ def _to_original(det: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> di
         "scores": det["scores"].detach().double().cpu()[keep].numpy(),
         "labels": det["labels"].detach().cpu()[keep].numpy(),
     }
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def evaluate_detection(
-    run_dir: str | Path,
-    test_rows: pd.DataFrame,
-    *,
-    raw_dir: str | Path | None = None,
-    benchmark_dir: str | Path | None = None,
-    task_settings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Metrics (:func:`detection_metrics`) of a run's ``detections.json`` against the annotated frames of
-    ``test_rows`` (the manifest rows of its test split, exported with :func:`~endofm.data.kumc.to_coco`:
-    the same image ids as the indexer's ``coco_<split>.json``), at the run's own ``score_threshold`` and
-    ``iou_threshold`` (``task_settings``, the run's DetectConfig as a dict; defaults when absent).
-    ``raw_dir`` and ``benchmark_dir`` are not needed."""
-    task_settings = task_settings or {}
-    score_threshold = float(task_settings.get("score_threshold", DetectConfig.score_threshold))
-    iou_threshold = float(task_settings.get("iou_threshold", DetectConfig.iou_threshold))
-    path = Path(run_dir) / DETECTIONS
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no detections")
-    splits = sorted(set(test_rows["split"].astype(str)))
-    if len(splits) != 1:
-        raise ValueError(f"test_rows must hold one split, got {splits}")
-    coco_gt = to_coco(test_rows, splits[0])
-    results = json.loads(path.read_text())
-    if not isinstance(results, list):
-        raise ValueError(f"{path}: expected a COCO results list, got {type(results).__name__}")
-    known = {int(image["id"]) for image in coco_gt["images"]}
-    unknown = sorted({int(r["image_id"]) for r in results} - known)
-    if unknown:
-        raise ValueError(
-            f"{path}: detections for image ids {unknown[:5]} that are not annotated frames of the {splits[0]} split"
-        )
-    return {"metrics": detection_metrics(coco_gt, results, score_threshold, iou_threshold)}

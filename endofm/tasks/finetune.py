@@ -63,6 +63,7 @@ from endofm.models.checkpoint import (
     save_checkpoint,
 )
 from endofm.models.vit import TimeSformer
+from endofm.tasks.evaluation import RUN_NAME
 from endofm.tasks.protocols import ProtocolSplits
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,6 @@ Mode = Literal["full", "frozen"]
 MODES: tuple[str, ...] = ("full", "frozen")
 MODEL_NAME = "model.pt"
 HISTORY_NAME = "history.csv"
-RUN_NAME = "run.json"
 _BEST_NAME = "best.pt"
 
 

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from endofm.data.cvc import CVCSequenceDataset, read_mask
+from endofm.data.cvc import CVCSequenceDataset
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_offsets, torch_rng
 from endofm.io import atomic_path
 from endofm.metrics import segmentation_metrics
@@ -33,10 +32,9 @@ from endofm.models.segmentation import (
     segmentation_loss,
 )
 from endofm.models.vit import TimeSformer
+from endofm.tasks.evaluation import MASKS, _flat, evaluate_segmentation  # noqa: F401
 from endofm.tasks.finetune import OptimConfig, Task, TrainConfig
 from endofm.tasks.protocols import ProtocolSplits
-
-MASKS = "masks.npz"
 
 Normalization = Literal["minmax", "minmax_once", "imagenet"]
 NORMALIZATIONS: tuple[str, ...] = ("minmax", "minmax_once", "imagenet")
@@ -334,10 +332,6 @@ class SequencePrediction:
     target: np.ndarray
 
 
-def _flat(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k != "per_sequence"}
-
-
 class SegmentTask(Task):
     """Fine-tuning of :class:`SegmentationModel` on whole sequences, selected by the paper's Dice."""
 
@@ -395,48 +389,3 @@ class SegmentTask(Task):
         with atomic_path(Path(out_dir) / MASKS) as tmp:
             np.savez_compressed(tmp, **{p.sequence: p.masks.astype(np.uint8) for p in predictions})
         return [MASKS]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def evaluate_segmentation(
-    run_dir: str | Path,
-    test_rows: pd.DataFrame,
-    *,
-    raw_dir: str | Path,
-    benchmark_dir: str | Path | None = None,
-    **_: Any,
-) -> dict[str, Any]:
-    """Metrics of a run's ``masks.npz`` against the ground truth of ``test_rows`` (manifest rows of its test
-    split; masks read from ``raw_dir``): ``metrics`` (``dice``, ``frame_dice``, ``frame_iou``, counts) and
-    ``per_sequence``, from :func:`endofm.metrics.segmentation_metrics`.
-
-    Every test sequence needs an array of its native (T, H, W) shape, and no other array may be present.
-    The original computes Dice on 224×224 masks (docs/original.md §4.2); we compute it at native resolution.
-    """
-    path = Path(run_dir) / MASKS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no predictions")
-    rows = test_rows.assign(sequence=test_rows["sequence"].astype(str))
-    names = list(dict.fromkeys(rows["sequence"]))
-    with np.load(path) as saved:
-        missing = [n for n in names if n not in saved.files]
-        extra = sorted(set(saved.files) - set(names))
-        if missing or extra:
-            raise ValueError(
-                f"{path}: predictions do not match the test split (missing sequences {missing[:5]}, extra {extra[:5]})"
-            )
-        preds = {n: saved[n] for n in names}
-    targets = []
-    for name in names:
-        frames = rows[rows["sequence"] == name].sort_values("frame_index")
-        target = np.stack([read_mask(Path(raw_dir) / p) for p in frames["mask"]])
-        if preds[name].shape != target.shape:
-            raise ValueError(
-                f"{path}: sequence {name!r} has masks of shape {preds[name].shape}, expected {target.shape} (T, H, W)"
-            )
-        targets.append(target)
-    metrics = segmentation_metrics([preds[n] for n in names], targets, names)
-    return {"metrics": _flat(metrics), "per_sequence": metrics["per_sequence"]}
