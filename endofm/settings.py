@@ -153,6 +153,7 @@ class FinetuneStage:
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
     label_fraction_modes: list[str] | None = None
     label_fraction_methods: list[str] | None = None  # fractions below 1 for these methods only (null: all)
+    label_fraction_benchmarks: list[str] | None = None  # ... and these benchmarks only (null: all)
     # Pretraining efficiency: read-outs of backbone snapshots after these fractions of the pretraining
     # steps (0: its initial weights; 1: the normal runs), in these modes, methods and benchmarks.
     pretrain_fractions: list[float] = field(default_factory=list)
@@ -193,6 +194,9 @@ class FinetuneStage:
         unknown = [m for m in self.label_fraction_methods or [] if m not in self.methods]
         if unknown:
             raise ConfigError(f"finetune.label_fraction_methods: {unknown} are not in finetune.methods")
+        unknown = [b for b in self.label_fraction_benchmarks or [] if b not in BENCHMARKS]
+        if unknown:
+            raise ConfigError(f"finetune.label_fraction_benchmarks: {unknown}; allowed: {', '.join(BENCHMARKS)}")
         self._check_pretrain_fractions()
         if self.threads < 1:
             raise ConfigError(f"finetune.threads must be >= 1, got {self.threads}")
@@ -226,12 +230,15 @@ class FinetuneStage:
         """The settings of ``benchmark``."""
         return getattr(self, benchmark)
 
-    def run_label_fractions(self, method: str, mode: str) -> list[float]:
-        """The label fractions a run of ``method`` in ``mode`` trains on (1 always; the rest where
-        ``label_fraction_modes`` and ``label_fraction_methods`` allow)."""
-        if (self.label_fraction_modes is None or mode in self.label_fraction_modes) and (
-            self.label_fraction_methods is None or method in self.label_fraction_methods
-        ):
+    def run_label_fractions(self, method: str, mode: str, benchmark: str) -> list[float]:
+        """The label fractions a run of ``method`` in ``mode`` on ``benchmark`` trains on (1 always; the rest
+        where ``label_fraction_modes``, ``label_fraction_methods`` and ``label_fraction_benchmarks`` allow)."""
+        allowed = (
+            (self.label_fraction_modes, mode),
+            (self.label_fraction_methods, method),
+            (self.label_fraction_benchmarks, benchmark),
+        )
+        if all(names is None or name in names for names, name in allowed):
             return list(self.label_fractions)
         return [f for f in self.label_fractions if f == 1]
 
@@ -397,7 +404,7 @@ def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
         for protocol in ft.protocols
         for mode in ft.modes
         for seed in ft.seeds
-        for fraction in ft.run_label_fractions(method, mode)
+        for fraction in ft.run_label_fractions(method, mode, bench)
     ]
     curve = [
         RunSpec(bench, method, variant, protocol, mode, seed, pretrain_fraction=fraction)

@@ -86,6 +86,21 @@ def test_linear_probe_separates_separable_features():
     assert (probs["test"].argmax(axis=1) == y[30:]).mean() >= 0.9
 
 
+def test_linear_probe_picks_c_on_the_given_metric():
+    """Two thirds of the training rows positive: at C = 0.001 the intercept dominates and all 10 select rows
+    are called positive (F1 2/3) though their ranking is already perfect (AUROC 1); at C = 100 both are 1.
+    F1 picks 100; AUROC ties and keeps the smaller C."""
+    train_x = np.linspace(-1.0, 2.0, 30)[:, None]
+    train_y = (train_x[:, 0] > 0).astype(int)
+    select_x = np.r_[np.linspace(-0.9, -0.1, 5), np.linspace(0.1, 0.9, 5)][:, None]
+    select_y = (select_x[:, 0] > 0).astype(int)
+    evals = {"select": select_x, "test": select_x}
+    probs, c = linear_probe(train_x, train_y, evals, select_y, [0.001, 100.0], 0)
+    assert c == 100.0 and (probs["select"].argmax(axis=1) == select_y).all()
+    probs, c = linear_probe(train_x, train_y, evals, select_y, [0.001, 100.0], 0, metric="auroc")
+    assert c == 0.001 and (probs["select"].argmax(axis=1) == 1).all()
+
+
 @pytest.mark.parametrize("protocol", ["paper", "clean"])
 def test_finetune_writes_outputs_and_evaluates(tiny_benchmarks, tmp_path, protocol, one_torch_thread):
     bench = tiny_benchmarks["polypdiag"]

@@ -183,7 +183,14 @@ def test_label_fractions_expand_the_matrix_in_their_modes():
     data["finetune"]["label_fraction_methods"] = ["vlc"]
     with pytest.raises(ConfigError, match=r"^finetune\.label_fraction_methods: \['vlc'\] are not in finetune\.methods"):
         load_workflow_config(data)
-    data["finetune"]["label_fraction_methods"] = None
+    data["finetune"].update(label_fraction_methods=["scratch"], label_fraction_benchmarks=["polypdiag", "kumc"])
+    runs = finetune_runs(load_workflow_config(data))
+    assert sorted(r.benchmark for r in runs if r.label_fraction < 1) == ["kumc", "polypdiag"]
+    assert len(runs) == full + 2
+    data["finetune"]["label_fraction_benchmarks"] = ["cvc"]
+    with pytest.raises(ConfigError, match=r"^finetune\.label_fraction_benchmarks: \['cvc'\]; allowed: polypdiag"):
+        load_workflow_config(data)
+    data["finetune"].update(label_fraction_methods=None, label_fraction_benchmarks=None)
     quarter = [r for r in runs if r.label_fraction == 0.25]
     assert {r.mode for r in quarter} == {"frozen"}
     assert quarter[0].path.endswith("/frozen/seed0-labels25")

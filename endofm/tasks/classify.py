@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ProbeConfig:
     """Frozen-backbone read-outs: logistic regression over ``c_grid`` (picked on the selection split
-    by F1), and a k-NN vote over the ``knn_k`` most cosine-similar training clips weighted by
+    by the task's selection metric, ``train.select_metric``, F1 unless set), and a k-NN vote over the ``knn_k`` most cosine-similar training clips weighted by
     ``exp(similarity / knn_temperature)`` (DINO's)."""
 
     c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
@@ -225,10 +225,17 @@ def clip_features(backbone: TimeSformer, dataset: _Transformed, device: torch.de
 
 
 def linear_probe(
-    train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[str, np.ndarray], select_y: np.ndarray, c_grid, seed: int
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    eval_sets: dict[str, np.ndarray],
+    select_y: np.ndarray,
+    c_grid,
+    seed: int,
+    metric: str = "f1",
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Standardised logistic regression; C picked by F1 on ``eval_sets['select']`` (ties: smaller C).
-    Returns the class probabilities of every eval set under the chosen C, and that C."""
+    """Standardised logistic regression; C picked by ``metric`` (a :func:`classification_metrics` key) on
+    ``eval_sets['select']`` (ties: smaller C). Returns the class probabilities of every eval set under the
+    chosen C, and that C."""
     from sklearn.linear_model import LogisticRegression  # seconds to import: only the probes need it
     from sklearn.preprocessing import StandardScaler
 
@@ -236,9 +243,9 @@ def linear_probe(
     best: tuple[float, float, Any] | None = None
     for c in sorted(c_grid):
         model = LogisticRegression(C=c, max_iter=5000, random_state=seed).fit(scaler.transform(train_x), train_y)
-        f1 = classification_metrics(select_y, model.predict_proba(scaler.transform(eval_sets["select"])))["f1"]
-        if best is None or f1 > best[0]:
-            best = (f1, c, model)
+        score = classification_metrics(select_y, model.predict_proba(scaler.transform(eval_sets["select"])))[metric]
+        if best is None or score > best[0]:
+            best = (score, c, model)
     _, c, model = best
     return {name: model.predict_proba(scaler.transform(x)) for name, x in eval_sets.items()}, c
 
@@ -285,10 +292,12 @@ def run_probe(
         for role in ("train", "select", "test")
     }
     train, select_y = feats["train"], feats["select"]["labels"]
-    files, chosen = {}, {}
+    files, chosen, select = {}, {}, ClassifyTask.selection_key(cfg.train)
     for name, key in (("linear_pooled", "pooled"), ("linear_cls", "cls")):
         evals = {role: feats[role][key] for role in ("select", "test")}
-        probs, chosen[name] = linear_probe(train[key], train["labels"], evals, select_y, cfg.probe.c_grid, spec.seed)
+        probs, chosen[name] = linear_probe(
+            train[key], train["labels"], evals, select_y, cfg.probe.c_grid, spec.seed, select
+        )
         files[name] = _frame(test_dataset, probs["test"])
     knn = knn_predict(train["cls"], train["labels"], feats["test"]["cls"], cfg.probe.knn_k, cfg.probe.knn_temperature)
     files["knn"] = _frame(test_dataset, knn)
@@ -298,7 +307,7 @@ def run_probe(
     record = {
         **asdict(spec),
         "splits": splits.summary(),
-        "selection": {"metric": "f1", "epoch": None, "probe_c": chosen},
+        "selection": {"metric": select, "epoch": None, "probe_c": chosen},
         "test_split": splits.test.split,
         "predictions": [READOUTS[name] for name in files],
         "config_hash": config_hash(settings),
