@@ -9,6 +9,7 @@ if SYNTHETIC:
             f"{LOGS}/synthesize/{{name}}.log",
         wildcard_constraints:
             name="|".join(PRETRAIN_SOURCES + BENCHMARKS),
+        priority: 10  # before any fine-tuning: the pretrainings wait for the data stage
         conda:
             "../envs/endofm.yaml"
         params:
@@ -49,9 +50,12 @@ rule extract_clips:
         f"{LOGS}/extract_clips/{{source}}.log",
     benchmark:
         "results/benchmarks/extract_clips/{source}.tsv"
+    priority: 10  # the pretrainings wait for the clips (rules/pretrain.smk)
     conda:
         "../envs/endofm.yaml"
-    threads: 2
+    # One thread: a 2-thread job on the demo's 2 cores waited until both were free at once, i.e. behind
+    # every 1-thread fine-tune the greedy scheduler kept starting (6.5 min into the demo).
+    threads: 1
     params:
         clips=to_dict(CFG.clips),
     script:

@@ -9,6 +9,7 @@ rule pretrain_config:
         "results/pretrain/{method}/{variant}/pretrain.yaml",
     log:
         f"{LOGS}/pretrain_config/{{method}}/{{variant}}.log",
+    priority: 10  # the pretraining waits for it (see pretrain_model)
     localrule: True
     conda:
         "../envs/endofm.yaml"
@@ -30,6 +31,10 @@ rule pretrain_model:
         f"{LOGS}/pretrain/{{method}}/{{variant}}.log",
     benchmark:
         "results/benchmarks/pretrain/{method}/{variant}.tsv"
+    # Pretrainings are the long jobs every pretrained method's fine-tunes wait for: start them as soon as
+    # their clips exist (the greedy scheduler of profiles/default otherwise ran VCL's 21 min into the demo,
+    # behind the Scratch fine-tunes, and its 30 runs formed a 10-minute tail).
+    priority: 10
     conda:
         "../envs/endofm.yaml"
     threads: CFG.pretrain.threads

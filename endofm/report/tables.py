@@ -396,11 +396,15 @@ def curve_runs(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def curve_metrics(summary: pd.DataFrame, benchmark: str) -> list[str]:
-    """The read-outs a curve shows for ``benchmark``: its Table 1 metric, then the extra read-outs' values
-    of it (PolypDiag's ``f1[linear_pooled]``, ``f1[knn]``)."""
+    """The read-outs a curve shows for ``benchmark``: its Table 1 metric, then the other read-outs' values
+    of it (PolypDiag's ``f1[knn]``, ``f1[linear_cls]``; not ``f1[linear_pooled]``, the headline read-out
+    whose predictions are the run's ``predictions.csv``, i.e. the Table 1 metric itself)."""
+    from endofm.tasks.evaluation import PREDICTIONS, READOUTS
+
     metric = headline(benchmark).metric
     present = set(summary.loc[summary["benchmark"] == benchmark, "metric"])
-    return [metric] * (metric in present) + sorted(m for m in present if m.startswith(f"{metric}["))
+    same = {f"{metric}[{name}]" for name, file in READOUTS.items() if file == PREDICTIONS}
+    return [metric] * (metric in present) + sorted(m for m in present if m.startswith(f"{metric}[") and m not in same)
 
 
 def metric_label(benchmark: str, metric: str) -> str:
