@@ -396,25 +396,25 @@ def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
     fraction (of that mode), and the pretraining axis: its benchmarks × methods × protocols × modes × seeds ×
     pretraining fraction (``finetune.pretrain_fractions``)."""
     ft = cfg.finetune
+
+    def cells(benchmarks, methods, modes):
+        for bench in benchmarks:
+            for method in methods:
+                for variant in ft.method_variants(method):
+                    for protocol in ft.protocols:
+                        for mode in modes:
+                            for seed in ft.seeds:
+                                yield bench, method, variant, protocol, mode, seed
+
     runs = [
-        RunSpec(bench, method, variant, protocol, mode, seed, fraction)
-        for bench in cfg.data.benchmarks
-        for method in ft.methods
-        for variant in ft.method_variants(method)
-        for protocol in ft.protocols
-        for mode in ft.modes
-        for seed in ft.seeds
-        for fraction in ft.run_label_fractions(method, mode, bench)
+        RunSpec(*cell, fraction)
+        for cell in cells(cfg.data.benchmarks, ft.methods, ft.modes)
+        for fraction in ft.run_label_fractions(cell[1], cell[4], cell[0])
     ]
+    on_axis = [b for b in ft.pretrain_fraction_benchmarks if b in cfg.data.benchmarks]
     curve = [
-        RunSpec(bench, method, variant, protocol, mode, seed, pretrain_fraction=fraction)
-        for bench in ft.pretrain_fraction_benchmarks
-        if bench in cfg.data.benchmarks
-        for method in ft.pretrain_fraction_methods
-        for variant in ft.method_variants(method)
-        for protocol in ft.protocols
-        for mode in ft.pretrain_fraction_modes
-        for seed in ft.seeds
+        RunSpec(*cell, pretrain_fraction=fraction)
+        for cell in cells(on_axis, ft.pretrain_fraction_methods, ft.pretrain_fraction_modes)
         for fraction in ft.pretrain_fractions
         if ft.snapshot_fractions()  # only fraction 1: the matrix alone
     ]
