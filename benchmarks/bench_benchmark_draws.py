@@ -5,7 +5,8 @@ The demo's seed std covers fine-tuning randomness on one draw of each benchmark 
 draw ``k`` is the benchmark generated with ``synthetic.seed: k`` and the config's other ``synthetic`` sizes,
 under ``OUT/draw<k>/``; the backbone is the one the workflow pretrained (``results/pretrain/<method>/
 <variant>/backbone.pt``, or ``--checkpoint``), so only the benchmark changes. Runs and metrics are named as
-the workflow names them, under ``OUT/draw<k>/finetune/`` and ``OUT/draw<k>/metrics/``; finished ones are
+the workflow names them, under ``OUT/draw<k>/finetune/`` and ``OUT/draw<k>/metrics/`` (the draw of the
+config's own ``synthetic.seed`` reads the workflow's benchmark data when it exists); finished ones are
 reused, so a second call only prints. Printed: per draw and method the read-outs as mean ± std over seeds
 (×100), the gap per draw, and the gap's mean ± std across draws beside twice the pooled seed std.
 
@@ -66,7 +67,8 @@ def main() -> int:
     try:
         cfg = load_workflow_config(args.config)
         backbone, checkpoint = run_backbone(cfg, args.method, args.variant)
-        scratch_backbone, _ = run_backbone(cfg, "scratch", "none")
+        scratch_variant = cfg.finetune.method_variants("scratch")[0]
+        scratch_backbone, _ = run_backbone(cfg, "scratch", scratch_variant)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
     if cfg.data.origin != "synthetic":
@@ -81,13 +83,16 @@ def main() -> int:
     task.train.num_workers = 0
     arms = [
         (args.method, args.variant, backbone, checkpoint, run_backbone_options(cfg, args.method)),
-        ("scratch", "none", scratch_backbone, None, {}),
+        ("scratch", scratch_variant, scratch_backbone, None, {}),
     ]
 
     table: dict[tuple[int, str], dict[str, list[float]]] = {}
     for draw in draws:
         root = args.out / f"draw{draw}"
         raw, manifest = root / "raw" / bench, root / "benchmarks" / bench / "manifest.csv"
+        own = Path(cfg.data.benchmarks_dir) / bench / "manifest.json"
+        if draw == cfg.synthetic.seed and own.is_file():  # the workflow's own draw: read it, do not redraw
+            raw, manifest = Path(cfg.data.raw_dir) / bench, own.with_suffix(".csv")
         started = time.perf_counter()
         if not raw.is_dir():
             synthesize(bench, raw, dataclasses.replace(cfg.synthetic, seed=draw), progress=False)

@@ -407,17 +407,18 @@ def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
                                 yield bench, method, variant, protocol, mode, seed
 
     runs = [
-        RunSpec(*cell, fraction)
-        for cell in cells(cfg.data.benchmarks, ft.methods, ft.modes)
-        for fraction in ft.run_label_fractions(cell[1], cell[4], cell[0])
+        RunSpec(bench, method, variant, protocol, mode, seed, fraction)
+        for bench, method, variant, protocol, mode, seed in cells(cfg.data.benchmarks, ft.methods, ft.modes)
+        for fraction in ft.run_label_fractions(method, mode, bench)
     ]
-    on_axis = [b for b in ft.pretrain_fraction_benchmarks if b in cfg.data.benchmarks]
-    curve = [
-        RunSpec(*cell, pretrain_fraction=fraction)
-        for cell in cells(on_axis, ft.pretrain_fraction_methods, ft.pretrain_fraction_modes)
-        for fraction in ft.pretrain_fractions
-        if ft.snapshot_fractions()  # only fraction 1: the matrix alone
-    ]
+    curve = []
+    if ft.snapshot_fractions():  # only fraction 1: the matrix alone
+        on_axis = [b for b in ft.pretrain_fraction_benchmarks if b in cfg.data.benchmarks]
+        curve = [
+            RunSpec(*cell, pretrain_fraction=fraction)
+            for cell in cells(on_axis, ft.pretrain_fraction_methods, ft.pretrain_fraction_modes)
+            for fraction in ft.pretrain_fractions
+        ]
     return list(dict.fromkeys(runs + curve))  # the axis' fraction-1 runs are the matrix's own
 
 
