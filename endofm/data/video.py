@@ -479,9 +479,10 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 30, *
     Odd sizes are not allowed by yuv420p: frames must have even height and width. A keyframe is
     written every :data:`GOP` frames so readers can seek.
 
-    x264 (libx264 through PyAV) does not always encode the same frames into the same stream: with another
-    process encoding, 15 encodes of one 50-frame clip at ``crf`` 18 gave 6-11 different files, 4-5 different
-    decoded videos. ``crf`` 0 is lossless (yuv420p), and its output was the same every time.
+    x264 (libx264 through PyAV) does not always encode the same frames into the same stream: 6 of 8
+    synthetic videos came out differently in separate processes, also with x264 on one thread, explicit
+    timestamps, ``force-cfr`` or YUV input made without swscale, and decoded up to 37/255 apart. ``crf`` 0
+    is lossless (yuv420p): the same frames always decode to the same pixels.
     """
     import av
 
