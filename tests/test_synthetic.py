@@ -70,6 +70,7 @@ def test_names():
         ({"polyp_radius": (0.01, 0.1)}, "at least 1 pixel"),
         ({"min_visible_light": 0.8}, "min_visible_light must be <= 0.5"),
         ({"crf": 52}, "crf must be in 0..51"),
+        ({"pretrain_crf": -1}, "pretrain_crf must be in 0..51"),
     ],
 )
 def test_config_errors(change, message):
@@ -341,13 +342,13 @@ def test_synthesize_is_reproducible(tmp_path, corpus):
 
 
 def test_crf_reaches_the_encoder(tmp_path):
-    """crf 0 (lossless yuv420p) decodes closer to the rendered frames than crf 30, and to the same pixels
+    """pretrain_crf 0 (lossless yuv420p) decodes closer to the rendered frames than crf 30, and to the same pixels
     on a second synthesis."""
     plans = plan_videos("synthetic_colonoscopy", SMALL)
     rendered = plans[0].render(SMALL).frames.astype(int)
     error, decoded = {}, []
     for crf, folder in ((30, "lossy"), (0, "a"), (0, "b")):
-        cfg = dataclasses.replace(SMALL, crf=crf)
+        cfg = dataclasses.replace(SMALL, pretrain_crf=crf)
         out = synthesize("synthetic_colonoscopy", tmp_path / folder, cfg, progress=False)
         frames = read_frames(out / f"{plans[0].name}.mp4", np.arange(len(rendered)))
         error[crf] = np.abs(frames.astype(int) - rendered).mean()

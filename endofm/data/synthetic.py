@@ -75,7 +75,8 @@ class SynthConfig:
     distractor_rate: float = 1.0  # scales the expected number of polyp-like distractors per video
     motion_blur_probability: float = 0.3  # chance that a video has a fast, blurred camera jerk
     min_visible_light: float = 0.15  # polyp pixels darker than this (deep in the lumen) are not labelled
-    crf: int = 18  # H.264 constant rate factor of the written videos; 0 = lossless, the only run-to-run exact one
+    crf: int = 18  # H.264 constant rate factor of the benchmark videos; 0 = lossless, the only run-to-run exact one
+    pretrain_crf: int = 18  # the same for the pretraining sources' videos
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
@@ -113,8 +114,9 @@ class SynthConfig:
             raise ValueError(
                 f"min_visible_light must be <= 0.5 (polyps are placed where light >= 0.5), got {self.min_visible_light}"
             )
-        if not 0 <= self.crf <= 51:
-            raise ValueError(f"crf must be in 0..51, got {self.crf}")
+        for name in ("crf", "pretrain_crf"):
+            if not 0 <= getattr(self, name) <= 51:
+                raise ValueError(f"{name} must be in 0..51, got {getattr(self, name)}")
         if self.pretrain_videos < 1:
             raise ValueError(f"pretrain_videos must be >= 1, got {self.pretrain_videos}")
         if self.cvc_polyp_scale <= 0:
@@ -1380,7 +1382,7 @@ def _write_pretrain(out: Path, name: str, videos, cfg: SynthConfig) -> None:
         if suffix is None:
             write_frame_folder(out / plan.name, video.frames)
         else:
-            write_video(out / f"{plan.name}{suffix}", video.frames, fps=cfg.fps, crf=cfg.crf)
+            write_video(out / f"{plan.name}{suffix}", video.frames, fps=cfg.fps, crf=cfg.pretrain_crf)
 
 
 def _write_polypdiag(out: Path, videos, cfg: SynthConfig) -> None:
