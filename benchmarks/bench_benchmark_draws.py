@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -29,10 +29,11 @@ from endofm.config import ConfigError
 from endofm.data.benchmarks import build_manifest
 from endofm.data.synthetic import synthesize
 from endofm.engine import set_cpu_threads
-from endofm.report.collect import flat_metrics
+from endofm.metrics import mean_std
+from endofm.report.tables import fmt_cell
 from endofm.settings import load_workflow_config, run_backbone, run_backbone_options
 from endofm.tasks.finetune import RunSpec
-from endofm.tasks.runs import evaluate_run, finetune_benchmark
+from endofm.tasks.runs import run_or_reuse
 
 #: The read-outs compared per benchmark: (metric key of flat_metrics, column title).
 READOUTS = {
@@ -47,8 +48,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _cell(values: list[float]) -> str:
-    v = np.array(values, dtype=float) * 100
-    return f"{v.mean():.1f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.1f}" if v.size else "–"
+    return fmt_cell(SimpleNamespace(**mean_std(values))) if values else "–"
 
 
 def main() -> int:
@@ -102,12 +102,7 @@ def main() -> int:
             values = table.setdefault((draw, method), {})
             for seed in seeds:
                 spec = RunSpec(bench, method, variant, protocol, "frozen", seed)
-                metrics_path = root / "metrics" / f"{spec.path}.json"
-                if not metrics_path.is_file():
-                    out = root / "finetune" / spec.path
-                    finetune_benchmark(spec, task, manifest, raw, out, arm_backbone, arm_checkpoint, options)
-                    evaluate_run(out, manifest, raw, metrics_path, synthetic=True)
-                flat = flat_metrics(json.loads(metrics_path.read_text()))
+                flat = run_or_reuse(spec, task, manifest, raw, root, arm_backbone, arm_checkpoint, options)
                 for key, title in READOUTS[bench]:
                     values.setdefault(title, []).append(flat[key])
         print(f"draw {draw}: {time.perf_counter() - started:.0f} s (runs reused when done before)", flush=True)

@@ -21,16 +21,16 @@ import json
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
+from types import SimpleNamespace
 
 from endofm.config import ConfigError
 from endofm.engine import set_cpu_threads
+from endofm.metrics import mean_std
 from endofm.pretraining.train import RUN_NAME, pretrain, snapshot_path
-from endofm.report.collect import flat_metrics
+from endofm.report.tables import fmt_cell
 from endofm.settings import load_workflow_config, run_backbone_options
 from endofm.tasks.finetune import RunSpec
-from endofm.tasks.runs import evaluate_run, finetune_benchmark
+from endofm.tasks.runs import run_or_reuse
 
 #: The read-outs printed per benchmark: (metric key of flat_metrics, column title).
 READOUTS = {
@@ -93,15 +93,13 @@ def main() -> int:
             manifest, raw = Path(data.benchmarks_dir) / bench / "manifest.csv", Path(data.raw_dir) / bench
             for seed in seeds:
                 spec = RunSpec(bench, args.method, args.variant, protocol, "frozen", seed, pretrain_fraction=fraction)
-                metrics_path = args.out / "metrics" / f"{spec.path}.json"
-                if not metrics_path.is_file():
-                    t0 = time.perf_counter()
-                    out = args.out / "finetune" / spec.path
-                    checkpoint = snapshot_path(run_dir, fraction)
-                    finetune_benchmark(spec, task, manifest, raw, out, settings.backbone, checkpoint, options)
-                    evaluate_run(out, manifest, raw, metrics_path, synthetic=data.origin == "synthetic")
-                    wall += time.perf_counter() - t0
-                flat = flat_metrics(json.loads(metrics_path.read_text()))
+                t0 = time.perf_counter()
+                checkpoint = snapshot_path(run_dir, fraction)
+                synthetic = data.origin == "synthetic"
+                flat = run_or_reuse(
+                    spec, task, manifest, raw, args.out, settings.backbone, checkpoint, options, synthetic
+                )
+                wall += time.perf_counter() - t0  # a reused run adds only the read of its metrics file
                 for key, title in READOUTS.get(bench, []):
                     if key in flat:
                         values.setdefault(title, []).append(flat[key])
@@ -112,10 +110,7 @@ def main() -> int:
     print(f"\n{args.method}/{args.variant}, {protocol} protocol, frozen; seeds {args.seeds}; mean ± std (×100)")
     print(" | ".join(["steps", "fraction", *titles, "wall s"]))
     for step, fraction, values, wall in rows:
-        cells = []
-        for title in titles:
-            v = np.array(values.get(title, []), dtype=float) * 100
-            cells.append(f"{v.mean():.1f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.1f}" if v.size else "–")
+        cells = [fmt_cell(SimpleNamespace(**mean_std(values[t]))) if values.get(t) else "–" for t in titles]
         print(" | ".join([str(step), f"{fraction:g}", *cells, f"{wall:.0f}"]))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 
 import pandas as pd
 import pytest
@@ -256,3 +257,31 @@ def test_fp16_fine_tuning_scales_the_loss_and_unscales_before_clipping(
     a, b = (load_checkpoint(tmp_path / name / "model.pt")["student"] for name in ("fp32", "fp16"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], msg=name)
+
+
+def test_run_or_reuse_runs_once_under_workflow_names(tmp_path, monkeypatch):
+    """The first call runs and evaluates into finetune/<spec.path>/ and metrics/<spec.path>.json; the second
+    only reads that metrics file (flattened: counts dropped, read-outs as key[readout])."""
+    from endofm.tasks import runs
+
+    spec = RunSpec("polypdiag", "scratch", "none", "clean", "frozen", 1)
+    calls = []
+
+    def fake_finetune(spec_, task, manifest, raw, run_dir, *rest):
+        calls.append(("finetune", run_dir))
+
+    def fake_evaluate(run_dir, manifest, raw, metrics_path, synthetic):
+        calls.append(("evaluate", metrics_path, synthetic))
+        metrics_path.parent.mkdir(parents=True)
+        record = {"metrics": {"f1": 0.5, "n": 10}, "readouts": {"knn": {"auroc": 0.75}}}
+        metrics_path.write_text(json.dumps(record))
+
+    monkeypatch.setattr(runs, "finetune_benchmark", fake_finetune)
+    monkeypatch.setattr(runs, "evaluate_run", fake_evaluate)
+    for _ in range(2):
+        flat = runs.run_or_reuse(spec, None, "m.csv", "raw", tmp_path, None, synthetic=False)
+        assert flat == {"f1": 0.5, "auroc[knn]": 0.75}
+    assert calls == [
+        ("finetune", tmp_path / "finetune" / spec.path),
+        ("evaluate", tmp_path / "metrics" / f"{spec.path}.json", False),
+    ]

@@ -9,6 +9,7 @@ a checkpoint) and runs the benchmark's task (full fine-tuning or the frozen-back
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -99,3 +100,29 @@ def finetune_benchmark(
         return frozen_fn(task_config, splits, raw_dir, spec, model, out_dir, settings)
     task = _task_part(spec.benchmark, "task")(task_config, splits, raw_dir, spec.seed)
     return run_finetune(task, task_config.train, spec, model, out_dir, settings)
+
+
+def run_or_reuse(
+    spec: RunSpec,
+    task_config: Any,
+    manifest: str | Path,
+    raw_dir: str | Path,
+    out_root: str | Path,
+    backbone: BackboneConfig,
+    checkpoint: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    synthetic: bool = True,
+) -> dict[str, float]:
+    """``spec`` fine-tuned and evaluated under ``out_root`` as the workflow names its outputs
+    (``finetune/<spec.path>/``, ``metrics/<spec.path>.json``), unless that metrics file exists (then
+    nothing runs); returns the metrics by name (:func:`~endofm.report.collect.flat_metrics`). For scripts
+    that sweep runs outside the workflow (``benchmarks/``)."""
+    from endofm.report.collect import flat_metrics  # here: the report package is not a fine-tuning job's import
+
+    out_root = Path(out_root)
+    metrics_path = out_root / "metrics" / f"{spec.path}.json"
+    if not metrics_path.is_file():
+        run_dir = out_root / "finetune" / spec.path
+        finetune_benchmark(spec, task_config, manifest, raw_dir, run_dir, backbone, checkpoint, options)
+        evaluate_run(run_dir, manifest, raw_dir, metrics_path, synthetic=synthetic)
+    return flat_metrics(json.loads(metrics_path.read_text()))
