@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -252,6 +255,30 @@ def test_write_video_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="no frames to write"):
         write_video(tmp_path / "none.mp4", [])
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+_ENCODE_FOUR_VIDEOS = """
+import sys
+from endofm.data.synthetic import SynthConfig, plan_videos
+from endofm.data.video import write_video
+cfg = SynthConfig(polypdiag_videos={"train": 2, "val": 2})
+for i, plan in enumerate(plan_videos("polypdiag", cfg)):
+    write_video(f"{sys.argv[1]}/{i}.mp4", plan.render(cfg).frames, crf=18)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MALLOC_PERTURB_ is glibc's")
+def test_written_stream_does_not_depend_on_heap_contents(tmp_path):
+    """x264's mbtree read heap memory it never wrote: with it on, videos 2 and 3 of this set came out
+    differently under two MALLOC_PERTURB_ fill bytes (i.e. in two processes with different heaps)."""
+    streams = []
+    for fill in ("77", "165"):
+        out = tmp_path / fill
+        out.mkdir()
+        env = {**os.environ, "MALLOC_PERTURB_": fill}
+        subprocess.run([sys.executable, "-c", _ENCODE_FOUR_VIDEOS, str(out)], env=env, check=True)
+        streams.append([(out / f"{i}.mp4").read_bytes() for i in range(4)])
+    assert streams[0] == streams[1]
 
 
 def test_auto_falls_back_to_pyav_where_decord_fails(tmp_path):

@@ -479,10 +479,10 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 30, *
     Odd sizes are not allowed by yuv420p: frames must have even height and width. A keyframe is
     written every :data:`GOP` frames so readers can seek.
 
-    x264 (libx264 through PyAV) does not always encode the same frames into the same stream: 6 of 8
-    synthetic videos came out differently in separate processes, also with x264 on one thread, explicit
-    timestamps, ``force-cfr`` or YUV input made without swscale, and decoded up to 37/255 apart. ``crf`` 0
-    is lossless (yuv420p): the same frames always decode to the same pixels.
+    x264's macroblock-tree rate control is off (``mbtree=0``): with it, x264 reads heap memory it never
+    wrote, so the same frames encoded in two processes came out differently (6 of 8 synthetic videos,
+    decoded up to 37/255 apart) and followed glibc's ``MALLOC_PERTURB_``. Without it the stream is the
+    same in every process. ``crf`` 0 is lossless (yuv420p).
     """
     import av
 
@@ -503,7 +503,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 30, *
                     stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
                     stream.gop_size = GOP
                     if codec == "libx264":
-                        stream.options = {"crf": str(crf), "preset": "veryfast"}
+                        stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"}
                     else:
                         stream.bit_rate = 4_000_000
                 elif frame.shape[:2] != (stream.height, stream.width):
