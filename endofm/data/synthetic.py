@@ -75,7 +75,7 @@ class SynthConfig:
     distractor_rate: float = 1.0  # scales the expected number of polyp-like distractors per video
     motion_blur_probability: float = 0.3  # chance that a video has a fast, blurred camera jerk
     min_visible_light: float = 0.15  # polyp pixels darker than this (deep in the lumen) are not labelled
-    crf: int = 18  # H.264 constant rate factor of the benchmark videos; 0 = lossless, the only run-to-run exact one
+    crf: int = 18  # H.264 constant rate factor of the benchmark videos; 0 = lossless
     pretrain_crf: int = 18  # the same for the pretraining sources' videos
 
     def __post_init__(self) -> None:
