@@ -149,7 +149,8 @@ def test_finetuning_fits_the_training_clips(tiny_benchmarks, tmp_path, one_torch
     bench = tiny_benchmarks["polypdiag"]
     paper = protocol_splits("polypdiag", read_manifest(bench.manifest), "paper")
     on_train = ProtocolSplits("polypdiag", "paper", paper.train, paper.train, paper.train)
-    cfg = tiny_config(epochs=40, batch_size=4, optim=OptimConfig(name="adamw", lr=2e-3))
+    # 80 epochs: at 40 one torch seed of four kept the loss at ln 2 throughout (all four learn at 80)
+    cfg = tiny_config(epochs=80, batch_size=4, optim=OptimConfig(name="adamw", lr=2e-3))
     cfg.train_short_side, cfg.hflip = [32, 32], 0.0  # fitting, not generalising
     torch.manual_seed(0)
     task = ClassifyTask(cfg, on_train, bench.raw)
