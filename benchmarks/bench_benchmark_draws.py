@@ -21,7 +21,6 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -29,8 +28,7 @@ from endofm.config import ConfigError
 from endofm.data.benchmarks import build_manifest
 from endofm.data.synthetic import synthesize
 from endofm.engine import set_cpu_threads
-from endofm.metrics import mean_std
-from endofm.report.tables import fmt_cell
+from endofm.report.tables import fmt_seeds
 from endofm.settings import load_workflow_config, run_backbone, run_backbone_options
 from endofm.tasks.finetune import RunSpec
 from endofm.tasks.runs import run_or_reuse
@@ -45,10 +43,6 @@ READOUTS = {
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _cell(values: list[float]) -> str:
-    return fmt_cell(SimpleNamespace(**mean_std(values))) if values else "–"
 
 
 def main() -> int:
@@ -112,7 +106,7 @@ def main() -> int:
     print(" | ".join(["draw", "method", *titles]))
     for draw in draws:
         for method, *_ in arms:
-            print(" | ".join([str(draw), method, *(_cell(table[draw, method][t]) for t in titles)]))
+            print(" | ".join([str(draw), method, *(fmt_seeds(table[draw, method][t]) for t in titles)]))
     print("\ngap = " + args.method + " − scratch: per draw (mean over seeds); across draws; 2 × pooled seed std")
     for title in titles:
         gaps, stds = [], []

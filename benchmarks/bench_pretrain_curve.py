@@ -21,13 +21,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from endofm.config import ConfigError
 from endofm.engine import set_cpu_threads
-from endofm.metrics import mean_std
 from endofm.pretraining.train import RUN_NAME, pretrain, snapshot_path
-from endofm.report.tables import fmt_cell
+from endofm.report.tables import fmt_seeds
 from endofm.settings import load_workflow_config, run_backbone_options
 from endofm.tasks.finetune import RunSpec
 from endofm.tasks.runs import run_or_reuse
@@ -83,8 +81,10 @@ def main() -> int:
     print(f"pretraining: {record['steps']} steps, {time.perf_counter() - started:.0f} s (reused when done before)")
 
     options = run_backbone_options(cfg, args.method)
+    synthetic = data.origin == "synthetic"
     rows = []
     for fraction in fractions:
+        checkpoint = snapshot_path(run_dir, fraction)
         values: dict[str, list[float]] = {}
         wall = 0.0
         for bench in benches:
@@ -94,8 +94,6 @@ def main() -> int:
             for seed in seeds:
                 spec = RunSpec(bench, args.method, args.variant, protocol, "frozen", seed, pretrain_fraction=fraction)
                 t0 = time.perf_counter()
-                checkpoint = snapshot_path(run_dir, fraction)
-                synthetic = data.origin == "synthetic"
                 flat = run_or_reuse(
                     spec, task, manifest, raw, args.out, settings.backbone, checkpoint, options, synthetic
                 )
@@ -110,7 +108,7 @@ def main() -> int:
     print(f"\n{args.method}/{args.variant}, {protocol} protocol, frozen; seeds {args.seeds}; mean ± std (×100)")
     print(" | ".join(["steps", "fraction", *titles, "wall s"]))
     for step, fraction, values, wall in rows:
-        cells = [fmt_cell(SimpleNamespace(**mean_std(values[t]))) if values.get(t) else "–" for t in titles]
+        cells = [fmt_seeds(values.get(t, [])) for t in titles]
         print(" | ".join([str(step), f"{fraction:g}", *cells, f"{wall:.0f}"]))
     return 0
 

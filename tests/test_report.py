@@ -12,7 +12,7 @@ from endofm.cli import main
 from endofm.report import ReportConfig, ReportError, ReportInputs, build_ablation_table, build_report
 from endofm.report.collect import read_metrics_file
 from endofm.report.stats import compare, paired_t_test, sign_flip_test
-from endofm.report.tables import HEADLINE
+from endofm.report.tables import DASH, HEADLINE, fmt_seeds
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 PAPER = ROOT / "config/paper_results.yaml"
@@ -96,6 +96,13 @@ def test_table1_cells_are_mean_and_std_of_their_files(fabricated):
         assert cell_of(md, "paper protocol, full fine-tuning", "Endo-FM", "paper (real data)†") in {
             "90.7 ± 0.4", "73.9 ± 1.2", "84.1 ± 1.3",
         }  # fmt: skip
+
+
+def test_fmt_seeds_formats_raw_seed_values_as_report_cells():
+    # mean 0.6, sample std sqrt(2 * 0.1**2 / 1) = 0.1414
+    assert fmt_seeds([0.5, 0.7]) == "60.0 ± 14.1 (n=2)"
+    assert fmt_seeds([0.25]) == "25.0 (n=1)"
+    assert fmt_seeds([]) == DASH
 
 
 def test_tables_csv_has_one_row_per_cell_and_metric(fabricated):

@@ -13,10 +13,12 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import pandas as pd
 
+from endofm.metrics import mean_std
 from endofm.report.collect import AXES, READOUT_KEYS
 from endofm.report.stats import TESTS, compare
 
@@ -149,6 +151,11 @@ def fmt_cell(row: Any | None, scale: float = 100.0, digits: int = 1) -> str:
     if bool(getattr(row, "significant", False)):
         text += " *"
     return text
+
+
+def fmt_seeds(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """:func:`fmt_cell` of raw per-seed values (mean, sample std, n); a dash when there are none."""
+    return fmt_cell(SimpleNamespace(**mean_std(values)), scale, digits) if len(values) else DASH
 
 
 class Cells:
