@@ -1,11 +1,14 @@
 # endofm workflow: data -> pretrain -> finetune -> evaluate -> report.
-# Default config: the built-in synthetic corpus, on CPU, in minutes. Real data: --configfile config/paper.yaml
+# Default config: the built-in synthetic corpus, on CPU, in minutes. Real data: --configfile=config/paper.yaml
 from snakemake.utils import min_version
 
 min_version("9.19")
 
+# config/config.yaml only when the command line names no config: a --configfile stands alone (keys it leaves
+# out take the dataclass defaults, as `endofm --config` reads it), never merged over the demo's values.
+if not workflow.overwrite_configfiles:
 
-configfile: "config/config.yaml"
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"
@@ -52,6 +55,14 @@ rule evaluate:
     input:
         metrics_outputs(),
     localrule: True
+
+
+rule show_config:
+    # `snakemake show_config [--configfile=F]`: the resolved settings, each with the file and line (or
+    # default) it came from; the same as `endofm config show [--config F]`.
+    localrule: True
+    run:
+        print(resolved_config_yaml(), end="")
 
 
 rule main_table:

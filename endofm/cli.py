@@ -50,6 +50,11 @@ def _workflow_config(path: Path | None):
     return load_workflow_config(path)
 
 
+def _config_flag(args: argparse.Namespace, flag: str = "--config ") -> str:
+    """`` --config FILE`` (or another spelling of it) when the command was given one, for hints to repeat."""
+    return f" {flag}{args.config}" if args.config is not None else ""
+
+
 def _override(obj, **values):
     """A copy of config dataclass ``obj`` with the given non-None values, type-checked."""
     data = to_dict(obj)
@@ -191,12 +196,16 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         options = run_backbone_options(cfg, method)
         if checkpoint is not None:
             pretrained = method in METHODS and METHODS[method].pretrained
-            hint = f"run `snakemake pretrain` ({method}, variant {variant}) first" if pretrained else "check the path"
+            hint = (
+                f"run `snakemake pretrain{_config_flag(args, '--configfile=')}` ({method}, variant {variant}) first"
+                if pretrained
+                else "check the path"
+            )
             _need(Path(checkpoint), f"backbone of method {method}", hint)
     manifest = _need(
         Path(cfg.data.benchmarks_dir) / bench / "manifest.csv",
         f"{bench} index",
-        f"run `endofm index {bench}` (or `snakemake data`) first",
+        f"run `endofm index {bench}{_config_flag(args)}` (or `snakemake data{_config_flag(args, '--configfile=')}`) first",
     )
     spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed, args.label_fraction)
     out = args.out or Path("results/finetune") / spec.path
@@ -211,19 +220,22 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from endofm.tasks.evaluation import evaluate_run, read_run
+    from endofm.tasks.runs import metrics_path
 
     cfg = _workflow_config(args.config)
-    bench = read_run(args.run_dir)["benchmark"]
+    run = read_run(args.run_dir)
+    bench = run["benchmark"]
     manifest = _need(
         Path(cfg.data.benchmarks_dir) / bench / "manifest.csv",
         f"{bench} index",
-        f"run `endofm index {bench}` (or `snakemake data`) first",
+        f"run `endofm index {bench}{_config_flag(args)}` (or `snakemake data{_config_flag(args, '--configfile=')}`) first",
     )
-    out = args.out or args.run_dir / "metrics.json"
+    out = args.out or metrics_path(run)
     record = evaluate_run(
         args.run_dir, manifest, Path(cfg.data.raw_dir) / bench, out, synthetic=cfg.data.origin == "synthetic"
     )
     print(json.dumps(record["metrics"], indent=1))
+    print(f"-> {out}", file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -245,6 +257,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         settings_hash=config_hash(to_dict(cfg)), parts=("tables",) if args.tables_only else ("tables", "html"),
     )  # fmt: skip
     print("\n".join(str(p) for p in written))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    from endofm.config import annotated_yaml
+
+    cfg = _workflow_config(args.config)
+    files = [args.config] if args.config is not None else [DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []
+    print(annotated_yaml(to_dict(cfg), files), end="")
 
 
 def cmd_sources(args: argparse.Namespace) -> None:
@@ -305,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("sources", cmd_sources, "List the known pretraining sources and benchmarks with access and licence.")
+
+    p = add(
+        "config",
+        cmd_config,
+        "Print the resolved settings of a workflow config: every key, the dataclass defaults of keys the file "
+        "leaves out included, each with the file and line it came from (the same as `snakemake show_config "
+        "--configfile=F`).",
+    )
+    p.add_argument("action", choices=["show"], help="show: print the resolved settings as YAML")
 
     p = add(
         "pretrain",
@@ -398,7 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", cmd_evaluate, "Metrics of a fine-tuning run's test predictions (JSON).")
     p.add_argument("run_dir", type=Path, help="a folder written by `endofm finetune` (holds run.json)")
-    p.add_argument("--out", type=Path, help="metrics JSON (default: <run_dir>/metrics.json)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="metrics JSON (default: results/metrics/<run path>.json, where the workflow's evaluation writes it "
+        "and `endofm report` reads it)",
+    )
 
     p = add(
         "report", cmd_report, "Tables, figures and the HTML report from the metrics files of the experiment matrix."

@@ -186,25 +186,69 @@ def check_schema(data: Any, schema: str | Path, source: str = "config") -> None:
     raise ConfigError(f"{where}: {message}", key=where)
 
 
+def _key_lines(path: Path) -> dict[tuple[str, ...], int]:
+    """The line of every mapping key in YAML file ``path``, by its key path; {} for an unreadable file."""
+    try:
+        root: Any = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                lines[(*prefix, str(k.value))] = k.start_mark.line + 1
+                walk(v, (*prefix, str(k.value)))
+
+    walk(root, ())
+    return lines
+
+
 def config_file_of(key: str | None, files: list[str | Path]) -> str:
     """``file:line`` of dotted ``key`` (its first part, ``config``, is the root) in the last of the merged
     config ``files`` (later ones override) that sets it, else all the files."""
-    parts = (key or "").split(".")[1:]
+    parts = tuple((key or "").split(".")[1:])
     for path in reversed([Path(f) for f in files]):
-        try:
-            node: Any = yaml.compose(path.read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        line = None
-        for part in parts:
-            if not isinstance(node, yaml.MappingNode):
-                line = None
-                break
-            match = [(k, v) for k, v in node.value if k.value == part]
-            if not match:
-                line = None
-                break
-            line, node = match[0][0].start_mark.line + 1, match[0][1]
+        line = _key_lines(path).get(parts) if parts else None
         if line is not None:
             return f"{path}:{line}"
     return ", ".join(map(str, files)) or "config"
+
+
+def _leaves(data: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Every non-mapping value (and empty mapping) of nested ``data`` by its key path."""
+    if isinstance(data, dict) and data:
+        out: dict[tuple[str, ...], Any] = {}
+        for k, v in data.items():
+            out.update(_leaves(v, (*prefix, str(k))))
+        return out
+    return {prefix: data}
+
+
+def annotated_yaml(resolved: dict[str, Any], files: list[str | Path], overrides: dict[str, Any] | None = None) -> str:
+    """``resolved`` settings as YAML with, after each value, where it came from: ``file:line`` of the last of
+    the merged config ``files`` that sets it, ``command line`` for ``overrides`` (Snakemake's ``--config``),
+    else ``default`` (the dataclass default)."""
+    set_by: dict[tuple[str, ...], str] = {}
+    for path in map(Path, files):
+        lines = _key_lines(path)
+        for keys in _leaves(load_yaml(path)):
+            if keys in lines:
+                set_by[keys] = f"{path}:{lines[keys]}"
+    set_by.update(dict.fromkeys(_leaves(overrides or {}), "command line"))
+    out: list[str] = []
+
+    def write(node: dict[str, Any], prefix: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            keys, indent = (*prefix, str(key)), "  " * len(prefix)
+            if isinstance(value, dict) and value:
+                out.append(f"{indent}{key}:")
+                write(value, keys)
+                continue
+            # a value set with its parent mapping (e.g. a variant overlay) takes the parent's line
+            source = next((set_by[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in set_by), "default")
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+            out.append(f"{indent}{key}: {text}  # {source}")
+
+    write(resolved, ())
+    return "\n".join(out) + "\n"

@@ -1,11 +1,13 @@
 # Config validation, the experiment matrix, and the path helpers every stage uses.
+import os
+import re
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from endofm.config import ConfigError, check_schema, config_file_of, to_dict
-from endofm.data.sources import SOURCES, missing_data_message
+from endofm.config import ConfigError, annotated_yaml, check_schema, config_file_of, to_dict
+from endofm.data.sources import SOURCES, missing_data_message, missing_weights_message
 from endofm.methods import METHODS
 from endofm.report.collect import config_hash
 from endofm.settings import (
@@ -85,13 +87,39 @@ def download_targets():
 
 
 def raw_folder(name):
-    """The raw folder of a source or benchmark. Real data must already be there (downloaded by its
-    explicit `download_<name>` target or placed by hand): otherwise stop before any job runs, saying
-    where to get it and where to put it."""
-    path = f"{RAW}/{name}"
-    if not SYNTHETIC and not Path(path).exists():
-        raise WorkflowError(missing_data_message(name, Path(path)))
-    return path
+    """The raw folder of a source or benchmark, a job input. Real data is downloaded by its explicit
+    `download_<name>` target or placed by hand; while it is missing, rule `missing_raw` (rules/data.smk)
+    stands in for it: the jobs that need it fail saying where to get it, and everything else plans and runs."""
+    return f"{RAW}/{name}"
+
+
+def external_weights():
+    """Weight files the config names and no rule makes (outside results/): every pretraining variant's init
+    checkpoint, a method's weights file (pretrain.<method>.checkpoint) and the finetune.checkpoints files."""
+    settings = [CFG.pretrain_variant(v) for v in CFG.pretrain_overlays()]
+    settings += [CFG.method_settings(m, v) for m, v in PRETRAIN_RUNS if m != "endofm"]
+    files = {getattr(s, "init", "random") for s in settings} - {"random"}
+    files |= {CFG.pretrain.external_checkpoint(m) for m in CFG.finetune.methods if m in METHODS} - {None}
+    files |= {c.path for c in CFG.finetune.checkpoints.values()}
+    return sorted(f for f in files if not Path(f).is_relative_to("results"))
+
+
+def fail_with(text, log):
+    """End a job that stands in for missing data: ``text`` to its log and, once, to the terminal."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    Path(log).write_text(text + "\n")
+    raise WorkflowError(text)
+
+
+def config_args():
+    """The command-line config files of this run as a `snakemake` option (for hints), or ""."""
+    return " ".join(f"--configfile={os.path.relpath(f)}" for f in workflow.overwrite_configfiles)
+
+
+def resolved_config_yaml():
+    """The resolved settings, each with the file and line (or default) it came from (`show_config`)."""
+    files = [os.path.relpath(f) for f in workflow.configfiles]
+    return annotated_yaml(to_dict(CFG), files, workflow.config_settings.config)
 
 
 def clip_source_input(wildcards):

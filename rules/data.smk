@@ -39,6 +39,29 @@ else:
             script:
                 "../workflow_scripts/download.py"
 
+        # an open source's download runs only as its explicit target, never for another job's input
+        workflow.ruleorder("missing_raw", f"download_{_name}")
+
+    rule missing_raw:
+        # A raw folder that is not there: the job fails saying where to get the data and where to put it.
+        output:
+            directory(f"{RAW}/{{name}}"),
+        log:
+            f"{LOGS}/missing_raw/{{name}}.log",
+        wildcard_constraints:
+            name="|".join(PRETRAIN_SOURCES + BENCHMARKS),
+        localrule: True
+        conda:
+            "../envs/endofm.yaml"
+        params:
+            text=lambda wildcards, output: missing_data_message(
+                wildcards.name, Path(output[0]), snakemake_args=config_args()
+            ),
+        message:
+            "{wildcards.name}: raw data missing ({output})"
+        run:
+            fail_with(params.text, log[0])
+
 
 rule extract_clips:
     input:
@@ -79,3 +102,23 @@ for _bench in BENCHMARKS:
             benchmark=_bench,
         script:
             "../workflow_scripts/index_benchmark.py"
+
+
+# A weights file the config names (a pretraining init, finetune.checkpoints, ...) that is not there: the jobs
+# that start from it fail, saying where to get it.
+rule missing_weights:
+    output:
+        "{weights}",
+    log:
+        f"{LOGS}/missing_weights/{{weights}}.log",
+    wildcard_constraints:
+        weights="|".join(map(re.escape, external_weights())) or "(?!)",
+    localrule: True
+    conda:
+        "../envs/endofm.yaml"
+    params:
+        text=lambda wildcards, output: missing_weights_message(output[0], snakemake_args=config_args()),
+    message:
+        "{output}: weights file missing"
+    run:
+        fail_with(params.text, log[0])

@@ -102,3 +102,13 @@ print(json.dumps(sorted(m for m in ("torch", "torchvision", "sklearn", "timm") i
     assert metrics["polypdiag"]["f1"] == 1.0 and metrics["polypdiag"]["n"] == 4
     assert metrics["cvc12k"]["dice"] == 1.0 and metrics["cvc12k"]["frame_iou"] == 1.0
     assert metrics["kumc"]["f1_paper"] == 1.0 and metrics["kumc"]["f1_iou"] == 1.0 and metrics["kumc"]["AP50"] == 1.0
+
+
+def test_evaluate_by_hand_writes_where_the_report_reads():
+    """`endofm evaluate RUN_DIR`'s default output is the workflow's metrics path, which the report reads."""
+    from endofm.tasks.runs import metrics_path
+
+    run = {"benchmark": "kumc", "method": "scratch", "variant": "none", "protocol": "clean", "mode": "frozen", "seed": 0}
+    assert metrics_path(run) == Path("results/metrics/kumc/scratch/none/clean/frozen/seed0.json")
+    run |= {"label_fraction": 0.25, "pretrain_fraction": 0.5}
+    assert metrics_path(run) == Path("results/metrics/kumc/scratch/none/clean/frozen/seed0-pt50-labels25.json")

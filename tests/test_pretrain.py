@@ -234,12 +234,12 @@ def test_paper_config_without_the_svt_checkpoint_fails_at_start(clips, tmp_path,
     from endofm.settings import load_workflow_config
 
     paper = load_workflow_config(yaml.safe_load((REPO / "config/paper.yaml").read_text())).pretrain.variant("default")
-    assert paper.init == "resources/weights/kinetics400_vitb_ssl.pth" == train.SVT_CHECKPOINT
-    monkeypatch.chdir(tmp_path)  # no resources/weights here
+    assert paper.init == "resources/raw/svt_k400/kinetics400_vitb_ssl.pth" == train.SVT_CHECKPOINT
+    monkeypatch.chdir(tmp_path)  # no resources/raw here
     with pytest.raises(ConfigError) as info:
         pretrain(paper, [clips], tmp_path / "run")
     message = str(info.value)
-    assert "\n" not in message and message.startswith("pretrain init: resources/weights/kinetics400_vitb_ssl.pth")
+    assert "\n" not in message and message.startswith("pretrain init: resources/raw/svt_k400/kinetics400_vitb_ssl.pth")
     assert "https://github.com/kahnchana/svt/releases/download/v1.0/kinetics400_vitb_ssl.pth" in message
     assert "init: random" in message
     assert not (tmp_path / "run").exists()  # failed before writing anything

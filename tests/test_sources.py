@@ -22,12 +22,12 @@ TABLE_3_1 = {
 #: docs/original.md section 4 (videos, frames) for the benchmarks.
 BENCHMARKS = {"polypdiag": (253, 485_561), "cvc12k": (29, 612), "kumc": (53, 19_832)}
 SYNTHETIC = {"synthetic_colonoscopy": "videos", "synthetic_gastroscopy": "videos", "synthetic_laparoscopy": "frames"}
-WEIGHTS = {"clip_vitb16"}
+WEIGHTS = {"clip_vitb16", "svt_k400", "endo_fm"}
 
 
 def test_registry_names_are_snake_case_unique_and_keyed() -> None:
     names = [s.name for s in S.SOURCES.values()]
-    assert len(names) == len(set(names)) == 13
+    assert len(names) == len(set(names)) == 15
     assert all(re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", n) for n in names)
     assert all(key == s.name for key, s in S.SOURCES.items())
     assert set(names) == set(TABLE_3_1) | set(BENCHMARKS) | set(SYNTHETIC) | WEIGHTS
@@ -143,7 +143,11 @@ def test_missing_data_message_is_actionable(tmp_path: Path) -> None:
     assert f"Expected folder: {raw}" in msg
     assert f"{raw}/**/<video>/{frame_name(0)}" in msg  # the layout with the real folder filled in
     assert S.RAW_DIR not in msg
-    assert f"Then rerun: snakemake --cores all {raw}" in msg
+    assert "Then rerun: snakemake data --cores all\n" in msg + "\n"
+    cvc = S.missing_data_message("cvc12k", raw, snakemake_args="--configfile=config/paper.yaml")
+    assert cvc.endswith("Then rerun: snakemake data --cores all --configfile=config/paper.yaml")
+    open_source = S.missing_data_message("hyper_kvasir", raw, snakemake_args="--configfile=c.yaml")
+    assert "Then rerun: snakemake download_hyper_kvasir --cores all --configfile=c.yaml, then your target" in open_source
     assert "Then rerun: endofm x" in S.missing_data_message("cholect45", raw, command="endofm x")
     rel = S.missing_data_message("cvc12k", Path("resources/raw/cvc12k"))
     assert "resources/raw/cvc12k/CVC-ClinicDB/Original/1.tif" in rel

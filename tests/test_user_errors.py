@@ -327,12 +327,13 @@ def test_missing_inputs_say_what_to_run_first(tmp_path, capsys, monkeypatch):
     line = fails(["finetune", "polypdiag", "--config", str(config), "--method", "endofm"], capsys)
     assert line.endswith(
         "results/pretrain/endofm/default/backbone.pt: backbone of method endofm not found; "
-        "run `snakemake pretrain` (endofm, variant default) first"
+        f"run `snakemake pretrain --configfile={config}` (endofm, variant default) first"
     )
     line = fails(["finetune", "polypdiag", "--config", str(config), "--method", "scratch"], capsys)
     manifest = tmp_path / "benchmarks/polypdiag/manifest.csv"
     assert line.endswith(
-        f"{manifest}: polypdiag index not found; run `endofm index polypdiag` (or `snakemake data`) first"
+        f"{manifest}: polypdiag index not found; run `endofm index polypdiag --config {config}` "
+        f"(or `snakemake data --configfile={config}`) first"
     )
     run = tmp_path / "run"
     run.mkdir()

@@ -367,6 +367,9 @@ _BENCHMARKS = (
 #: timm/vit_base_patch16_clip_224.openai on the Hugging Face Hub, pinned to one revision.
 CLIP_VITB16_REVISION = "977e3dd0ec55ab8da155f2fbeb6b5f54948b6e3d"
 CLIP_VITB16_FILE = "open_clip_model.safetensors"
+SVT_K400_FILE = "kinetics400_vitb_ssl.pth"
+ENDO_FM_FILE = "endo_fm.pth"
+ENDO_FM_DRIVE_ID = "1H7B91Ewm4QkZRsnUk1Bn0IQch5P8C7Xl"
 
 _WEIGHTS = (
     Source(
@@ -405,6 +408,44 @@ _WEIGHTS = (
             "Hub's own LFS page was not read from here, so a mismatch fails the download rather than being "
             "accepted."
         ),
+    ),
+    Source(
+        name="svt_k400",
+        title="SVT's self-supervised Kinetics-400 TimeSformer ViT-B/16 (kinetics400_vitb_ssl.pth)",
+        kind="weights",
+        modality="Kinetics-400 videos (SVT self-supervised pretraining)",
+        homepage="https://github.com/kahnchana/svt",
+        licence="as the kahnchana/svt repository [unverified]",
+        access="open",
+        layout="weights",
+        raw_layout=(
+            f"{RAW_DIR}/{SVT_K400_FILE}: a flat {{backbone.*, head.*}} state dict (DINO head of 65,536 outputs), "
+            "Endo-FM's starting point (pretrain.settings.init)."
+        ),
+        downloads=(
+            Download(
+                url=f"https://github.com/kahnchana/svt/releases/download/v1.0/{SVT_K400_FILE}",
+                filename=SVT_K400_FILE,
+                unpack=False,
+            ),
+        ),
+        notes="The original Endo-FM pretraining continues from these weights. No checksum is published.",
+    ),
+    Source(
+        name="endo_fm",
+        title="Endo-FM's released pretrained weights (endo_fm.pth)",
+        kind="weights",
+        modality="the paper's 33k endoscopy clips (Endo-FM pretraining)",
+        homepage="https://github.com/med-air/Endo-FM",
+        licence="as the med-air/Endo-FM repository [unverified]",
+        access="open",
+        layout="weights",
+        raw_layout=f"{RAW_DIR}/{ENDO_FM_FILE}: the official pretraining checkpoint (its teacher is the backbone).",
+        instructions=(
+            f"Download {ENDO_FM_FILE} from the Google Drive file the med-air/Endo-FM README links "
+            f"(https://drive.google.com/file/d/{ENDO_FM_DRIVE_ID}) and save it as {RAW_DIR}/{ENDO_FM_FILE}."
+        ),
+        notes="Hosted on Google Drive (no direct download URL), so it is placed by hand.",
     ),
 )
 
@@ -529,17 +570,21 @@ def _fill(text: str, raw_dir: Path | str) -> str:
     return text.replace(RAW_DIR, str(raw_dir))
 
 
-def missing_data_message(source: Source | str, raw_dir: Path, command: str | None = None) -> str:
+def missing_data_message(
+    source: Source | str, raw_dir: Path, command: str | None = None, snakemake_args: str = ""
+) -> str:
     """What to tell a user whose ``raw_dir`` lacks a source: where to get it and exactly where to put it.
 
-    ``command`` is the command to rerun afterwards; by default the Snakemake target for ``raw_dir``.
+    ``command`` is the command to rerun afterwards; by default the workflow's ``data`` target (after the
+    source's ``download_<name>`` target for an open source), with ``snakemake_args`` (e.g. the config file).
     """
     source = _resolve(source)
     raw_dir = Path(raw_dir)
     where = str(raw_dir) if raw_dir.is_absolute() else f"{raw_dir} (that is, {raw_dir.absolute()})"
-    rerun = command or f"snakemake --cores all {raw_dir}"
+    args = f" {snakemake_args}" if snakemake_args else ""
+    rerun = command or f"snakemake data --cores all{args}"
     if command is None and source.downloads:
-        rerun = f"snakemake --cores all download_{source.name} (with the same --configfile), then your target again"
+        rerun = f"snakemake download_{source.name} --cores all{args}, then your target again"
     if source.access == "builtin":
         how = f"It is generated, not downloaded: {source.instructions}"
     else:
@@ -556,6 +601,30 @@ def missing_data_message(source: Source | str, raw_dir: Path, command: str | Non
         f"Expected layout: {_fill(source.raw_layout, raw_dir)}",
         f"Then rerun: {rerun}",
     ]
+    return "\n".join(lines)
+
+
+def missing_weights_message(path: Path | str, snakemake_args: str = "") -> str:
+    """What to tell a user whose config names a weights file that is not there: for a file of the registry
+    (SVT's, Endo-FM's, CLIP's) where to get it, with the workflow's download target where there is one."""
+    path = Path(path)
+    known = {d.filename: s for s in SOURCES.values() if s.kind == "weights" for d in s.downloads}
+    known[ENDO_FM_FILE] = SOURCES["endo_fm"]
+    source = known.get(path.name)
+    args = f" {snakemake_args}" if snakemake_args else ""
+    lines = [f"Weights file {path} (that is, {path.absolute()}) does not exist."]
+    if source is None:
+        lines.append("The config names it (a pretraining init, a method's checkpoint or finetune.checkpoints): "
+                     "put the file there or change that setting.")  # fmt: skip
+    else:
+        lines.append(f"It is {source.title}; homepage: {source.homepage}")
+        if source.downloads and path.parent.name == source.name:
+            lines.append(f"Fetch it with: snakemake download_{source.name} --cores 1{args}")
+        elif source.downloads:
+            lines.append(f"Download {source.downloads[0].url} to {path}.")
+        else:
+            lines.append(source.instructions.replace(f"{RAW_DIR}/{path.name}", str(path)))
+    lines.append("Then rerun your target.")
     return "\n".join(lines)
 
 

@@ -71,6 +71,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from endofm.config import ConfigError, from_dict, load_yaml, to_dict
+from endofm.data.sources import SOURCES, SVT_K400_FILE
 from endofm.engine import (
     CHECKPOINT_NAME,
     DistInfo,
@@ -137,9 +138,9 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 #: The original's starting point, SVT's Kinetics-400 self-supervised ViT-B (docs/original.md §2.4, §3.6): where
-#: the default ``init`` expects it, and where to download it.
-SVT_CHECKPOINT = "resources/weights/kinetics400_vitb_ssl.pth"
-SVT_URL = "https://github.com/kahnchana/svt/releases/download/v1.0/kinetics400_vitb_ssl.pth"
+#: the default ``init`` expects it (the folder the workflow's ``download_svt_k400`` target fills), and its URL.
+SVT_CHECKPOINT = f"resources/raw/svt_k400/{SVT_K400_FILE}"
+SVT_URL = SOURCES["svt_k400"].downloads[0].url
 
 
 @dataclass
@@ -356,8 +357,8 @@ def init_checkpoint(cfg: PretrainConfig) -> Path | None:
     if not path.is_file():
         raise ConfigError(
             f"pretrain init: {path} not found; the original starts from SVT's Kinetics-400 self-supervised "
-            f"checkpoint: download {SVT_URL} to {path} (or set init to where it is), or set init: random to "
-            "start from random weights"
+            f"checkpoint: download {SVT_URL} to {path} (the workflow's download_svt_k400 target does, into "
+            "resources/raw/svt_k400/) or set init to where it is, or set init: random to start from random weights"
         )
     return path
 

@@ -126,3 +126,15 @@ def run_or_reuse(
         finetune_benchmark(spec, task_config, manifest, raw_dir, run_dir, backbone, checkpoint, options)
         evaluate_run(run_dir, manifest, raw_dir, metrics_path, synthetic=synthetic)
     return flat_metrics(json.loads(metrics_path.read_text()))
+
+
+def metrics_path(run: Mapping[str, Any], root: str | Path = "results/metrics") -> Path:
+    """Where the workflow (and so the report) keeps the metrics of run record ``run``: ``<root>/<run path>.json``
+    (:attr:`~endofm.tasks.finetune.RunSpec.path`)."""
+    fields = ("benchmark", "method", "variant", "protocol", "mode", "seed")
+    spec = RunSpec(
+        *(run[k] for k in fields),
+        label_fraction=run.get("label_fraction", 1.0),
+        pretrain_fraction=run.get("pretrain_fraction", 1.0),
+    )
+    return Path(root) / f"{spec.path}.json"

@@ -1,0 +1,205 @@
+"""The path a real user takes: every README command as written, each shipped config on its own, real data
+arriving one source at a time. Commands run in a checkout-like folder whose `resources/raw/` holds
+stand-ins for the real datasets in their official layouts (a few empty files each)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import ROOT, SNAKEMAKE
+
+from endofm.cli import build_parser, main
+from endofm.config import to_dict
+from endofm.data.layouts import CVCLayout, KUMCLayout, PolypDiagLayout, frame_name
+from endofm.data.sources import SOURCES, SVT_K400_FILE
+from endofm.pretraining.train import SVT_CHECKPOINT
+from endofm.settings import load_workflow_config
+
+#: The configs a user is given: each must resolve the same in the workflow and in the CLI.
+SHIPPED_CONFIGS = ["config/config.yaml", "config/paper.yaml"]
+#: What a checkout holds besides the package (which the venv imports).
+CHECKOUT = ["Snakefile", "rules", "workflow_scripts", "config", "slurm", "profiles", "report", "envs"]
+PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+
+
+def readme_commands() -> list[str]:
+    """Every `snakemake` and `endofm` command line in the README's bash blocks, without its comment."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and Path(shlex.split(line)[0]).name in ("snakemake", "endofm"):
+                commands.append(line)
+    return commands
+
+
+def standin(raw: Path, name: str) -> Path:
+    """A stand-in for source ``name`` under ``raw``: its official layout with a few empty files."""
+    root = raw / name
+    layout = SOURCES[name].layout
+    files: list[Path] = []
+    if layout == "videos":
+        files = [root / "case1" / "video1.mp4", root / "video2.avi"]
+    elif layout == "frames":
+        files = [root / "video1" / frame_name(i) for i in range(2)]
+    elif layout == "polypdiag":
+        pd_ = PolypDiagLayout(root)
+        files = [pd_.videos_dir / "a.mp4", pd_.split_file("train"), pd_.split_file("val")]
+    elif layout == "cvc":
+        cvc = CVCLayout(root)
+        files = [cvc.image(1), cvc.mask(1)]
+    elif layout == "kumc":
+        kumc = KUMCLayout(root)
+        files = [f(split, "v1", 1) for split in KUMCLayout.SPLITS for f in (kumc.image, kumc.annotation)]
+    elif layout == "weights":
+        files = [root / d.filename for d in SOURCES[name].downloads] or [root / f"{name}.pth"]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    return root
+
+
+def checkout(path: Path, sources: list[str]) -> Path:
+    """A folder laid out as a clone of the repository (links to its files) with stand-ins for ``sources``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in CHECKOUT:
+        if name != "slurm":
+            (path / name).symlink_to(ROOT / name)
+    # the README's first cluster step: the profile's placeholders filled in (account, partitions)
+    (path / "slurm").mkdir()
+    profile = (ROOT / "slurm/profile.yaml").read_text()
+    (path / "slurm/profile.yaml").write_text(profile.replace("CHANGE_ME", "standin"))
+    for name in sources:
+        standin(path / PAPER["data"]["raw_dir"], name)
+    return path
+
+
+def run(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0] if "Job stats:" in output else ""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\S+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def user_checkout(tmp_path_factory) -> Path:
+    """A checkout with every real dataset of config/paper.yaml and SVT's weights stood in for."""
+    data = PAPER["data"]
+    path = checkout(tmp_path_factory.mktemp("user"), data["pretrain_sources"] + data["benchmarks"] + ["svt_k400"])
+    assert (path / SVT_CHECKPOINT).is_file() and SVT_CHECKPOINT.endswith(SVT_K400_FILE)
+    return path
+
+
+def test_readme_commands_are_found():
+    commands = readme_commands()
+    assert len(commands) >= 12, commands
+    assert any("--profile slurm" in c for c in commands) and any("config/paper.yaml" in c for c in commands)
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if Path(shlex.split(c)[0]).name == "snakemake"])
+def test_readme_snakemake_command_plans(command, user_checkout):
+    """Each README `snakemake` command, verbatim plus --dry-run, parses and plans; with every dataset stood in
+    for, nothing is planned as missing."""
+    argv = [str(SNAKEMAKE), *shlex.split(command)[1:], "--dry-run"]
+    proc = run(user_checkout, argv)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{command}\n{out[-3000:]}"
+    counts = job_counts(out)
+    assert "missing_raw" not in counts and "missing_weights" not in counts, (command, counts)
+    if shlex.split(command)[1] == "all" and "config/paper.yaml" in command:
+        # the README's table: 2 pretrainings (endofm, vcl), 108 fine-tunes, each evaluated
+        assert counts["pretrain_model"] == 2, counts
+        assert sum(v for k, v in counts.items() if k.startswith("finetune_")) == 108 == counts["evaluate_run"]
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if Path(shlex.split(c)[0]).name == "endofm"])
+def test_readme_endofm_command_parses(command, user_checkout, monkeypatch, capsys):
+    """Each README `endofm` command parses; those that only read the config and registry run."""
+    argv = shlex.split(command)[1:]
+    args = build_parser().parse_args(argv)  # SystemExit (usage error) fails the test
+    for option in ("config",):
+        value = getattr(args, option, None)
+        assert value is None or (ROOT / value).is_file(), f"{command}: no {value}"
+    if args.command in ("sources", "config"):
+        monkeypatch.chdir(user_checkout)
+        assert main(argv) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", [None, *SHIPPED_CONFIGS])
+def test_each_shipped_config_resolves_the_same_in_workflow_and_cli(config, user_checkout, monkeypatch, capsys):
+    """`snakemake show_config --configfile=F` (the workflow's resolved settings) is `endofm config show
+    --config F`, value for value and origin for origin; no --configfile reads config/config.yaml."""
+    flag = [f"--configfile={config}"] if config else []
+    proc = run(user_checkout, [str(SNAKEMAKE), "show_config", "--cores", "1", "--quiet", *flag])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.chdir(user_checkout)
+    assert main(["config", "show", *(["--config", config] if config else [])]) == 0
+    cli = capsys.readouterr().out
+    assert proc.stdout == cli
+    shown = yaml.safe_load(cli)
+    file = config or "config/config.yaml"
+    assert shown == yaml.safe_load(yaml.safe_dump(to_dict(load_workflow_config(ROOT / file))))
+    assert f"# {file}:" in cli and "# default" in cli
+
+
+def test_paper_config_is_the_papers_recipe(user_checkout):
+    """What the workflow resolves from config/paper.yaml alone: the paper's pretraining, not the demo's."""
+    proc = run(
+        user_checkout, [str(SNAKEMAKE), "show_config", "--cores", "1", "--quiet", "--configfile=config/paper.yaml"]
+    )
+    settings = yaml.safe_load(proc.stdout)["pretrain"]["settings"]
+    assert settings["views"]["global_size"] == 224 and settings["views"]["local_size"] == 96
+    assert settings["backbone"]["name"] == "vit_base_patch16"
+    assert settings["lr"] == 5e-4 and settings["batch_size_per_gpu"] == 3  # × 4 GPUs × 3 / 256 at run time
+    assert settings["momentum_teacher"] == 0.996
+    assert settings["centering"] == "center" and settings["teacher_temp"] == 0.04
+    assert settings["init"] == SVT_CHECKPOINT
+    cfg = load_workflow_config(ROOT / "config/paper.yaml")
+    assert cfg.finetune.label_fractions == [1.0] and cfg.data.origin == "real"
+    assert cfg.finetune.polypdiag.crop_size == 224 and cfg.clips.crf != 0
+
+
+def test_real_data_one_source_at_a_time(tmp_path):
+    """No real data yet: the workflow still lists its targets and plans; a job that needs a missing folder
+    fails with where to get it and a command that works; a benchmark that is there is indexed alone."""
+    path = checkout(tmp_path / "user", ["cvc12k"])
+    paper = ["--configfile=config/paper.yaml"]
+    proc = run(path, [str(SNAKEMAKE), "--list-target-rules", *paper])
+    assert proc.returncode == 0 and "download_hyper_kvasir" in proc.stdout and "download_svt_k400" in proc.stdout
+    proc = run(path, [str(SNAKEMAKE), "data", "--cores", "1", "--dry-run", *paper])
+    counts = job_counts(proc.stdout)
+    missing = len(PAPER["data"]["pretrain_sources"]) + len(PAPER["data"]["benchmarks"]) - 1
+    assert proc.returncode == 0 and counts["missing_raw"] == missing and counts["index_cvc12k"] == 1, proc.stdout
+    proc = run(path, [str(SNAKEMAKE), "download_hyper_kvasir", "--cores", "1", "--dry-run", *paper])
+    assert proc.returncode == 0 and job_counts(proc.stdout) == {"download_hyper_kvasir": 1}
+
+    proc = run(path, [str(SNAKEMAKE), "index_polypdiag", "--cores", "1", *paper])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Data source 'polypdiag'" in out and "Expected layout:" in out and "Traceback" not in out
+    hint = re.search(r"Then rerun: (.*)", out)[1]
+    assert hint == "snakemake data --cores all --configfile=config/paper.yaml"
+    assert not (path / "resources/raw/polypdiag").exists()
+    log = (path / "results/logs/missing_raw/polypdiag.log").read_text()
+    assert log.startswith("Data source 'polypdiag'")
+
+    # the hint works: with the folder placed, the same command plans what it names
+    standin(path / "resources/raw", "polypdiag")
+    proc = run(path, [str(SNAKEMAKE), *shlex.split(hint)[1:], "--dry-run"])
+    assert proc.returncode == 0 and job_counts(proc.stdout)["index_polypdiag"] == 1
+
+    proc = run(path, [str(SNAKEMAKE), "pretrain", "--cores", "1", "--dry-run", *paper])
+    assert job_counts(proc.stdout)["missing_weights"] == 1  # SVT's weights, Endo-FM's init
+    proc = run(path, [str(SNAKEMAKE), SVT_CHECKPOINT, "--cores", "1", *paper])
+    out = proc.stdout + proc.stderr
+    assert "Fetch it with: snakemake download_svt_k400 --cores 1 --configfile=config/paper.yaml" in out
