@@ -19,7 +19,7 @@ from endofm.config import to_dict
 from endofm.data.layouts import CVCLayout, KUMCLayout, PolypDiagLayout, frame_name
 from endofm.data.sources import SOURCES, SVT_K400_FILE
 from endofm.pretraining.train import SVT_CHECKPOINT
-from endofm.settings import load_workflow_config
+from endofm.settings import finetune_runs, load_workflow_config
 
 #: The configs a user is given: each must resolve the same in the workflow and in the CLI.
 SHIPPED_CONFIGS = ["config/config.yaml", "config/paper.yaml"]
@@ -203,3 +203,17 @@ def test_real_data_one_source_at_a_time(tmp_path):
     proc = run(path, [str(SNAKEMAKE), SVT_CHECKPOINT, "--cores", "1", *paper])
     out = proc.stdout + proc.stderr
     assert "Fetch it with: snakemake download_svt_k400 --cores 1 --configfile=config/paper.yaml" in out
+
+
+def test_released_weights_run_every_seed_protocol_and_mode():
+    """config/paper.yaml's commented `official` entry, uncommented: endo_fm.pth is a method of the whole matrix."""
+    config = yaml.safe_load(yaml.safe_dump(PAPER))
+    path = "resources/raw/endo_fm/endo_fm.pth"
+    config["finetune"]["checkpoints"] = {"official": {"path": path, "backbone": {"name": "vit_base_patch16"}}}
+    config["finetune"]["methods"].append("official")
+    runs = [r for r in finetune_runs(load_workflow_config(config)) if r.method == "official"]
+    assert len(runs) == 3 * 2 * 2 * 3  # benchmarks × protocols × modes × seeds
+    assert {(r.protocol, r.mode, r.seed) for r in runs} == {
+        (p, m, s) for p in ("paper", "clean") for m in ("full", "frozen") for s in (0, 1, 2)
+    }
+    assert "#   official: {path: " + path in (ROOT / "config/paper.yaml").read_text()
