@@ -60,9 +60,13 @@ rule evaluate:
 rule show_config:
     # `snakemake show_config [--configfile=F]`: the resolved settings, each with the file and line (or
     # default) it came from; the same as `endofm config show [--config F]`.
+    log:
+        f"{LOGS}/show_config.log",
     localrule: True
     run:
-        print(resolved_config_yaml(), end="")
+        text = resolved_config_yaml()
+        Path(log[0]).write_text(text)
+        print(text, end="")
 
 
 rule main_table:

@@ -94,8 +94,8 @@ def raw_folder(name):
 
 
 def external_weights():
-    """Weight files the config names and no rule makes (outside results/): every pretraining variant's init
-    checkpoint, a method's weights file (pretrain.<method>.checkpoint) and the finetune.checkpoints files."""
+    """Weight files the config names that no workflow step makes (outside results/): every pretraining
+    variant's init checkpoint, a method's weights file (pretrain.<method>.checkpoint), finetune.checkpoints."""
     settings = [CFG.pretrain_variant(v) for v in CFG.pretrain_overlays()]
     settings += [CFG.method_settings(m, v) for m, v in PRETRAIN_RUNS if m != "endofm"]
     files = {getattr(s, "init", "random") for s in settings} - {"random"}
@@ -107,7 +107,7 @@ def external_weights():
 def fail_with(text, log):
     """End a job that stands in for missing data: ``text`` to its log and, once, to the terminal."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    Path(log).write_text(text + "\n")
+    Path(log).write_text(f"{text}\n")
     raise WorkflowError(text)
 
 

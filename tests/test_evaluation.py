@@ -108,7 +108,14 @@ def test_evaluate_by_hand_writes_where_the_report_reads():
     """`endofm evaluate RUN_DIR`'s default output is the workflow's metrics path, which the report reads."""
     from endofm.tasks.runs import metrics_path
 
-    run = {"benchmark": "kumc", "method": "scratch", "variant": "none", "protocol": "clean", "mode": "frozen", "seed": 0}
+    run = {
+        "benchmark": "kumc",
+        "method": "scratch",
+        "variant": "none",
+        "protocol": "clean",
+        "mode": "frozen",
+        "seed": 0,
+    }
     assert metrics_path(run) == Path("results/metrics/kumc/scratch/none/clean/frozen/seed0.json")
     run |= {"label_fraction": 0.25, "pretrain_fraction": 0.5}
     assert metrics_path(run) == Path("results/metrics/kumc/scratch/none/clean/frozen/seed0-pt50-labels25.json")

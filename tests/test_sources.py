@@ -147,7 +147,9 @@ def test_missing_data_message_is_actionable(tmp_path: Path) -> None:
     cvc = S.missing_data_message("cvc12k", raw, snakemake_args="--configfile=config/paper.yaml")
     assert cvc.endswith("Then rerun: snakemake data --cores all --configfile=config/paper.yaml")
     open_source = S.missing_data_message("hyper_kvasir", raw, snakemake_args="--configfile=c.yaml")
-    assert "Then rerun: snakemake download_hyper_kvasir --cores all --configfile=c.yaml, then your target" in open_source
+    assert (
+        "Then rerun: snakemake download_hyper_kvasir --cores all --configfile=c.yaml, then your target" in open_source
+    )
     assert "Then rerun: endofm x" in S.missing_data_message("cholect45", raw, command="endofm x")
     rel = S.missing_data_message("cvc12k", Path("resources/raw/cvc12k"))
     assert "resources/raw/cvc12k/CVC-ClinicDB/Original/1.tif" in rel
