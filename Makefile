@@ -28,6 +28,10 @@ test: setup  ## unit tests + one end-to-end workflow run on the tiny config
 test-fast: setup  ## unit tests only
 	$(PY) -m pytest -m "not workflow"
 
+.PHONY: test-slurm
+test-slurm: setup  ## the SLURM path on a real one-node SLURM (root: installs and starts slurmctld/slurmd/munge; ~6 min)
+	ENDOFM_REAL_SLURM=1 $(PY) -m pytest -rs -s tests/slurm/test_real_slurm.py
+
 lint: setup  ## ruff, snakefmt --check and snakemake --lint
 	$(VENV)/bin/ruff check endofm tests benchmarks workflow_scripts
 	$(VENV)/bin/ruff format --check endofm tests benchmarks workflow_scripts

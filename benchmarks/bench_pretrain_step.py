@@ -40,8 +40,9 @@ import torch
 
 from endofm.data.video import VideoReader
 from endofm.engine import DistInfo, autocast, build_loader
+from endofm.pretraining.endofm import EndoFMObjective, PretrainConfig
 from endofm.pretraining.objective import clip_gradients, ema_update, param_groups
-from endofm.pretraining.train import EndoFMObjective, PretrainConfig, pretrain
+from endofm.pretraining.train import pretrain
 from endofm.pretraining.views import (
     MultiViewDataset,
     augment_view,

@@ -2,6 +2,8 @@
 
 Settings come from a workflow config file (``--config``, default ``config/config.yaml`` when it
 exists) so the command line and the workflow never disagree; a few flags override single values.
+
+Layer: entry points (docs/architecture.md). May import: every layer; nothing in the package imports it.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     import os
 
     from endofm.engine import set_cpu_threads
+    from endofm.methods import get_method
     from endofm.pretraining.train import pretrain
     from endofm.settings import load_pretrain_settings
 
@@ -168,7 +171,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         )
     for path in args.clips:
         _need(path, "clip manifest", "cut the source into clips first (`endofm extract-clips SOURCE`)")
-    pretrain(cfg, args.clips, args.out, workers=args.workers, on_config_change=args.on_config_change, method=method)
+    pretrain(
+        cfg,
+        args.clips,
+        args.out,
+        workers=args.workers,
+        on_config_change=args.on_config_change,
+        method=method,
+        objective=get_method(method).objective,
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -239,8 +250,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from endofm.config import config_hash
     from endofm.report import ReportInputs, build_report
-    from endofm.report.collect import config_hash
     from endofm.settings import finetune_runs
 
     cfg = _workflow_config(args.config)
@@ -254,7 +265,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     )
     written = build_report(
         inputs, args.out, cfg.report, n_seeds=len(cfg.finetune.seeds), synthetic=cfg.data.origin == "synthetic",
-        settings_hash=config_hash(to_dict(cfg)), parts=("tables",) if args.tables_only else ("tables", "html"),
+        settings_hash=config_hash(to_dict(cfg), digits=16), parts=("tables",) if args.tables_only else ("tables", "html"),
     )  # fmt: skip
     print("\n".join(str(p) for p in written))
 

@@ -2,13 +2,18 @@
 
 Defaults live once, in those dataclasses. The workflow's YAML (validated by ``config/schema.yaml``)
 and the command line both go through :func:`from_dict`, so a misspelt or mistyped key fails with
-its dotted name whichever way the settings arrive.
+its dotted name whichever way the settings arrive. :func:`merge` applies an overlay of settings,
+:func:`config_hash` names a set of settings by a short stable hash.
+
+Layer: foundation (docs/architecture.md). May import: :mod:`endofm.errors` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import types
 import typing
 from pathlib import Path
@@ -28,6 +33,21 @@ class ConfigError(UserError):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` applied recursively (mappings merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def config_hash(settings: Any, digits: int = 12) -> str:
+    """The first ``digits`` hex digits of the sha256 of ``settings`` as sorted JSON: stable, and key order
+    does not matter. Fine-tuning runs record 12 (``run.json``, metrics files, checkpoints, compared on
+    resumption); the report's provenance line shows the workflow config's with 16."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:digits]
 
 
 def unknown_key_message(where: str, unknown: list[str], valid: list[str]) -> str:

@@ -14,6 +14,8 @@
   :class:`PreemptionHandler` (SIGTERM/SIGUSR1 -> checkpoint at the next step boundary -> exit
   :data:`PREEMPTED_EXIT_CODE`); :func:`check_finite`; :func:`progress`; :class:`EpochMeter` and
   :class:`MetricsLog` (one CSV row per epoch, continued on resume).
+
+Layer: engine and metrics (docs/architecture.md). May import: foundation, data, models.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from endofm.io import atomic_path, write_csv
@@ -159,8 +161,10 @@ def wrap_ddp(model: nn.Module, info: DistInfo, **kwargs: Any) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or ``model`` itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The module inside DDP / DataParallel wrappers, however deep (or ``model`` itself)."""
+    while isinstance(model, DistributedDataParallel | DataParallel):
+        model = model.module
+    return model
 
 
 def barrier(info: DistInfo) -> None:

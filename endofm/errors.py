@@ -3,6 +3,8 @@
 The command line (:func:`endofm.cli.main`) and the workflow's jobs (:func:`endofm.logs.job_log`)
 catch :data:`USER_ERRORS` in one place each and print :func:`error_line`; ``-v`` (or the job log's
 debug level) keeps the traceback for a bug report.
+
+Layer: foundation (docs/architecture.md). May import: the other foundation modules only.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from endofm.features import load_pretrained_backbone, extract_features
 model = load_pretrained_backbone("results/pretrain/endofm/default/checkpoint.pt")
 table = extract_features(model, ["video.mp4"], clip_frames=8, stride=16)  # video, start_frame, embedding
+
+Layer: entry points (docs/architecture.md), beside the CLI that calls it. May import any layer below.
 """
 
 from __future__ import annotations
@@ -21,28 +23,10 @@ from endofm.data.video import VideoReader
 from endofm.errors import UserError
 from endofm.io import atomic_path
 from endofm.logs import progress as progress_bar
-from endofm.models.checkpoint import load_backbone, read_checkpoint_dict, saved_backbone
-from endofm.models.vit import BackboneConfig, TimeSformer, build_backbone
+from endofm.models.checkpoint import load_pretrained_backbone
+from endofm.models.vit import TimeSformer
 
 log = logging.getLogger(__name__)
-
-
-def load_pretrained_backbone(
-    checkpoint: str | Path, backbone: BackboneConfig | str | None = None, which: str = "teacher"
-) -> TimeSformer:
-    """The backbone of ``checkpoint`` in eval mode, loaded strictly.
-
-    Our checkpoints carry their backbone config; an official file needs ``backbone`` (default:
-    ``vit_base_patch16``, the released Endo-FM). A string names a preset.
-    """
-    ckpt = read_checkpoint_dict(checkpoint)
-    if isinstance(backbone, str):
-        backbone = BackboneConfig(name=backbone)
-    if backbone is None:
-        backbone = saved_backbone(ckpt, str(checkpoint)) or BackboneConfig()
-    model = build_backbone(backbone)
-    load_backbone(model, ckpt, which=which, source=str(checkpoint))
-    return model.eval()
 
 
 def clip_starts(num_frames: int, window: int, stride: int) -> list[int]:
@@ -161,3 +145,14 @@ def load_features(path: str | Path) -> pd.DataFrame:
             table["embedding"] = list(data["embedding"])
         return table
     return pd.read_parquet(path)
+
+
+__all__ = [  # load_pretrained_backbone lives in endofm.models.checkpoint; it is this API's entry too
+    "check_feature_path",
+    "clip_starts",
+    "extract_features",
+    "load_features",
+    "load_pretrained_backbone",
+    "preprocess",
+    "save_features",
+]

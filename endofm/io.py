@@ -1,4 +1,7 @@
-"""Atomic file output: nothing half-written may survive an interrupted run."""
+"""Atomic file output: nothing half-written may survive an interrupted run.
+
+Layer: foundation (docs/architecture.md). May import: the other foundation modules only.
+"""
 
 from __future__ import annotations
 

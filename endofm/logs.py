@@ -1,4 +1,7 @@
-"""Logging set-up shared by the command line and the workflow's job scripts."""
+"""Logging set-up shared by the command line and the workflow's job scripts.
+
+Layer: foundation (docs/architecture.md). May import: the other foundation modules only.
+"""
 
 from __future__ import annotations
 

@@ -15,55 +15,29 @@ method           pretraining (objective)          backbone for tasks  trains in 
 Every backbone keeps the one interface the tasks use (``forward_features(x, dense=...)`` returning the
 tokens or :class:`~endofm.models.vit.DenseFeatures`, ``embed_dim``, ``patch_size``). A name that is not
 in :data:`METHODS` is a checkpoint file fine-tuned as a method (``finetune.checkpoints``): a video ViT.
+
+Layer: methods (docs/architecture.md), above pretraining and below tasks: the fine-tuning runs look their
+method's backbone up here. May import: foundation, data, models, engine, pretraining.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from endofm.models.vit import BackboneConfig
-
-
-@dataclass(frozen=True)
-class Method:
-    """One method: ``objective`` (a key of :data:`endofm.pretraining.train.OBJECTIVES`, None: not
-    pretrained), ``backbone`` (a key of :data:`BACKBONES`), ``section`` (where its settings live under
-    ``pretrain:`` in the workflow config), ``resolve`` (``"module:function"`` turning the workflow config
-    and a variant into the settings its objective takes) and ``ablations`` (its variants
-    are the named overlays of ``pretrain.variants``; other pretrained methods have the one variant
-    ``default``)."""
-
-    objective: str | None
-    backbone: str
-    section: str | None = None
-    resolve: str | None = None
-    ablations: bool = False
-
-    @property
-    def pretrained(self) -> bool:
-        return self.objective is not None
-
-    def settings(self, cfg: Any, variant: str) -> Any:
-        """The pretraining settings of ``variant`` resolved from the workflow config ``cfg``."""
-        if self.resolve is None:
-            raise ValueError("this method is not pretrained")
-        module, name = self.resolve.split(":")
-        return getattr(importlib.import_module(module), name)(cfg, variant)
-
-
-METHODS: dict[str, Method] = {
-    "endofm": Method("endofm", "video_vit", "settings", "endofm.settings:endofm_settings", ablations=True),
-    "scratch": Method(None, "video_vit"),
-    "vcl": Method("vcl", "video_vit", "vcl", "endofm.pretraining.vcl:workflow_settings"),
-    "st_adapter": Method("endofm", "st_adapter", "st_adapter", "endofm.methods:st_adapter_settings"),
-}
+from endofm.config import ConfigError, from_dict, load_yaml, merge, to_dict
+from endofm.engine import seed_everything
+from endofm.models.checkpoint import load_pretrained_backbone
+from endofm.models.st_adapter import AdapterConfig, build_st_adapter, load_image_backbone
+from endofm.models.vit import BackboneConfig, build_backbone
+from endofm.pretraining import vcl
+from endofm.pretraining.contract import Objective
+from endofm.pretraining.endofm import EndoFMObjective, PretrainConfig
 
 
 class TaskBackbone(abc.ABC):
@@ -108,10 +82,6 @@ class VideoViT(TaskBackbone):
         options: Mapping[str, Any],
         mode: str = "full",
     ) -> nn.Module:
-        from endofm.engine import seed_everything
-        from endofm.features import load_pretrained_backbone
-        from endofm.models.vit import build_backbone
-
         if checkpoint is not None:
             return load_pretrained_backbone(checkpoint, config).train()
         seed_everything(seed)
@@ -138,10 +108,6 @@ class STAdapter(TaskBackbone):
         options: Mapping[str, Any],
         mode: str = "full",
     ) -> nn.Module:
-        from endofm.config import from_dict
-        from endofm.engine import seed_everything
-        from endofm.models.st_adapter import AdapterConfig, build_st_adapter, load_image_backbone
-
         seed_everything(seed)
         adapter = from_dict(AdapterConfig, dict(options.get("adapter", {})), "adapter") if mode == "full" else None
         model = build_st_adapter(config, adapter)
@@ -159,37 +125,28 @@ class STAdapter(TaskBackbone):
         return {"adapter": dict(stage.st_adapter.adapter)}
 
 
-BACKBONES: dict[str, TaskBackbone] = {"video_vit": VideoViT(), "st_adapter": STAdapter()}
-
-
-def get_method(name: str) -> Method:
-    """The registered method ``name`` (a ValueError naming the known ones otherwise)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def task_backbone(method: str) -> TaskBackbone:
-    """How runs of ``method`` build and train their backbone; a checkpoint file's method is a video ViT."""
-    return BACKBONES[METHODS[method].backbone if method in METHODS else "video_vit"]
+VIDEO_VIT = VideoViT()
+ST_ADAPTER = STAdapter()
 
 
 def single_frame_views(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` (a plain :class:`~endofm.pretraining.train.PretrainConfig` dict) with every view one frame long."""
+    """``settings`` (a plain :class:`~endofm.pretraining.endofm.PretrainConfig` dict) with every view one frame long."""
     views = dict(settings.get("views", {}))
     for key in ("global_frames", "local_frames"):
         views[key] = [1] * len(views[key])
     return {**settings, "views": views}
 
 
-def st_adapter_settings(cfg: Any, variant: str) -> Any:
+def endofm_settings(cfg: Any, variant: str) -> PretrainConfig:
+    """Endo-FM's settings of ``variant`` of the workflow config ``cfg``
+    (:class:`~endofm.settings.WorkflowConfig`): a named variant of ``pretrain.variants`` or an ablation arm."""
+    return cfg.pretrain_variant(variant)
+
+
+def st_adapter_settings(cfg: Any, variant: str) -> PretrainConfig:
     """ST-Adapter's image ViT pretraining: the Endo-FM settings (``pretrain.settings``: the same corpus,
     objective and budget) with every view one frame long (T = 1), the backbone an image ViT
     (``attention_type: space_only``) initialised at random, then ``pretrain.st_adapter.settings``."""
-    from endofm.config import from_dict, to_dict
-    from endofm.pretraining.train import PretrainConfig
-    from endofm.settings import merge
-
     if variant != "default":
         raise ValueError(f"st_adapter has the one pretraining variant 'default', got {variant!r}")
     stage = cfg.pretrain
@@ -201,14 +158,89 @@ def st_adapter_settings(cfg: Any, variant: str) -> Any:
     return from_dict(PretrainConfig, merge(base, stage.st_adapter.settings), "pretrain.st_adapter.settings")
 
 
+@dataclass(frozen=True)
+class Method:
+    """One method of the experiment matrix.
+
+    - ``objective``: the :class:`~endofm.pretraining.contract.Objective` its pretraining trains with
+      (None: not pretrained);
+    - ``task_backbone``: how its fine-tuning runs build and train the backbone (:class:`TaskBackbone`);
+    - ``config_section``: the attribute of the workflow's ``pretrain:`` stage holding its settings;
+    - ``resolve_settings``: ``(workflow config, variant) -> settings`` of its objective's config class;
+    - ``has_variants``: its variants are the named overlays of ``pretrain.variants`` (and the ablations'
+      arms); other pretrained methods have the one variant ``default``.
+    """
+
+    objective: type[Objective] | None
+    task_backbone: TaskBackbone
+    config_section: str | None = None
+    resolve_settings: Callable[[Any, str], Any] | None = None
+    has_variants: bool = False
+
+    @property
+    def pretrained(self) -> bool:
+        return self.objective is not None
+
+    def settings(self, cfg: Any, variant: str) -> Any:
+        """The pretraining settings of ``variant`` resolved from the workflow config ``cfg``."""
+        if self.resolve_settings is None:
+            raise ValueError("this method is not pretrained")
+        return self.resolve_settings(cfg, variant)
+
+
+METHODS: dict[str, Method] = {
+    "endofm": Method(EndoFMObjective, VIDEO_VIT, "settings", endofm_settings, has_variants=True),
+    "scratch": Method(None, VIDEO_VIT),
+    "vcl": Method(vcl.VCLObjective, VIDEO_VIT, "vcl", vcl.workflow_settings),
+    "st_adapter": Method(EndoFMObjective, ST_ADAPTER, "st_adapter", st_adapter_settings),
+}
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name`` (a ValueError naming the known ones otherwise)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def task_backbone(method: str) -> TaskBackbone:
+    """How runs of ``method`` build and train their backbone; a checkpoint file's method is a video ViT."""
+    return METHODS[method].task_backbone if method in METHODS else VIDEO_VIT
+
+
+def pretrain_method(path: str | Path, data: Mapping[str, Any] | None = None) -> str:
+    """The method a pretraining settings file names (top-level ``method``; ``endofm`` when absent)."""
+    data = load_yaml(path) if data is None else data
+    method = data.get("method", "endofm")
+    if method not in METHODS or not METHODS[method].pretrained:
+        known = ", ".join(n for n, m in METHODS.items() if m.pretrained)
+        raise ConfigError(f"{path}: method {method!r} is not a pretrained method; expected one of {known}")
+    return method
+
+
+def load_pretrain_config(path: str | Path) -> Any:
+    """The ``pretrain:`` section of a YAML file as the settings of its ``method`` (top-level key, default
+    ``endofm``): a :class:`~endofm.pretraining.endofm.PretrainConfig` for Endo-FM, the objective's own
+    config class for others (missing keys take defaults)."""
+    data = load_yaml(path)
+    if "pretrain" not in data:
+        raise ConfigError(f"{path}: no 'pretrain' section (top-level keys: {', '.join(map(str, data)) or 'none'})")
+    objective = METHODS[pretrain_method(path, data)].objective
+    return from_dict(objective.config_class, data["pretrain"] or {}, f"{path}: pretrain")
+
+
 __all__ = [
-    "BACKBONES",
     "METHODS",
+    "ST_ADAPTER",
+    "VIDEO_VIT",
     "Method",
     "STAdapter",
     "TaskBackbone",
     "VideoViT",
+    "endofm_settings",
     "get_method",
+    "load_pretrain_config",
+    "pretrain_method",
     "single_frame_views",
     "st_adapter_settings",
     "task_backbone",

@@ -10,6 +10,8 @@
 
 Inputs may be numpy arrays, torch tensors or nested lists. Rates whose denominator is zero are 0
 (scikit-learn's ``zero_division=0``); undefined quantities (AUROC with one class) are NaN, never an exception.
+
+Layer: engine and metrics (docs/architecture.md). May import: foundation, data, models (it needs none of them).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 ``config/schema.yaml`` checks the YAML's shape when Snakemake starts; :func:`load_workflow_config`
 then builds these objects, which own the defaults and check what a schema cannot (that a source is
 in the registry, that synthetic and real sources are not mixed).
+
+Layer: settings (docs/architecture.md), above the report. May import every layer below it; only the
+entry points (CLI, workflow) import it.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from endofm.config import ConfigError, config_file_of, from_dict, load_yaml, to_dict
+from endofm.config import ConfigError, config_file_of, from_dict, load_yaml, merge, to_dict
 from endofm.data.clips import ClipConfig
 from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
-from endofm.methods import METHODS, get_method, task_backbone
+from endofm.methods import METHODS, get_method, load_pretrain_config, pretrain_method, task_backbone
 from endofm.models.vit import BackboneConfig
-from endofm.pretraining.train import PretrainConfig, load_pretrain_config, pretrain_method, snapshot_path
+from endofm.pretraining.endofm import PretrainConfig
+from endofm.pretraining.train import snapshot_path
 from endofm.report import ReportConfig
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
@@ -61,14 +65,6 @@ class DataConfig:
             raise ConfigError("data.pretrain_sources: at least one source is needed")
 
 
-def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overlay`` applied recursively (mappings merge, anything else replaces)."""
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 @dataclass
 class STAdapterSettings:
     """ST-Adapter's frozen image ViT and adapters (:class:`endofm.methods.STAdapter`)."""
@@ -106,11 +102,11 @@ class PretrainStage:
 
     def method_variants(self, method: str) -> list[str]:
         """The pretraining variants of a pretrained method: every named variant for Endo-FM, ``default`` otherwise."""
-        return list(self.variants) if get_method(method).ablations else ["default"]
+        return list(self.variants) if get_method(method).has_variants else ["default"]
 
     def external_checkpoint(self, method: str) -> str | None:
         """A weights file that replaces ``method``'s pretraining (``pretrain.<section>.checkpoint``), or None."""
-        return getattr(getattr(self, get_method(method).section or "", None), "checkpoint", None)
+        return getattr(getattr(self, get_method(method).config_section or "", None), "checkpoint", None)
 
     def variant(self, name: str) -> PretrainConfig:
         """The settings of variant ``name``: the shared settings with its overlay applied."""
@@ -249,7 +245,7 @@ class FinetuneStage:
             return ["external"]
         if not METHODS[method].pretrained:
             return ["none"]
-        return list(self.variants) if METHODS[method].ablations else ["default"]
+        return list(self.variants) if METHODS[method].has_variants else ["default"]
 
 
 _NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -292,10 +288,10 @@ class WorkflowConfig:
             if self.pretrain.external_checkpoint(name) is not None:
                 raise ConfigError(
                     f"finetune.pretrain_fraction_methods: {name!r} takes its weights from a file "
-                    f"(pretrain.{get_method(name).section}.checkpoint), not from a pretraining run with snapshots"
+                    f"(pretrain.{get_method(name).config_section}.checkpoint), not from a pretraining run with snapshots"
                 )
         for name, method in METHODS.items():
-            if method.pretrained and not method.ablations:
+            if method.pretrained and not method.has_variants:
                 self.method_settings(name, "default")  # fail at start, naming the section
         decoder = self.finetune.cvc12k.decoder
         for method in self.finetune.methods:
@@ -442,15 +438,10 @@ def pretrain_runs(cfg: WorkflowConfig) -> list[tuple[str, str]]:
     return [
         (name, variant)
         for name, method in METHODS.items()
-        if method.pretrained and (method.ablations or name in cfg.finetune.methods)
+        if method.pretrained and (method.has_variants or name in cfg.finetune.methods)
         if cfg.pretrain.external_checkpoint(name) is None
         for variant in cfg.pretrain.method_variants(name)
     ]
-
-
-def endofm_settings(cfg: WorkflowConfig, variant: str) -> PretrainConfig:
-    """Endo-FM's settings of ``variant``, a named variant or an ablation arm (the registry's resolver)."""
-    return cfg.pretrain_variant(variant)
 
 
 def run_backbone(

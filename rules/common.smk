@@ -6,10 +6,9 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from endofm.config import ConfigError, annotated_yaml, check_schema, config_file_of, to_dict
+from endofm.config import ConfigError, annotated_yaml, check_schema, config_file_of, config_hash, to_dict
 from endofm.data.sources import SOURCES, missing_data_message, missing_weights_message
 from endofm.methods import METHODS
-from endofm.report.collect import config_hash
 from endofm.settings import (
     ablation_runs,
     finetune_runs,
@@ -102,6 +101,11 @@ def external_weights():
     files |= {CFG.pretrain.external_checkpoint(m) for m in CFG.finetune.methods if m in METHODS} - {None}
     files |= {c.path for c in CFG.finetune.checkpoints.values()}
     return sorted(f for f in files if not Path(f).is_relative_to("results"))
+
+
+def absent(names, folder="."):
+    """The ``names`` (paths under ``folder``) that do not exist now."""
+    return [n for n in names if not Path(folder, n).exists()]
 
 
 def fail_with(text, log):
@@ -243,7 +247,7 @@ REPORT_PARAMS = {
     "n_seeds": len(CFG.finetune.seeds),
     "synthetic": SYNTHETIC,
     "ablations": report_ablations(),
-    "config_hash": config_hash(to_dict(CFG)),
+    "config_hash": config_hash(to_dict(CFG), digits=16),  # the report shows 16 digits
     "raw_dir": RAW,
     "benchmarks_dir": BENCH,
     "timings_dir": "results/benchmarks",

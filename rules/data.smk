@@ -44,12 +44,14 @@ else:
 
     rule missing_raw:
         # A raw folder that is not there: the job fails saying where to get the data and where to put it.
+        # Only for folders absent when the workflow starts: one that a download made, or a user placed,
+        # is no output of this rule (its params would otherwise count as changed and rerun it).
         output:
             directory(f"{RAW}/{{name}}"),
         log:
             f"{LOGS}/missing_raw/{{name}}.log",
         wildcard_constraints:
-            name="|".join(PRETRAIN_SOURCES + BENCHMARKS),
+            name="|".join(absent(PRETRAIN_SOURCES + BENCHMARKS, RAW)) or "(?!)",
         localrule: True
         conda:
             "../envs/endofm.yaml"
@@ -112,7 +114,7 @@ rule missing_weights:
     log:
         f"{LOGS}/missing_weights/{{weights}}.log",
     wildcard_constraints:
-        weights="|".join(map(re.escape, external_weights())) or "(?!)",
+        weights="|".join(map(re.escape, absent(external_weights()))) or "(?!)",
     localrule: True
     conda:
         "../envs/endofm.yaml"

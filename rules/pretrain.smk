@@ -45,8 +45,11 @@ rule pretrain_model:
         run_dir=subpath(output.backbone, parent=True),
         threads=lambda w, threads: max(1, threads // max(1, CFG.pretrain.gpus)),  # per process
     shell:
-        "{params.launcher} -m endofm.cli pretrain --config {input.config} --clips {input.clips}"
-        " --out {params.run_dir} --threads {params.threads} --on-config-change restart > {log} 2>&1"
+        # Snakemake deletes {log} before every attempt: each attempt writes its own file, {log}.<UTC start>.<SLURM
+        # job id>, and {log} links to the latest, so a resumed retry keeps the pre-empted attempt's log
+        'attempt_log="{log}.$(date -u +%Y%m%dT%H%M%SZ).${{SLURM_JOB_ID:-local}}"; ln -sfn "$(basename "$attempt_log")" {log};'
+        " {params.launcher} -m endofm.cli pretrain --config {input.config} --clips {input.clips}"
+        ' --out {params.run_dir} --threads {params.threads} --on-config-change restart > "$attempt_log" 2>&1'
 
 
 # The pretraining axis (finetune.pretrain_fractions): the same job, but its backbone snapshots are outputs too

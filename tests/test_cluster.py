@@ -17,6 +17,20 @@ from endofm.pretraining.train import SVT_CHECKPOINT
 from endofm.settings import ablation_runs, finetune_runs, load_workflow_config
 
 PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+PROFILE = yaml.safe_load((ROOT / "slurm/profile.yaml").read_text())
+GPU_RULES = ["pretrain_model", "pretrain_model_snapshots", "finetune_polypdiag", "finetune_cvc12k", "finetune_kumc"]
+ACCOUNT = "endofm-test"  # what tests/fake_slurm/sacctmgr lists
+
+
+def slurm_profile(tmp_path: Path, account: str = ACCOUNT, partition: str = "cpu") -> list[str]:
+    """`--profile slurm` with its placeholders filled, as a user does once: a workflow profile (it
+    replaces profiles/default, whose settings it repeats) with the default-resources filled in."""
+    overlay = tmp_path / "filled_profile"
+    overlay.mkdir(exist_ok=True)
+    settings = yaml.safe_load((ROOT / "profiles/default/profile.yaml").read_text())
+    settings["default-resources"] = dict(PROFILE["default-resources"], slurm_account=account, slurm_partition=partition)
+    (overlay / "profile.yaml").write_text(yaml.safe_dump(settings))
+    return ["--profile", str(ROOT / "slurm"), "--workflow-profile", str(overlay)]
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -55,7 +69,7 @@ def test_paper_config_job_counts_on_slurm(paper_workdir):
     shared = ablation & set(main)
     assert len(shared) == len(benches) * 3  # endofm/default/paper/full
 
-    args = ("--profile", str(ROOT / "slurm"), "--configfile", str(ROOT / "config/paper.yaml"), "-n")
+    args = (*slurm_profile(paper_workdir), "--configfile", str(ROOT / "config/paper.yaml"), "-n")
     counts = job_counts(snakemake(paper_workdir, *args, "all", "ablations").stdout)
     pretrained = [m for m in ft["methods"] if m not in ("endofm", "scratch")]  # vcl: one run of its own
     assert counts["pretrain_model"] == new + 1 + len(pretrained) == counts["pretrain_config"]
@@ -95,11 +109,11 @@ def test_slurm_submissions_and_a_preempted_pretraining(tmp_path):
     env.update(FAKE_SLURM_PREEMPT_RULE="pretrain_model", FAKE_SLURM_PREEMPT_AFTER=str(run / "checkpoint.pt"))
     target = "results/metrics/polypdiag/endofm/default/clean/frozen/seed0.json"
     cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--profile", str(ROOT / "slurm"), "--slurm-init-seconds-before-status-checks=1", "--latency-wait=5"]
+    cmd += [*slurm_profile(tmp_path), "--slurm-init-seconds-before-status-checks=1", "--latency-wait=5"]
     proc = subprocess.run([*cmd, target], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    profile = yaml.safe_load((ROOT / "slurm/profile.yaml").read_text())
+    profile = PROFILE
     submissions = [json.loads(line) for line in (state / "sbatch.jsonl").read_text().splitlines()]
     by_rule = {}
     for sub in submissions:
@@ -111,7 +125,7 @@ def test_slurm_submissions_and_a_preempted_pretraining(tmp_path):
     assert len(pretrain) == 2  # pre-empted once, resubmitted once (profile retries: 1)
     line = " ".join(pretrain[0]["argv"])
     resources = profile["set-resources"]["pretrain_model"]
-    assert "--gpus=2" in line and f"-p {resources['slurm_partition']}" in line
+    assert "--gpus=2" in line and f"-p {resources['slurm_partition']}" in line and f"-A {ACCOUNT}" in line
     assert f"-t {resources['runtime']}" in line and f"--mem {resources['mem_mb']}" in line
     assert resources["slurm_extra"] in line and "--ntasks-per-gpu" not in line
     launched = (state / f"{pretrain[0]['jobid']}.out").read_text()
@@ -123,9 +137,9 @@ def test_slurm_submissions_and_a_preempted_pretraining(tmp_path):
 
     (finetune,) = by_rule["rule_finetune_polypdiag"]
     line = " ".join(finetune["argv"])
-    defaults = profile["default-resources"]
-    assert "--gpus=1" in line and f"-t {defaults['runtime']}" in line and f"--mem {defaults['mem_mb']}" in line
-    assert f"-p {defaults['slurm_partition']}" in line
+    resources = profile["set-resources"]["finetune_polypdiag"]
+    assert "--gpus=1" in line and f"-t {resources['runtime']}" in line and f"--mem {resources['mem_mb']}" in line
+    assert f"-p {resources['slurm_partition']}" in line and resources["slurm_extra"] in line
 
     # the second attempt continued the first one's checkpoint and finished every epoch
     resumed = yaml.safe_load((run / "config.yaml").read_text())["run"]
@@ -134,3 +148,33 @@ def test_slurm_submissions_and_a_preempted_pretraining(tmp_path):
     record = json.loads((workdir / target).read_text())
     assert record["label_fraction"] == 1.0 and record["method"] == "endofm"
     shutil.rmtree(workdir / "resources", ignore_errors=True)
+
+
+def test_profile_sends_every_gpu_rule_to_the_gpu_partition_with_the_signal():
+    """Partition, runtime, memory and the pre-emption signal of each GPU rule; the CPU rules take the
+    default partition (the placeholder a user fills); status by squeue (no accounting needed)."""
+    resources = PROFILE["set-resources"]
+    for rule in GPU_RULES:
+        assert resources[rule]["slurm_partition"] == "gpu", rule
+        assert resources[rule]["slurm_extra"] == "--signal=USR1@600", rule
+        assert resources[rule]["runtime"] > 60 and resources[rule]["mem_mb"] >= 8000, rule
+    assert "slurm_partition" not in resources["extract_clips"]
+    assert (
+        PROFILE["default-resources"]["slurm_account"] == PROFILE["default-resources"]["slurm_partition"] == "CHANGE_ME"
+    )
+    assert "cpus_per_task" not in PROFILE["default-resources"]
+    assert PROFILE["slurm-status-command"] == "squeue" and PROFILE["retries"] >= 1
+
+
+@pytest.mark.workflow
+def test_unfilled_profile_stops_with_one_line(tmp_path):
+    """`--profile slurm` before the account and partition are set: one line naming them, at once."""
+    workdir = make_workdir(tmp_path, tiny_config())
+    proc = snakemake(workdir, "--profile", str(ROOT / "slurm"), "-n", "data", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    line = next(line for line in out.splitlines() if "CHANGE_ME" in line)
+    assert "slurm_account" in line and "slurm_partition" in line and "slurm/profile.yaml" in line
+    assert len(out.splitlines()) < 10, out
+    # filled in, the same dry run plans the data stage
+    assert "synthesize" in snakemake(workdir, *slurm_profile(tmp_path), "-n", "data").stdout

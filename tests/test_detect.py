@@ -25,12 +25,12 @@ from endofm.tasks.detect import (
     DetectTask,
     _to_original,
     detection_metrics,
-    evaluate_detection,
     normalize_frames,
     pad_clips,
     prepare_item,
     resized_size,
 )
+from endofm.tasks.evaluation import evaluate_detection
 from endofm.tasks.finetune import OptimConfig, RunSpec, TrainConfig, run_finetune
 from endofm.tasks.protocols import ProtocolSplits, protocol_splits
 from endofm.tasks.runs import evaluate_run, finetune_benchmark

@@ -23,10 +23,7 @@ TEST_SPLITS = {"polypdiag": "val", "cvc12k": "test", "kumc": "test"}
 
 def test_one_definition_per_piece() -> None:
     assert set(evaluation.EVALUATORS) == set(runs.TASKS)
-    assert runs.evaluate_run is evaluation.evaluate_run and runs.read_run is evaluation.read_run
-    assert classify.evaluate_classification is evaluation.EVALUATORS["polypdiag"]
-    assert segment.evaluate_segmentation is evaluation.EVALUATORS["cvc12k"]
-    assert detect.evaluate_detection is evaluation.EVALUATORS["kumc"]
+    assert runs.evaluate_run is evaluation.evaluate_run
     assert detect.detection_metrics is evaluation.detection_metrics
     # evaluate_detection falls back on detection_metrics' thresholds for a run without them: DetectConfig's.
     defaults = inspect.signature(evaluation.detection_metrics).parameters

@@ -11,12 +11,13 @@ import pytest
 import torch
 from test_classify import MICRO, tiny_config
 
+from endofm.config import config_hash
 from endofm.engine import Preempted, PreemptionHandler
 from endofm.models.checkpoint import load_backbone, load_checkpoint, save_checkpoint, to_official
 from endofm.models.heads import DINOHead
 from endofm.models.vit import build_backbone
 from endofm.tasks import finetune
-from endofm.tasks.finetune import OptimConfig, RunSpec, config_hash
+from endofm.tasks.finetune import OptimConfig, RunSpec
 from endofm.tasks.runs import finetune_benchmark
 
 

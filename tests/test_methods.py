@@ -14,11 +14,12 @@ from test_config import _assert_agree, _schema
 from test_pretrain import TINY as ENDOFM_TINY
 from test_pretrain import make_clips
 
+from endofm.cli import main as cli_main
 from endofm.config import ConfigError, to_dict
 from endofm.methods import METHODS, task_backbone
 from endofm.models.heads import VideoClassifier
 from endofm.models.vit import BackboneConfig
-from endofm.pretraining.train import main as pretrain_main
+from endofm.pretraining.endofm import EndoFMObjective
 from endofm.pretraining.vcl import SHARED_SETTINGS, VCLConfig
 from endofm.settings import load_workflow_config, pretrain_runs, run_backbone, run_backbone_options
 from endofm.tasks.finetune import set_trainable, train_mode
@@ -161,9 +162,9 @@ def test_pretraining_command_dispatches_on_the_method(tmp_path):
     config = tmp_path / "pretrain.yaml"
     config.write_text(yaml.safe_dump({"method": "st_adapter", "pretrain": settings}))
     torch.set_num_threads(1)
-    assert pretrain_main(["--config", str(config), "--clips", str(clips), "--out", str(tmp_path / "run")]) == 0
+    assert cli_main(["pretrain", "--config", str(config), "--clips", str(clips), "--out", str(tmp_path / "run")]) == 0
     saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
     record = json.loads((tmp_path / "run/run.json").read_text())
     assert saved["method"] == record["method"] == "st_adapter" and record["objective"] == "endofm"
     assert saved["run"]["parameters"] == record["parameters"] > record["backbone_parameters"] > 0
-    assert METHODS["st_adapter"].objective == "endofm" and METHODS["scratch"].objective is None
+    assert METHODS["st_adapter"].objective is EndoFMObjective and METHODS["scratch"].objective is None

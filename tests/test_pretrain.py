@@ -20,15 +20,19 @@ import pytest
 import torch
 import yaml
 
+from endofm.cli import main as cli_main
 from endofm.config import ConfigError, from_dict, to_dict
 from endofm.data.clips import MANIFEST_COLUMNS
 from endofm.data.video import write_video
 from endofm.engine import PREEMPTED_EXIT_CODE, NonFiniteLossError
 from endofm.io import write_csv
+from endofm.methods import load_pretrain_config
 from endofm.models.checkpoint import CheckpointError, load_backbone, load_checkpoint, save_checkpoint, to_official
 from endofm.models.vit import build_backbone
+from endofm.pretraining import endofm as endofm_objective
 from endofm.pretraining import train
-from endofm.pretraining.train import PretrainConfig, build_model, load_init_checkpoint, load_pretrain_config, pretrain
+from endofm.pretraining.endofm import PretrainConfig, build_model, load_init_checkpoint
+from endofm.pretraining.train import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -262,7 +266,7 @@ def test_init_checkpoint_path_is_loaded_and_cannot_replace_random_on_resume(refe
         loaded.append(Path(path))
         raise KeyboardInterrupt  # stop here: the run got as far as loading its initial weights
 
-    monkeypatch.setattr(train, "load_init_checkpoint", record)
+    monkeypatch.setattr(endofm_objective, "load_init_checkpoint", record)
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_config(init=str(flat)), [clips], tmp_path / "fresh")
     assert loaded == [flat]
@@ -356,7 +360,7 @@ def test_resume_at_an_epoch_boundary_is_exact(reference, clips, tmp_path):
 def test_sigterm_mid_epoch_checkpoints_exits_75_and_resumes_exactly(reference, clips, tmp_path, monkeypatch):
     """SIGTERM during step 5 of 6 (epoch 1): the step completes, a checkpoint is written, the run exits
     with status 75; rerunning finishes with the same weights and metrics as the uninterrupted run."""
-    calls, original, handler = [], train.ema_update, signal.getsignal(signal.SIGTERM)
+    calls, original, handler = [], endofm_objective.ema_update, signal.getsignal(signal.SIGTERM)
 
     def ema_then_signal(*args, **kwargs):
         original(*args, **kwargs)
@@ -364,7 +368,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_75_and_resumes_exactly(reference, c
         if len(calls) == 5:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(train, "ema_update", ema_then_signal)
+    monkeypatch.setattr(endofm_objective, "ema_update", ema_then_signal)
     with pytest.raises(SystemExit) as stopped:
         pretrain(tiny_config(), [clips], tmp_path)
     assert stopped.value.code == PREEMPTED_EXIT_CODE
@@ -386,14 +390,14 @@ def test_sigterm_mid_epoch_checkpoints_exits_75_and_resumes_exactly(reference, c
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(clips, tmp_path, monkeypatch):
-    class NaNInEpoch1(train.EndoFMLoss):
+    class NaNInEpoch1(endofm_objective.EndoFMLoss):
         def forward(self, student_out, teacher_out, epoch, **kwargs):
             out = super().forward(student_out, teacher_out, epoch, **kwargs)
             if epoch == 1:
                 out["loss"] = out["loss"] * math.nan
             return out
 
-    monkeypatch.setattr(train, "EndoFMLoss", NaNInEpoch1)
+    monkeypatch.setattr(endofm_objective, "EndoFMLoss", NaNInEpoch1)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, step 3; .*checkpoint.pt is left untouched"):
         pretrain(tiny_config(), [clips], tmp_path)
     assert (tmp_path / "checkpoint.pt").read_bytes() == (tmp_path / "checkpoint_0001.pt").read_bytes()
@@ -432,7 +436,7 @@ def test_two_process_ddp_matches_one_process(reference, clips, tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        "-m", "endofm.pretraining.train", "--config", str(config), "--clips", str(clips), "--out", str(out),
+        "-m", "endofm.cli", "pretrain", "--config", str(config), "--clips", str(clips), "--out", str(out),
         "--workers", "1",
     ]  # fmt: skip
     result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
@@ -555,10 +559,10 @@ def test_main_threads_flag_shares_threads_with_the_workers(tmp_path, monkeypatch
     try:
         (tmp_path / "x.csv").touch()
         base = ["--config", str(config), "--clips", str(tmp_path / "x.csv"), "--out", str(tmp_path / "out")]
-        train.main([*base, "--threads", "5"])  # the config's 3 workers, 2 intra-op threads
-        train.main([*base, "--threads", "2", "--workers", "1"])
+        cli_main(["pretrain", *base, "--threads", "5"])  # the config's 3 workers, 2 intra-op threads
+        cli_main(["pretrain", *base, "--threads", "2", "--workers", "1"])
         assert seen == [(2, None), (1, 1)]
-        assert train.main([*base, "--threads", "0"]) == 1
+        assert cli_main(["pretrain", *base, "--threads", "0"]) == 1
         assert "--threads must be >= 1, got 0" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
@@ -607,7 +611,7 @@ def test_snapshots_at_exact_steps(reference, clips, tmp_path):
 def test_snapshots_survive_preemption(reference, clips, tmp_path, monkeypatch):
     """SIGTERM at step 5 of 6: the snapshots passed (0, 2, 5) are kept in snapshots/taken, none is published;
     the resumed run does not retake the earlier ones and publishes all of them, equal to an uninterrupted run's."""
-    calls, original = [], train.ema_update
+    calls, original = [], endofm_objective.ema_update
 
     def ema_then_signal(*args, **kwargs):
         original(*args, **kwargs)
@@ -616,7 +620,7 @@ def test_snapshots_survive_preemption(reference, clips, tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
 
     cfg = tiny_config(snapshots=[0.0, 0.25, 0.9])
-    monkeypatch.setattr(train, "ema_update", ema_then_signal)
+    monkeypatch.setattr(endofm_objective, "ema_update", ema_then_signal)
     with pytest.raises(SystemExit):
         pretrain(cfg, [clips], tmp_path)
     monkeypatch.undo()

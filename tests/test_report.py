@@ -243,10 +243,10 @@ def test_one_ablation_table_alone(tmp_path):
 
 
 def test_headline_metrics_are_the_tasks_selection_metrics():
-    from endofm.tasks.runs import _task_part
+    from endofm.tasks.runs import task_entry
 
     for bench, head in HEADLINE.items():
-        assert _task_part(bench, "task").selection_metric == head.metric
+        assert task_entry(bench).task.selection_metric == head.metric
 
 
 def test_cli_report_names_missing_files(tmp_path, monkeypatch, capsys):

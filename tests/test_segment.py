@@ -17,6 +17,7 @@ from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from endofm.engine import seed_everything
 from endofm.models.segmentation import TransUNetConfig, segmentation_loss
 from endofm.models.vit import BackboneConfig, build_backbone
+from endofm.tasks.evaluation import evaluate_segmentation
 from endofm.tasks.finetune import OptimConfig, RunSpec, TrainConfig, run_finetune
 from endofm.tasks.protocols import ProtocolSplits, protocol_splits
 from endofm.tasks.runs import build_run_backbone, evaluate_run, finetune_benchmark
@@ -27,7 +28,6 @@ from endofm.tasks.segment import (
     SequenceTransform,
     collate_sequences,
     eval_transform,
-    evaluate_segmentation,
     rotate,
     sequence_dataset,
     train_transform,

@@ -205,7 +205,8 @@ def video(tmp_path: Path) -> Path:
 
 
 def _micro_backbone_pt(path: Path) -> tuple[Path, BackboneConfig]:
-    from endofm.pretraining.train import build_model, export_backbone
+    from endofm.pretraining.endofm import build_model
+    from endofm.pretraining.train import export_backbone
 
     _, cfg = load_pretrain_settings(TINY)
     torch.manual_seed(0)

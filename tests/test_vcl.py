@@ -18,11 +18,12 @@ from test_pretrain import make_clips
 
 from endofm.config import ConfigError, from_dict
 from endofm.engine import PREEMPTED_EXIT_CODE
+from endofm.methods import load_pretrain_config
 from endofm.models.checkpoint import load_backbone, load_checkpoint
 from endofm.models.vit import build_backbone
 from endofm.pretraining import vcl
 from endofm.pretraining.objective import sinkhorn_knopp
-from endofm.pretraining.train import load_pretrain_config, pretrain
+from endofm.pretraining.train import pretrain
 from endofm.pretraining.vcl import (
     STREAMS,
     VCLConfig,

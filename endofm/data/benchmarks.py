@@ -1,4 +1,7 @@
-"""The downstream benchmarks by name: index a raw layout into ``manifest.csv`` + a ``manifest.json`` summary."""
+"""The downstream benchmarks by name: index a raw layout into ``manifest.csv`` + a ``manifest.json`` summary.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ H.264 is smaller and decodes the same way). Every source frame lands in exactly 
 Output, in ``out_dir``: ``<video id>_<index>.mp4`` clips (:data:`~endofm.data.layouts.CLIP_PATTERN`),
 ``clips.csv`` (one row per clip) and ``skipped.csv`` (sources that could not be read). ``out_dir``
 belongs to one extraction at a time.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

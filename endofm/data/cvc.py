@@ -3,6 +3,8 @@
 A sequence is a range of frame numbers ``start .. start + length - 1``; one dataset item is one
 whole sequence. Masks follow the official rule: a pixel is polyp iff its value is exactly 255;
 every other value (including the anti-aliased greys at mask borders) is background.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

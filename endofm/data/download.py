@@ -3,6 +3,8 @@
 Standard library only (``urllib``); :func:`endofm.logs.progress` reports progress. Gated sources are never
 fetched: asking for one raises :class:`DownloadError` with the instructions of
 :func:`endofm.data.sources.missing_data_message`.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

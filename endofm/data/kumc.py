@@ -6,6 +6,8 @@ indices; internally boxes are 0-based continuous ``[x0, y0, x1, y1]`` with ``x0 
 
 Class ids follow the official detector: 0 background, 1 adenomatous, 2 hyperplastic. The paper
 reports ``val`` (``val2019``) as its test set.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 The synthetic corpus writes these layouts and the indexers read them, so a real download and the
 built-in data go through the same code. See ``docs/original.md`` sections 3.2 and 4 for the originals.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

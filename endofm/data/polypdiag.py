@@ -3,6 +3,8 @@
 The official split files are ``splits/train.txt`` and ``splits/val.txt``. **``val`` is the official
 test set** (there is no validation split); the manifest keeps the official name so that ``paper``
 numbers stay comparable, and a ``clean`` protocol must carve its own validation set from ``train``.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Facts (homepages, access, licences, counts) come from ``docs/original.md`` secti
 ``[unverified]`` tags are kept in ``notes``. Every source lives under ``<raw root>/<name>/``
 (``resources/raw/<name>/`` in the workflow); ``raw_layout`` and ``instructions`` write that folder
 as ``<raw_dir>``, which :func:`missing_data_message` replaces with the real path.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ Labels come from the renderer's per-frame instance maps, never from polyp parame
 belongs to polyp ``k`` if it lies inside the field of view, is lit (``min_visible_light``), and
 the bilinearly sampled polyp alpha is above 0.5 there. Masks, boxes and video labels are all
 derived from these maps.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Clip transforms shared by feature extraction and fine-tuning: uint8 frames (T, H, W, 3) in,
-normalised float tensors (3, T, S, S) out, with the same spatial crop for every frame of a clip."""
+normalised float tensors (3, T, S, S) out, with the same spatial crop for every frame of a clip.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ duration-derived estimate. That count is checked against the container header (P
 ``stream.frames``) where the header declares one: fewer packets than declared means the file is
 truncated and raises :class:`VideoDecodeError`. Containers without a declared count (mkv, webm)
 rely on the packet count alone; a frame that then fails to decode raises when it is asked for.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
 
 from __future__ import annotations

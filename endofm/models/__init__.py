@@ -1,4 +1,7 @@
-"""Backbone (TimeSformer ViT, divided space-time attention) and checkpoint loading/saving."""
+"""Backbone (TimeSformer ViT, divided space-time attention) and checkpoint loading/saving.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other models modules.
+"""
 
 from endofm.models.checkpoint import (
     BackboneLoadError,

@@ -16,6 +16,9 @@ Our own training checkpoint (:func:`save_checkpoint`) is a dict tagged ``format`
 whose ``teacher``/``student`` hold plain ``{backbone.*, head.*}`` state dicts, the DINO head using the
 ``parametrizations.weight.original0/1`` names of ``torch.nn.utils.parametrizations.weight_norm``.
 :func:`to_official`/:func:`from_official` convert between it and the official pretraining layout.
+:func:`load_pretrained_backbone` builds a backbone from any of them.
+
+Layer: models (docs/architecture.md). May import: foundation and :mod:`endofm.models.vit`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from torch import nn
 from endofm.config import from_dict
 from endofm.errors import UserError
 from endofm.io import atomic_path
-from endofm.models.vit import PRESETS, BackboneConfig, resize_pos_embed, resize_time_embed
+from endofm.models.vit import PRESETS, BackboneConfig, TimeSformer, build_backbone, resize_pos_embed, resize_time_embed
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +337,24 @@ def load_backbone(
         len(head),
     )
     return LoadReport(missing, unexpected, mismatched, resized, head)
+
+
+def load_pretrained_backbone(
+    checkpoint: str | Path, backbone: BackboneConfig | str | None = None, which: str = "teacher"
+) -> TimeSformer:
+    """The backbone of ``checkpoint`` in eval mode, loaded strictly.
+
+    Our checkpoints carry their backbone config; an official file needs ``backbone`` (default:
+    ``vit_base_patch16``, the released Endo-FM). A string names a preset.
+    """
+    ckpt = read_checkpoint_dict(checkpoint)
+    if isinstance(backbone, str):
+        backbone = BackboneConfig(name=backbone)
+    if backbone is None:
+        backbone = saved_backbone(ckpt, str(checkpoint)) or BackboneConfig()
+    model = build_backbone(backbone)
+    load_backbone(model, ckpt, which=which, source=str(checkpoint))
+    return model.eval()
 
 
 def legacy_to_parametrized(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ Conventions:
 - Box regression is ``(l, t, r, b)`` in pixels, ``ReLU(scale_l · x) · stride_l``: the original's
   ``NORM_REG_TARGETS: True`` path (in the original the ReLU output is multiplied by the stride in
   training too). Centre-ness is predicted from the regression tower (``CENTERNESS_ON_REG: True``).
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other models modules.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ weight-normalised last layer, ``last_layer.parametrizations.weight.original0`` (
 and ``.original1`` (direction, [out, bottleneck]). Official files use the legacy ``weight_norm``
 names ``last_layer.weight_g``/``weight_v``; convert them with
 :func:`endofm.models.checkpoint.legacy_to_parametrized`.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other models modules.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Small building blocks of the ViTs: stochastic depth, the transformer MLP, QuickGELU and truncated-normal
 initialisation. Kept here rather than imported from timm, whose import pulls in torchvision's model zoo
-and TorchDynamo (seconds per job process, paid by every fine-tuning and evaluation job)."""
+and TorchDynamo (seconds per job process, paid by every fine-tuning and evaluation job).
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other models modules.
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ Two decoders share one interface, :class:`SegmentationModel` (video (B, 3, T, H,
   progressive-upsampling conv decoder per frame.
 
 :func:`segmentation_loss` is the official objective: 0.5·cross-entropy + 0.5·TransUNet's soft Dice.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other models modules.
 """
 
 from __future__ import annotations

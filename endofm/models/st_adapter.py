@@ -22,6 +22,8 @@ mean over frames of the per-frame CLS (the original's head input), and the dense
 grid (B, T, h, w, C) like the TimeSformer's. Differences from the original: the frozen weights stay in
 the model's dtype (the original casts them to fp16), and the backbone's stochastic depth is never
 applied (the original's CLIP blocks have none).
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other models modules.
 """
 
 from __future__ import annotations

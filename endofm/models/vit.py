@@ -13,6 +13,8 @@ ViT run frame by frame: no temporal modules and no ``time_embed``, every frame i
 the blocks, the clip's CLS the mean of the frames' CLS before the final norm. With ``pre_norm``,
 ``act_layer="quick_gelu"``, ``norm_eps=1e-5`` and ``patch_bias=False`` (preset
 ``vit_base_patch16_clip``) it is CLIP's image tower, parameter names as timm's ``vit_base_patch16_clip_*``.
+
+Layer: data and models (docs/architecture.md). May import: foundation and the other models modules.
 """
 
 from __future__ import annotations

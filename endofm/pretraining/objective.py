@@ -8,6 +8,8 @@
 - :func:`ema_update`, :func:`param_groups`, :func:`clip_gradients`,
   :func:`cancel_last_layer_gradients`, :func:`teacher_temperature_schedule`: the official recipe's
   teacher EMA, weight-decay grouping, per-tensor gradient clipping and last-layer freezing.
+
+Layer: pretraining (docs/architecture.md). May import: foundation, data, models, engine.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from endofm.engine import unwrap
 
 _MAX_NAMED = 8
 
@@ -29,12 +32,6 @@ _MAX_NAMED = 8
 def _names(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_MAX_NAMED])
     return shown + (f", ... and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else "")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, DistributedDataParallel | DataParallel):
-        model = model.module
-    return model
 
 
 def group_views(views: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
@@ -291,7 +288,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     momentum = float(momentum)  # schedules hand out NumPy scalars
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"ema_update: momentum must be in [0, 1], got {momentum}")
-    teacher, student = _unwrap(teacher), _unwrap(student)
+    teacher, student = unwrap(teacher), unwrap(student)
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
     t_buffers, s_buffers = dict(teacher.named_buffers()), dict(student.named_buffers())
     for kind, t_items, s_items in (("parameters", t_params, s_params), ("buffers", t_buffers, s_buffers)):

@@ -1,15 +1,10 @@
 """Self-supervised pretraining of a video ViT on unlabelled clips: one loop, objectives as plug-ins.
 
-The loop (:func:`pretrain`) is shared by every pretrained method; an :class:`Objective` supplies the
-views, the model, the loss and the exported backbone. :data:`OBJECTIVES` has Endo-FM's
-(:class:`EndoFMObjective`, below) and VCL's (:mod:`endofm.pretraining.vcl`); the method registry
-(:mod:`endofm.methods`) says which method trains with which.
-
-Endo-FM (docs/original.md §3.5, §3.6): the student (backbone + DINO head) sees every view of a clip, the teacher (an EMA of the student,
-no gradients) only the global views; :class:`~endofm.pretraining.objective.EndoFMLoss` matches them.
-AdamW with per-iteration cosine schedules for the learning rate (linear warm-up), the weight decay
-and the teacher momentum, per-tensor gradient clipping and a frozen last layer in the first
-epoch(s): the official recipe, with :class:`PretrainConfig` holding its defaults.
+The loop (:func:`pretrain`) is shared by every pretrained method; an
+:class:`~endofm.pretraining.contract.Objective` supplies the views, the model, the loss and the exported
+backbone. :data:`OBJECTIVES` lists them: Endo-FM's (:mod:`endofm.pretraining.endofm`) and VCL's
+(:mod:`endofm.pretraining.vcl`); the method registry (:mod:`endofm.methods`) says which method trains
+with which.
 
 Outputs in ``out_dir``:
 
@@ -33,8 +28,8 @@ Outputs in ``out_dir``:
   in ``run.json``; taken into ``snapshots/taken/`` when the step is reached (kept across pre-emptions)
   and linked into ``snapshots/`` once training is complete.
 
-Command line (one process, or under ``torchrun --nproc_per_node N``; ``python -m endofm.pretraining.train``
-takes the same arguments)::
+Command line (one process, or under ``torchrun --nproc_per_node N``, e.g. ``torchrun ... -m endofm.cli
+pretrain ...``)::
 
     endofm pretrain --config config/config.yaml [--method M] [--variant NAME] [--threads N] --clips a/clips.csv b/clips.csv --out DIR
 
@@ -44,37 +39,30 @@ A run stopped by SIGTERM/SIGUSR1 writes its checkpoint and exits with status
 :data:`~endofm.engine.PREEMPTED_EXIT_CODE` (75; under torchrun each worker does, and torchrun itself
 exits 1, so launch it with ``python -m endofm.launch``, which exits 75); rerunning the command resumes it. With ``--on-config-change restart`` a checkpoint that
 cannot be continued (other settings) is moved to ``out_dir/superseded/`` and training starts afresh.
+
+Layer: pretraining (docs/architecture.md). May import: foundation, data, models, engine and the other
+pretraining modules; never :mod:`endofm.methods` or the command line (the registry and the CLI call it).
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
-import importlib
 import itertools
 import logging
 import math
 import os
 import shutil
 import signal
-import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import numpy as np
-import pandas as pd
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import Dataset
 
-from endofm.config import ConfigError, from_dict, load_yaml, to_dict
-from endofm.data.sources import SOURCES, SVT_K400_FILE
+from endofm.config import ConfigError, to_dict
 from endofm.engine import (
     CHECKPOINT_NAME,
-    DistInfo,
     EpochMeter,
     MetricsLog,
     Preempted,
@@ -100,26 +88,11 @@ from endofm.engine import (
     wrap_ddp,
 )
 from endofm.io import atomic_path, write_json, write_text
-from endofm.models.checkpoint import (
-    CHECKPOINT_KEYS,
-    CheckpointError,
-    legacy_to_parametrized,
-    load_backbone,
-    package_versions,
-    read_checkpoint_file,
-    save_checkpoint,
-)
-from endofm.models.heads import DINOHead
-from endofm.models.vit import BackboneConfig, build_backbone
-from endofm.pretraining.objective import (
-    EndoFMLoss,
-    MultiViewModel,
-    cancel_last_layer_gradients,
-    clip_gradients,
-    ema_update,
-    param_groups,
-)
-from endofm.pretraining.views import MultiViewDataset, ViewConfig, collate_views, load_clip_manifests
+from endofm.models.checkpoint import CHECKPOINT_KEYS, CheckpointError, package_versions, save_checkpoint
+from endofm.pretraining.contract import Objective
+from endofm.pretraining.endofm import SVT_CHECKPOINT, EndoFMObjective  # SVT_CHECKPOINT: its old import path
+from endofm.pretraining.vcl import VCLObjective
+from endofm.pretraining.views import collate_views, load_clip_manifests
 
 log = logging.getLogger(__name__)
 
@@ -131,143 +104,17 @@ SUPERSEDED_NAME = "superseded"
 
 OnConfigChange = Literal["error", "restart"]
 
+#: The objectives of the loop by name; a method of :data:`endofm.methods.METHODS` names its own (several
+#: methods may share one), and :func:`pretrain` picks the one whose ``config_class`` is the settings' type.
+OBJECTIVES: dict[str, type[Objective]] = {"endofm": EndoFMObjective, "vcl": VCLObjective}
+
 #: Settings that may change between a run and its resumption (they do not change the maths). ``init``
 #: may move to another path, but not change between ``random`` and a checkpoint.
 RESUMABLE_CHANGES = frozenset(
     {"num_workers", "checkpoint_every", "device", "precision", "init", "init_head", "snapshots"}
 )
 
-#: The original's starting point, SVT's Kinetics-400 self-supervised ViT-B (docs/original.md §2.4, §3.6): where
-#: the default ``init`` expects it (the folder the workflow's ``download_svt_k400`` target fills), and its URL.
-SVT_CHECKPOINT = f"resources/raw/svt_k400/{SVT_K400_FILE}"
-SVT_URL = SOURCES["svt_k400"].downloads[0].url
-
-
-@dataclass
-class PretrainConfig:
-    """Pretraining settings; the defaults are the official recipe (docs/original.md §3.5, §3.6).
-
-    ``init``: the initial student and teacher weights, a checkpoint path (backbone and head, loaded
-    strictly; any layout :mod:`endofm.models.checkpoint` reads) or ``random``. The original always starts
-    from SVT's Kinetics-400 self-supervised checkpoint, so the default is its path
-    (:data:`SVT_CHECKPOINT`) and a run fails at start while the file is missing; random weights must be
-    asked for with ``init: random``, which the run's ``config.yaml`` then records.
-
-    ``epochs`` is 30, not the original's default of 100: the authors call 30 epochs "good enough"
-    (Endo-FM issue #16). Every schedule spans ``epochs``, so a 30-epoch run completes its cosine
-    decays (unlike stopping a 100-epoch schedule at epoch 30). ``lr`` is for a total batch of 256
-    and is scaled by ``batch_size_per_gpu × processes / 256``.
-    """
-
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    views: ViewConfig = field(default_factory=ViewConfig)
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    norm_last_layer: bool = True
-    epochs: int = 30
-    batch_size_per_gpu: int = 3
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    clip_grad: float = 3.0  # per parameter tensor; 0 disables
-    freeze_last_layer: int = 1  # epochs with the head's last layer frozen
-    momentum_teacher: float = 0.996  # cosine to 1 over the run
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    # "center": the original's running centre; "sinkhorn": Sinkhorn-Knopp equipartition of the teacher
-    # targets over the batch (DINOv2's option), which keeps small-batch CPU runs from collapsing.
-    centering: Literal["center", "sinkhorn"] = "center"
-    sinkhorn_iterations: int = 3
-    cv_weight: float = 1.0
-    dm_weight: float = 1.0
-    # The original never puts its teacher in eval mode, so stochastic depth is active in it too;
-    # False runs the teacher without it (DINO's intent).
-    teacher_drop_path: bool = True
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    device: str = "auto"
-    num_workers: int = 4
-    seed: int = 0
-    init: str = SVT_CHECKPOINT  # "random" or a checkpoint path (see the docstring)
-    init_head: bool = True  # False: only the backbone comes from init (e.g. a backbone.pt)
-    # Dynamic positional encoding (SVT's): views keep their own frame counts and time_embed is resized
-    # to each; False samples every view at backbone.num_frames frames, so time_embed is used at its
-    # stored length (the "fixed T" ablation; local crops still resize the spatial grid).
-    dynamic_pos_embed: bool = True
-    data_fraction: float = 1.0  # share of each clip manifest used, drawn with `seed`
-    checkpoint_every: int = 5  # numbered copies; 0 keeps only checkpoint.pt
-    max_steps_per_epoch: int | None = None  # cap for tests and demos
-    # Backbone snapshots at these fractions of the run's optimiser steps (0: the initial weights), see
-    # snapshot_path; the workflow derives them from finetune.pretrain_fractions.
-    snapshots: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        check_snapshots(self.snapshots)
-        positive = ("out_dim", "hidden_dim", "bottleneck_dim", "epochs", "batch_size_per_gpu")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "teacher_temp", "warmup_teacher_temp", "student_temp"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "freeze_last_layer", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "warmup_teacher_temp_epochs"):
-            if not 0 <= getattr(self, name) <= self.epochs:
-                raise ValueError(f"{name} must be in [0, epochs={self.epochs}], got {getattr(self, name)}")
-        for name in ("momentum_teacher", "center_momentum"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0 < self.data_fraction <= 1:
-            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if not self.init:
-            raise ValueError("init must be 'random' or a checkpoint path, got an empty string")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}")
-        for name in ("global_size", "local_size"):
-            size = getattr(self.views, name)
-            if size % self.backbone.patch_size:
-                raise ValueError(
-                    f"views.{name} {size} is not a multiple of backbone.patch_size {self.backbone.patch_size}"
-                )
-
-    @property
-    def sampled_views(self) -> ViewConfig:
-        """The views as sampled: ``views``, or with ``dynamic_pos_embed`` off every view at
-        ``backbone.num_frames`` frames."""
-        if self.dynamic_pos_embed:
-            return self.views
-        t = self.backbone.num_frames
-        return dataclasses.replace(
-            self.views,
-            global_frames=(t,) * len(self.views.global_frames),
-            local_frames=(t,) * len(self.views.local_frames),
-        )
-
-    @property
-    def n_global(self) -> int:
-        return len(self.views.global_frames)
-
-    @property
-    def n_views(self) -> int:
-        return len(self.views.global_frames) + len(self.views.local_frames)
-
-
 SNAPSHOTS_DIR = "snapshots"
-
-
-def check_snapshots(fractions: Sequence[float]) -> None:
-    """Snapshot fractions must be distinct values in [0, 1)."""
-    if any(not 0 <= f < 1 for f in fractions) or len(set(fractions)) < len(fractions):
-        raise ValueError(f"snapshots: expected distinct fractions in [0, 1), got {list(fractions)}")
 
 
 def snapshot_path(run_dir: str | os.PathLike, fraction: float) -> Path:
@@ -294,104 +141,6 @@ def snapshot_step(fraction: float, total_steps: int) -> int:
     return math.floor(fraction * total_steps + 0.5)
 
 
-def load_pretrain_config(path: str | os.PathLike) -> Any:
-    """The ``pretrain:`` section of a YAML file as the settings of its ``method`` (top-level key, default
-    ``endofm``): a :class:`PretrainConfig` for Endo-FM, the objective's own config class for others
-    (missing keys take defaults)."""
-    data = load_yaml(path)
-    if "pretrain" not in data:
-        raise ConfigError(f"{path}: no 'pretrain' section (top-level keys: {', '.join(map(str, data)) or 'none'})")
-    objective = objective_class(pretrain_method(path, data))
-    return from_dict(objective.config_class, data["pretrain"] or {}, f"{path}: pretrain")
-
-
-def pretrain_method(path: str | os.PathLike, data: Mapping[str, Any] | None = None) -> str:
-    """The method a pretraining settings file names (top-level ``method``; ``endofm`` when absent)."""
-    from endofm.methods import METHODS
-
-    data = load_yaml(path) if data is None else data
-    method = data.get("method", "endofm")
-    if method not in METHODS or METHODS[method].objective is None:
-        known = ", ".join(n for n, m in METHODS.items() if m.objective is not None)
-        raise ConfigError(f"{path}: method {method!r} is not a pretrained method; expected one of {known}")
-    return method
-
-
-#: Pretraining objectives: name -> "module:class" of an :class:`Objective` (imported when used).
-OBJECTIVES: dict[str, str] = {
-    "endofm": "endofm.pretraining.train:EndoFMObjective",
-    "vcl": "endofm.pretraining.vcl:VCLObjective",
-}
-
-
-def objective_class(method: str) -> type[Objective]:
-    """The :class:`Objective` a pretrained method (:data:`endofm.methods.METHODS`) trains with."""
-    from endofm.methods import METHODS
-
-    name = METHODS[method].objective
-    if name not in OBJECTIVES:
-        raise ValueError(f"method {method!r}: unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    module, cls = OBJECTIVES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def build_model(cfg: PretrainConfig) -> MultiViewModel:
-    """Backbone + DINO head as configured (randomly initialised)."""
-    backbone = build_backbone(cfg.backbone)
-    head = DINOHead(
-        backbone.embed_dim,
-        cfg.out_dim,
-        hidden_dim=cfg.hidden_dim,
-        bottleneck_dim=cfg.bottleneck_dim,
-        norm_last_layer=cfg.norm_last_layer,
-    )
-    return MultiViewModel(backbone, head)
-
-
-def init_checkpoint(cfg: PretrainConfig) -> Path | None:
-    """The checkpoint ``cfg.init`` names (None for ``random``); a missing file is a one-line
-    :class:`~endofm.config.ConfigError` saying what to download and where to put it."""
-    if cfg.init == "random":
-        return None
-    path = Path(cfg.init)
-    if not path.is_file():
-        raise ConfigError(
-            f"pretrain init: {path} not found; the original starts from SVT's Kinetics-400 self-supervised "
-            f"checkpoint: download {SVT_URL} to {path} (the workflow's download_svt_k400 target does, into "
-            "resources/raw/svt_k400/) or set init to where it is, or set init: random to start from random weights"
-        )
-    return path
-
-
-def load_init_checkpoint(model: MultiViewModel, path: str | os.PathLike, head: bool = True) -> None:
-    """Load backbone and head strictly from an initial checkpoint (SVT's flat ``{backbone.*, head.*}``,
-    an official or our pretraining checkpoint (its teacher), ...). A missing head is an error;
-    ``head=False`` loads the backbone alone and keeps the head's random initialisation."""
-    raw = read_checkpoint_file(path)
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{path}: expected a dict at the top level, got {type(raw).__name__}")
-    load_backbone(model.backbone, raw, which="teacher", strict=True)
-    if not head:
-        log.info("initialised the backbone from %s (head: random)", path)
-        return
-    state = raw["teacher"] if "teacher" in raw else raw
-    head = {}
-    for key, value in state.items():
-        bare = key
-        while bare.startswith(("module.", "backbone.")):
-            bare = bare.split(".", 1)[1]
-        if bare.startswith("head."):
-            head[bare[len("head.") :]] = value
-    if not head:
-        raise CheckpointError(f"{path}: has no DINO head (head.*) weights; init needs backbone and head")
-    head = legacy_to_parametrized(head)
-    try:
-        model.head.load_state_dict(head, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: DINO head does not match the configured head: {exc}") from exc
-    log.info("initialised backbone and head from %s", path)
-
-
 def export_backbone(model: nn.Module, path: str | os.PathLike, cfg: Any = None, step: int | None = None) -> Path:
     """Write ``model.backbone`` (Endo-FM: the teacher's) as ``{"teacher": {"backbone.<name>": tensor}}`` in
     our tagged format, with the run's settings (``config``, so its backbone is rebuilt without naming it)
@@ -405,150 +154,6 @@ def export_backbone(model: nn.Module, path: str | os.PathLike, cfg: Any = None, 
 def count_parameters(module: nn.Module, trainable: bool = False) -> int:
     """Number of (trainable) parameter values of ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
-
-
-class Objective(abc.ABC):
-    """A pretraining objective plugged into the shared loop (:func:`pretrain`): how a clip becomes a
-    sample, the trained model, its loss, any state besides the model and optimiser, and which backbone
-    ``backbone.pt`` holds. The loop owns the rest: data order, DDP, AdamW with cosine lr and weight decay
-    (from the settings' ``lr``, ``min_lr``, ``warmup_epochs``, ``weight_decay``, ``weight_decay_end``),
-    mixed precision, checkpoints and exact resumption, pre-emption and ``metrics.csv``.
-
-    ``terms`` are the loss and its terms, ``stats`` other per-step statistics: both are keys of
-    :meth:`loss`'s result, averaged over ranks and steps into ``metrics.csv`` (terms first, then lr, wd
-    and the :meth:`schedules`, then stats).
-    """
-
-    name: ClassVar[str]
-    config_class: ClassVar[type]
-    terms: ClassVar[tuple[str, ...]] = ("loss",)
-    stats: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, cfg: Any, info: DistInfo) -> None:
-        self.cfg, self.info = cfg, info
-
-    @abc.abstractmethod
-    def dataset(self, clips: pd.DataFrame) -> Dataset:
-        """One item per clip, a list of view tensors, collated by :func:`collate_views`."""
-
-    @abc.abstractmethod
-    def build_model(self) -> nn.Module:
-        """The trained model on the CPU (its weights drawn from the seeded global generator)."""
-
-    def check(self) -> None:
-        """Fail early (before data loading starts or anything is written) on settings that cannot run."""
-        return None
-
-    def setup(self, model: nn.Module) -> None:
-        """Build what the objective keeps besides the model (teacher, loss buffers), once ``model`` is on the device."""
-        return None
-
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        """AdamW groups: the first one takes the scheduled weight decay."""
-        return param_groups(model)
-
-    def schedules(self, steps_per_epoch: int) -> dict[str, np.ndarray]:
-        """Per-iteration schedules besides lr and wd, logged at each epoch's last step."""
-        return {}
-
-    @abc.abstractmethod
-    def loss(self, model: nn.Module, views: list[torch.Tensor], epoch: int, step: int) -> dict[str, Any]:
-        """``loss`` (with gradient) and the detached ``terms`` and ``stats`` of one batch (on the device)."""
-
-    def after_backward(self, model: nn.Module, epoch: int) -> None:
-        """Act on the (unscaled) gradients before the optimiser step: per-tensor clipping by default."""
-        if self.cfg.clip_grad > 0:
-            clip_gradients(model, self.cfg.clip_grad)
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        """After the optimiser step of global iteration ``step``."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint besides the model and optimiser (keys of ``CHECKPOINT_KEYS`` go top level)."""
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (``state`` may hold other checkpoint keys too)."""
-        return None
-
-    @abc.abstractmethod
-    def export_model(self, model: nn.Module) -> nn.Module:
-        """The module whose ``.backbone`` goes into ``backbone.pt``."""
-
-
-class EndoFMObjective(Objective):
-    """Endo-FM's self-distillation (module docstring): a student (backbone + DINO head) on every view, an
-    EMA teacher on the global views, :class:`~endofm.pretraining.objective.EndoFMLoss`; the teacher's
-    backbone is exported."""
-
-    name = "endofm"
-    config_class = PretrainConfig
-    terms = ("loss", "cv", "dm")
-    stats = ("teacher_entropy", "batch_entropy", "center_norm")
-
-    def dataset(self, clips: pd.DataFrame) -> Dataset:
-        return MultiViewDataset(clips, self.cfg.sampled_views, seed=self.cfg.seed)
-
-    def check(self) -> None:
-        init_checkpoint(self.cfg)  # a missing initial checkpoint: one line saying what to download
-
-    def build_model(self) -> MultiViewModel:
-        init = init_checkpoint(self.cfg)
-        student = build_model(self.cfg)
-        if init is None:
-            log.info("init: random weights (the original starts from SVT's Kinetics-400 checkpoint)")
-        else:
-            load_init_checkpoint(student, init, head=self.cfg.init_head)
-        return student
-
-    def setup(self, model: nn.Module) -> None:
-        cfg, device = self.cfg, self.info.device
-        self.teacher = build_model(cfg).to(device)
-        self.teacher.load_state_dict(model.state_dict())
-        self.teacher.requires_grad_(False)
-        self.teacher.train(cfg.teacher_drop_path)
-        self.criterion = EndoFMLoss(
-            cfg.out_dim,
-            cfg.n_global,
-            cfg.n_views,
-            teacher_temp=cfg.teacher_temp,
-            warmup_teacher_temp=cfg.warmup_teacher_temp,
-            warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
-            epochs=cfg.epochs,
-            student_temp=cfg.student_temp,
-            center_momentum=cfg.center_momentum,
-            cv_weight=cfg.cv_weight,
-            dm_weight=cfg.dm_weight,
-            centering=cfg.centering,
-            sinkhorn_iterations=cfg.sinkhorn_iterations,
-        ).to(device)
-
-    def schedules(self, steps_per_epoch: int) -> dict[str, np.ndarray]:
-        self.momentum = cosine_schedule(self.cfg.momentum_teacher, 1.0, self.cfg.epochs, steps_per_epoch)
-        return {"momentum": self.momentum}
-
-    def loss(self, model: nn.Module, views: list[torch.Tensor], epoch: int, step: int) -> dict[str, Any]:
-        with torch.no_grad():
-            teacher_out = self.teacher(views[: self.cfg.n_global])
-        return self.criterion(model(views), teacher_out, epoch)
-
-    def after_backward(self, model: nn.Module, epoch: int) -> None:
-        super().after_backward(model, epoch)
-        cancel_last_layer_gradients(model, epoch, self.cfg.freeze_last_layer)
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        ema_update(self.teacher, model, float(self.momentum[step]))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "center": self.criterion.center.detach().cpu()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.criterion.center.copy_(state["center"])
-
-    def export_model(self, model: nn.Module) -> nn.Module:
-        return self.teacher
 
 
 def _resume_problem(ckpt: Mapping[str, Any], cfg: Any, spe: int, path: Path) -> Exception | None:
@@ -903,6 +508,14 @@ class _Pretraining:
         return Preempted(message)
 
 
+def objective_of(cfg: Any) -> type[Objective]:
+    """The objective of :data:`OBJECTIVES` whose settings class ``cfg`` is."""
+    for objective in OBJECTIVES.values():
+        if type(cfg) is objective.config_class:
+            return objective
+    raise TypeError(f"no pretraining objective takes a {type(cfg).__name__}; known: {', '.join(OBJECTIVES)}")
+
+
 def pretrain(
     cfg: Any,
     clip_manifests: Sequence[str | os.PathLike],
@@ -910,10 +523,12 @@ def pretrain(
     workers: int | None = None,
     on_config_change: OnConfigChange = "error",
     method: str | None = None,
+    objective: type[Objective] | None = None,
 ) -> Path:
-    """Pretrain ``method`` (a pretrained method of :data:`endofm.methods.METHODS`; by default the one whose
-    objective takes ``cfg``'s type: ``endofm`` for a :class:`PretrainConfig`, ``vcl`` for a
-    :class:`~endofm.pretraining.vcl.VCLConfig`) as ``cfg`` says on the clips of ``clip_manifests`` (``clips.csv`` files); returns
+    """Pretrain with ``objective`` (default: the one that takes ``cfg``'s type, :func:`objective_of`:
+    Endo-FM's for a :class:`~endofm.pretraining.endofm.PretrainConfig`, VCL's for a
+    :class:`~endofm.pretraining.vcl.VCLConfig`) as ``cfg`` says on the clips of ``clip_manifests``
+    (``clips.csv`` files), recorded as method ``method`` (default: the objective's name); returns
     ``out_dir/checkpoint.pt``. Resumes from that file when present. Under torchrun every process
     calls this; outside it, one process trains alone. ``workers`` overrides ``cfg.num_workers``.
     When the checkpoint there cannot be continued (other settings, or written part-way through an
@@ -923,11 +538,8 @@ def pretrain(
     Raises :class:`~endofm.engine.Preempted` (a ``SystemExit`` with status 75) after writing a
     checkpoint on SIGTERM/SIGUSR1, and :class:`~endofm.engine.NonFiniteLossError` on a NaN/inf loss.
     """
-    from endofm.methods import METHODS
-
-    if method is None:
-        method = next(n for n, m in METHODS.items() if m.objective and objective_class(n).config_class is type(cfg))
-    objective = objective_class(method)
+    objective = objective_of(cfg) if objective is None else objective
+    method = objective.name if method is None else method
     if not isinstance(cfg, objective.config_class):
         raise TypeError(f"method {method!r} takes a {objective.config_class.__name__}, got a {type(cfg).__name__}")
     manifests = [Path(p) for p in clip_manifests]
@@ -935,39 +547,19 @@ def pretrain(
         return _Pretraining(objective(cfg, info), manifests, Path(out_dir), workers, on_config_change, method).run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m endofm.pretraining.train ARGS`` is ``endofm pretrain ARGS`` (kept for torchrun launches)."""
-    from endofm.cli import main as cli_main
-
-    return cli_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])
-
-
 __all__ = [
     "BACKBONE_NAME",
     "CONFIG_NAME",
     "METRICS_NAME",
-    "SVT_CHECKPOINT",
-    "SVT_URL",
-    "SNAPSHOTS_DIR",
     "OBJECTIVES",
     "RUN_NAME",
-    "EndoFMObjective",
-    "Objective",
-    "PretrainConfig",
-    "build_model",
+    "SNAPSHOTS_DIR",
+    "SVT_CHECKPOINT",
     "count_parameters",
     "export_backbone",
-    "init_checkpoint",
-    "objective_class",
-    "pretrain_method",
-    "load_init_checkpoint",
-    "load_pretrain_config",
-    "main",
+    "objective_of",
     "pretrain",
     "snapshot_path",
     "snapshot_step",
     "taken_snapshot_path",
 ]
-
-if __name__ == "__main__":
-    sys.exit(main())

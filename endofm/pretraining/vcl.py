@@ -30,6 +30,9 @@ stride, their static views (one random frame repeated over ``T``, :func:`static_
    averaged over the other samples, normalised by the number of active (sample, concept) pairs.
 
 ``backbone.pt`` holds the TimeSformer in the layout of every other pretrained backbone.
+
+Layer: pretraining (docs/architecture.md). May import: foundation, data, models, engine and the
+pretraining modules below the loop (``contract``, ``objective``, ``views``), not :mod:`~endofm.pretraining.train`.
 """
 
 from __future__ import annotations
@@ -47,13 +50,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from endofm.config import from_dict, to_dict
+from endofm.config import from_dict, merge, to_dict
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from endofm.data.video import VideoReader
 from endofm.engine import unwrap
 from endofm.models.vit import BackboneConfig, build_backbone
+from endofm.pretraining.contract import Objective, check_snapshots
 from endofm.pretraining.objective import sinkhorn_knopp
-from endofm.pretraining.train import Objective, check_snapshots
 from endofm.pretraining.views import MultiViewDataset, augment_view
 
 #: Stream order of a sample: RGB 1, RGB 2, static 1, static 2, dynamic 1, dynamic 2.
@@ -111,7 +114,7 @@ class VCLViewConfig:
 @dataclass
 class VCLConfig:
     """VCL pretraining settings. The loop's settings (backbone to ``max_steps_per_epoch``, same names and
-    defaults as :class:`~endofm.pretraining.train.PretrainConfig`) are Endo-FM's recipe; the objective's
+    defaults as :class:`~endofm.pretraining.endofm.PretrainConfig`) are Endo-FM's recipe; the objective's
     are the original's (docs/original.md §7.1), with 768-d features on the ViT-B."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -184,8 +187,6 @@ class VCLConfig:
 def workflow_settings(cfg: Any, variant: str) -> VCLConfig:
     """VCL's settings in the workflow: the budget of ``pretrain.settings`` (:data:`SHARED_SETTINGS`),
     then the ``pretrain.vcl`` overlay."""
-    from endofm.settings import merge
-
     if variant != "default":
         raise ValueError(f"vcl has the one pretraining variant 'default', got {variant!r}")
     base = to_dict(cfg.pretrain.settings)

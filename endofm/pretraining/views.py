@@ -35,6 +35,8 @@ Faithful to the original's ``datasets/transform.py`` (not torchvision's DINO pip
 
 One deliberate change: the resize is antialiased (``antialias``); the original's
 ``F.interpolate(mode="bicubic")`` aliases when a crop shrinks.
+
+Layer: pretraining (docs/architecture.md). May import: foundation, data, models, engine, metrics and the other pretraining modules.
 """
 
 from __future__ import annotations

@@ -2,31 +2,30 @@
 rules' benchmark files (wall time per job), the paper's reported numbers, and provenance.
 
 A missing or malformed metrics file raises :class:`ReportError` with a one-line message naming it.
+
+Layer: report (docs/architecture.md). May import: every layer below it (metrics files are read with
+:mod:`endofm.tasks.evaluation`'s helpers).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-#: The fields that identify a run; every metrics file carries them (endofm.tasks.runs.evaluate_run).
+from endofm.tasks.evaluation import flat_metrics, metric_number
+
+#: The fields that identify a run; every metrics file carries them (endofm.tasks.evaluation.evaluate_run).
 IDENTITY = ("benchmark", "method", "variant", "protocol", "mode", "seed")
 #: Axes of a summary: a run's identity without the seed, plus the label fraction (1.0 when absent).
 AXES = ("benchmark", "method", "variant", "protocol", "mode", "label_fraction")
-#: Counts and sizes in a metrics file: not metrics to average.
-COUNT_KEYS = frozenset({"n", "n_positive", "tp", "fp", "fn", "tn", "frames", "n_sequences", "n_frames"})
-#: Metrics of the extra read-outs of a frozen run (PolypDiag probes) that the report keeps.
-READOUT_KEYS = ("f1", "auroc", "accuracy")
 
 
 class ReportError(ValueError):
@@ -35,15 +34,6 @@ class ReportError(ValueError):
 
 def _fail(path: Path, why: str) -> ReportError:
     return ReportError(f"{path}: {why}")
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a float when it is a number (NaN allowed; None -> NaN), else None."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -67,15 +57,15 @@ def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(record["seed"], bool) or not isinstance(record["seed"], int):
         raise _fail(path, f"malformed metrics file: seed must be an integer, got {record['seed']!r}")
     fraction = record.get("label_fraction", 1.0)
-    if _number(fraction) is None or not 0.0 < float(fraction) <= 1.0:
+    if metric_number(fraction) is None or not 0.0 < float(fraction) <= 1.0:
         raise _fail(path, f"malformed metrics file: label_fraction must be in (0, 1], got {fraction!r}")
     pretrain_fraction = record.get("pretrain_fraction", 1.0)
-    if _number(pretrain_fraction) is None or not 0.0 <= float(pretrain_fraction) <= 1.0:
+    if metric_number(pretrain_fraction) is None or not 0.0 <= float(pretrain_fraction) <= 1.0:
         raise _fail(path, f"malformed metrics file: pretrain_fraction must be in [0, 1], got {pretrain_fraction!r}")
     metrics = record["metrics"]
     if not isinstance(metrics, dict) or not metrics:
         raise _fail(path, "malformed metrics file: metrics must be a non-empty object")
-    bad = [k for k, v in metrics.items() if _number(v) is None]
+    bad = [k for k, v in metrics.items() if metric_number(v) is None]
     if bad:
         raise _fail(path, f"malformed metrics file: metrics {bad[:3]} are not numbers")
     return {
@@ -84,19 +74,6 @@ def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
         "pretrain_fraction": float(pretrain_fraction),
         "path": str(path),
     }
-
-
-def flat_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """The metrics of a record by name: ``metrics`` without counts, and the frozen read-outs' F1,
-    AUROC and accuracy as ``<key>[<readout>]``."""
-    out = {k: float(_number(v)) for k, v in record["metrics"].items() if k not in COUNT_KEYS}
-    for name, values in (record.get("readouts") or {}).items():
-        if isinstance(values, dict):
-            for key in READOUT_KEYS:
-                value = _number(values.get(key))
-                if key in values and value is not None:
-                    out[f"{key}[{name}]"] = value
-    return out
 
 
 def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
@@ -222,7 +199,7 @@ def read_paper_results(path: str | os.PathLike | None) -> dict[str, Any]:
         if not isinstance(entry, dict) or not isinstance(entry.get("results", {}), dict):
             raise _fail(path, f"methods.{name}: expected a mapping with 'results'")
         for bench, cell in entry.get("results", {}).items():
-            if not isinstance(cell, dict) or _number(cell.get("mean")) is None or cell.get("tag") not in TAGS:
+            if not isinstance(cell, dict) or metric_number(cell.get("mean")) is None or cell.get("tag") not in TAGS:
                 raise _fail(path, f"methods.{name}.results.{bench}: expected mean (number) and tag ({'/'.join(TAGS)})")
     return data
 
@@ -240,11 +217,6 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
         return commit + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def config_hash(settings: Any) -> str:
-    """sha256 (first 16 hex digits) of ``settings`` as sorted JSON."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def hardware() -> dict[str, Any]:

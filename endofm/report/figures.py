@@ -2,6 +2,8 @@
 the seeds as points, label-efficiency curves, read-outs versus pretraining steps, and example test frames with predicted and true masks/boxes.
 
 Each function returns a Figure (or None when there is nothing to draw); :func:`png` turns it into bytes.
+
+Layer: report (docs/architecture.md). May import: every layer below it (tasks included) and the other report modules.
 """
 
 from __future__ import annotations

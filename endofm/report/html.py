@@ -1,4 +1,7 @@
-"""The self-contained HTML report: one jinja2 template, figures embedded as base64 PNG, no network."""
+"""The self-contained HTML report: one jinja2 template, figures embedded as base64 PNG, no network.
+
+Layer: report (docs/architecture.md). May import: every layer below it (tasks included) and the other report modules.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 A difference is called significant only when the chosen test's two-sided p-value is below ``alpha``.
 With fewer than two shared seeds there is no test (p is NaN, never significant).
+
+Layer: report (docs/architecture.md). May import: every layer below it (tasks included) and the other report modules.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ paper's layout, secondary metrics, ablations and label efficiency, each rendered
 Every number is a mean over the seeds of one cell of the experiment matrix; values are shown ×100 as in
 the paper. A cell with fewer seeds than configured says so (``n=2 of 3``); a difference to the reference
 row is marked only when the paired test over shared seeds (:mod:`endofm.report.stats`) says so.
+
+Layer: report (docs/architecture.md). May import: every layer below it (tasks included) and the other report modules.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from endofm.metrics import mean_std
-from endofm.report.collect import AXES, READOUT_KEYS
+from endofm.report.collect import AXES
 from endofm.report.stats import TESTS, compare
+from endofm.tasks.evaluation import READOUT_KEYS
 
 
 class Headline(NamedTuple):

@@ -5,6 +5,8 @@ on the CLS embedding, the whole backbone trained, the official sampling and norm
 frozen-backbone read-outs (:func:`run_probe`): a logistic-regression probe on the CLS, one on the CLS
 with mean- and max-pooled patch tokens (the headline frozen number), and a weighted k-NN on the CLS
 (DINO's evaluation). Predictions are ``predictions.csv`` (sample_id, label, prob_0, prob_1).
+
+Layer: tasks (docs/architecture.md). May import: foundation, data, models, engine, metrics, pretraining, methods and the other tasks modules.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from endofm.config import config_hash
 from endofm.data.polypdiag import SHORT_VIDEO, PolypDiagDataset, ShortVideo
 from endofm.data.transforms import KINETICS_MEAN, KINETICS_STD, ClipTransform, torch_rng
 from endofm.engine import resolve_device, seed_everything
@@ -31,8 +34,8 @@ from endofm.metrics import classification_metrics
 from endofm.models.checkpoint import package_versions, save_checkpoint
 from endofm.models.heads import VideoClassifier
 from endofm.models.vit import TimeSformer
-from endofm.tasks.evaluation import PREDICTIONS, READOUTS, _read_predictions, evaluate_classification  # noqa: F401
-from endofm.tasks.finetune import MODEL_NAME, RUN_NAME, OptimConfig, RunSpec, Task, TrainConfig, config_hash
+from endofm.tasks.evaluation import PREDICTIONS, READOUTS
+from endofm.tasks.finetune import MODEL_NAME, RUN_NAME, OptimConfig, RunSpec, Task, TrainConfig
 from endofm.tasks.protocols import ProtocolSplits
 
 log = logging.getLogger(__name__)

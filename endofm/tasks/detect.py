@@ -17,6 +17,8 @@ model keeps at its 0.05 pre-NMS threshold) and scored against :func:`endofm.data
   ``score_threshold``, no localisation (:func:`endofm.metrics.detection_f1_paper`, docs/original.md §5 flaw 3);
 - ``f1_iou`` (+ ``precision_iou``, ``recall_iou``): class-aware box F1 at IoU ``iou_threshold``;
 - ``AP``, ``AP50``, ``AP75`` and ``AP50_<class>``: COCO box AP (pycocotools).
+
+Layer: tasks (docs/architecture.md). May import: foundation, data, models, engine, metrics, pretraining, methods and the other tasks modules.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from endofm.io import write_json
 from endofm.metrics import detections_to_coco
 from endofm.models.detection import DetectionConfig, DetectionModel
 from endofm.models.vit import TimeSformer
-from endofm.tasks.evaluation import DETECTIONS, detection_metrics, evaluate_detection  # noqa: F401
+from endofm.tasks.evaluation import DETECTIONS, detection_metrics
 from endofm.tasks.finetune import OptimConfig, Task, TrainConfig
 from endofm.tasks.protocols import ProtocolSplits
 

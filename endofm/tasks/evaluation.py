@@ -8,12 +8,15 @@ scores the saved predictions with its benchmark's entry in :data:`EVALUATORS`:
 - ``kumc``: :func:`evaluate_detection` (``detections.json``, COCO results, via :func:`detection_metrics`).
 
 The file names the tasks write (:mod:`endofm.tasks.classify`, :mod:`~endofm.tasks.segment`,
-:mod:`~endofm.tasks.detect`, which re-export everything here they use) are defined here, once.
+:mod:`~endofm.tasks.detect` import them from here) are defined here, once.
+
+Layer: tasks (docs/architecture.md). May import: foundation, data, models, engine, metrics, pretraining, methods and the other tasks modules.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +47,10 @@ READOUTS = {"linear_pooled": PREDICTIONS, "linear_cls": "predictions_linear_cls.
 MASKS = "masks.npz"
 #: Detection predictions: COCO results list.
 DETECTIONS = "detections.json"
+#: Counts and sizes in a metrics file: not metrics to average.
+COUNT_KEYS = frozenset({"n", "n_positive", "tp", "fp", "fn", "tn", "frames", "n_sequences", "n_frames"})
+#: Metrics of the extra read-outs of a frozen run (PolypDiag probes) that tables and sweeps keep.
+READOUT_KEYS = ("f1", "auroc", "accuracy")
 SYNTHETIC_NOTE = "built-in synthetic corpus: these numbers test the machinery, not clinical accuracy"
 
 
@@ -81,7 +88,8 @@ def evaluate_classification(run_dir: str | Path, test_rows: pd.DataFrame, **_: A
 # Segmentation (CVC-12k)
 
 
-def _flat(metrics: dict[str, Any]) -> dict[str, float]:
+def without_per_sequence(metrics: dict[str, Any]) -> dict[str, float]:
+    """Segmentation ``metrics`` without their ``per_sequence`` breakdown."""
     return {k: v for k, v in metrics.items() if k != "per_sequence"}
 
 
@@ -123,7 +131,7 @@ def evaluate_segmentation(
             )
         targets.append(target)
     metrics = segmentation_metrics([preds[n] for n in names], targets, names)
-    return {"metrics": _flat(metrics), "per_sequence": metrics["per_sequence"]}
+    return {"metrics": without_per_sequence(metrics), "per_sequence": metrics["per_sequence"]}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -222,6 +230,28 @@ EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "cvc12k": evaluate_segmentation,
     "kumc": evaluate_detection,
 }
+
+
+def metric_number(value: Any) -> float | None:
+    """``value`` as a float when it is a number (NaN allowed; None -> NaN), else None."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def flat_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of a metrics-file record by name: ``metrics`` without counts, and the frozen
+    read-outs' F1, AUROC and accuracy as ``<key>[<readout>]`` (the report's and the sweeps' view)."""
+    out = {k: float(metric_number(v)) for k, v in record["metrics"].items() if k not in COUNT_KEYS}
+    for name, values in (record.get("readouts") or {}).items():
+        if isinstance(values, dict):
+            for key in READOUT_KEYS:
+                value = metric_number(values.get(key))
+                if key in values and value is not None:
+                    out[f"{key}[{name}]"] = value
+    return out
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:

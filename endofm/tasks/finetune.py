@@ -14,14 +14,14 @@ and the outputs of a run in ``out_dir``:
 
 Under the ``paper`` protocol the selection split *is* the test split (the original's model
 selection on test); ``clean`` selects on validation and predicts the test split once.
+
+Layer: tasks (docs/architecture.md). May import: foundation, data, models, engine, metrics, pretraining, methods and the other tasks modules.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
 import itertools
-import json
 import logging
 import math
 import time
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from endofm.config import config_hash
 from endofm.engine import (
     MetricsLog,
     Precision,
@@ -222,12 +223,6 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def save_predictions(self, predictions: Any, out_dir: Path) -> list[str]:
         """Write the test predictions into ``out_dir``; returns the file names."""
-
-
-def config_hash(settings: Mapping[str, Any]) -> str:
-    """A short, stable hash of a run's settings (key order does not matter)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _param_groups(model: nn.Module, optim: OptimConfig, frozen: bool) -> list[dict[str, Any]]:

@@ -10,6 +10,8 @@ protocol selects on ``val2019`` (the paper's test set) and tests once on ``test2
 Either protocol can train on a fraction of its training videos (:func:`label_subset`, the
 label-efficiency axis): whole videos, stratified like the validation carve-out, and nested (for one
 seed, the videos of a smaller fraction are among those of every larger one).
+
+Layer: tasks (docs/architecture.md). May import: foundation, data, models, engine, metrics, pretraining, methods and the other tasks modules.
 """
 
 from __future__ import annotations

@@ -2,16 +2,19 @@
 
 :func:`finetune_benchmark` resolves the protocol's splits, builds the backbone (random init, or from
 a checkpoint) and runs the benchmark's task (full fine-tuning or the frozen-backbone mode);
-:func:`~endofm.tasks.evaluation.evaluate_run` (re-exported here; it lives in the torch-free
-:mod:`endofm.tasks.evaluation`) turns a run's test predictions into the metrics JSON that tables are built from.
+:func:`~endofm.tasks.evaluation.evaluate_run` (it lives in the torch-free :mod:`endofm.tasks.evaluation`)
+turns a run's test predictions into the metrics JSON that tables are built from; :func:`run_or_reuse` does
+both for scripts that sweep runs outside the workflow.
+
+Layer: tasks (docs/architecture.md). May import: foundation, data, models, engine, metrics, methods and
+the other task modules.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,37 +25,37 @@ from endofm.config import to_dict
 from endofm.data.benchmarks import read_manifest
 from endofm.methods import task_backbone
 from endofm.models.vit import BackboneConfig
-from endofm.tasks.evaluation import evaluate_run, read_run  # noqa: F401
-from endofm.tasks.finetune import RunSpec, run_finetune
+from endofm.tasks.classify import ClassifyTask, run_probe
+from endofm.tasks.detect import DetectTask
+from endofm.tasks.evaluation import evaluate_run, flat_metrics
+from endofm.tasks.finetune import RunSpec, Task, run_finetune
 from endofm.tasks.protocols import protocol_splits
+from endofm.tasks.segment import SegmentTask
 
 log = logging.getLogger(__name__)
 
 
 class TaskEntry(NamedTuple):
-    """Where a benchmark's pieces live: its module and, in it, the Task class and the frozen-mode function
-    (None: the frozen mode is the Task trained with a frozen backbone). Its evaluation function is its
-    entry in :data:`endofm.tasks.evaluation.EVALUATORS`."""
+    """A benchmark's fine-tuning: its :class:`~endofm.tasks.finetune.Task` class and its frozen-mode
+    function (None: the frozen mode is the Task trained with a frozen backbone). Its evaluation function
+    is its entry in :data:`endofm.tasks.evaluation.EVALUATORS`."""
 
-    module: str
-    task: str
-    frozen: str | None
+    task: type[Task]
+    frozen: Callable[..., dict[str, Any]] | None
 
 
 TASKS: dict[str, TaskEntry] = {
-    "polypdiag": TaskEntry("endofm.tasks.classify", "ClassifyTask", "run_probe"),
-    "cvc12k": TaskEntry("endofm.tasks.segment", "SegmentTask", None),
-    "kumc": TaskEntry("endofm.tasks.detect", "DetectTask", None),
+    "polypdiag": TaskEntry(ClassifyTask, run_probe),
+    "cvc12k": TaskEntry(SegmentTask, None),
+    "kumc": TaskEntry(DetectTask, None),
 }
 
 
-def _task_part(benchmark: str, part: str) -> Any:
-    """The ``part`` (a :class:`TaskEntry` field) of ``benchmark``, imported; None where there is none."""
+def task_entry(benchmark: str) -> TaskEntry:
+    """The :class:`TaskEntry` of ``benchmark`` (a ValueError naming the known ones otherwise)."""
     if benchmark not in TASKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(TASKS)}")
-    entry = TASKS[benchmark]
-    name = getattr(entry, part)
-    return getattr(importlib.import_module(entry.module), name) if name else None
+    return TASKS[benchmark]
 
 
 def build_run_backbone(
@@ -95,10 +98,10 @@ def finetune_benchmark(
         **({"backbone_options": dict(options)} if options else {}),
     }
     model = build_run_backbone(backbone, checkpoint, spec.seed, spec.method, options, spec.mode)
-    frozen_fn = _task_part(spec.benchmark, "frozen")
-    if spec.mode == "frozen" and frozen_fn is not None:
-        return frozen_fn(task_config, splits, raw_dir, spec, model, out_dir, settings)
-    task = _task_part(spec.benchmark, "task")(task_config, splits, raw_dir, spec.seed)
+    entry = task_entry(spec.benchmark)
+    if spec.mode == "frozen" and entry.frozen is not None:
+        return entry.frozen(task_config, splits, raw_dir, spec, model, out_dir, settings)
+    task = entry.task(task_config, splits, raw_dir, spec.seed)
     return run_finetune(task, task_config.train, spec, model, out_dir, settings)
 
 
@@ -115,10 +118,8 @@ def run_or_reuse(
 ) -> dict[str, float]:
     """``spec`` fine-tuned and evaluated under ``out_root`` as the workflow names its outputs
     (``finetune/<spec.path>/``, ``metrics/<spec.path>.json``), unless that metrics file exists (then
-    nothing runs); returns the metrics by name (:func:`~endofm.report.collect.flat_metrics`). For scripts
+    nothing runs); returns the metrics by name (:func:`~endofm.tasks.evaluation.flat_metrics`). For scripts
     that sweep runs outside the workflow (``benchmarks/``)."""
-    from endofm.report.collect import flat_metrics  # here: the report package is not a fine-tuning job's import
-
     out_root = Path(out_root)
     metrics_path = out_root / "metrics" / f"{spec.path}.json"
     if not metrics_path.is_file():

@@ -5,6 +5,8 @@ One sample is a whole sequence (its frames are the backbone's time axis). The mo
 trained with 0.5·cross-entropy + 0.5·soft Dice. Predictions are hard masks at each sequence's native
 frame resolution, written as ``masks.npz`` (one uint8 (T, H, W) array per sequence name); the headline
 metric is the paper's per-sequence volume Dice (:func:`endofm.metrics.dice_paper`).
+
+Layer: tasks (docs/architecture.md). May import: foundation, data, models, engine, metrics, pretraining, methods and the other tasks modules.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from endofm.models.segmentation import (
     segmentation_loss,
 )
 from endofm.models.vit import TimeSformer
-from endofm.tasks.evaluation import MASKS, _flat, evaluate_segmentation  # noqa: F401
+from endofm.tasks.evaluation import MASKS, without_per_sequence
 from endofm.tasks.finetune import OptimConfig, Task, TrainConfig
 from endofm.tasks.protocols import ProtocolSplits
 
@@ -383,7 +385,7 @@ class SegmentTask(Task):
         metrics = segmentation_metrics(
             [p.masks for p in predictions], [p.target for p in predictions], [p.sequence for p in predictions]
         )
-        return _flat(metrics)
+        return without_per_sequence(metrics)
 
     def save_predictions(self, predictions: list[SequencePrediction], out_dir: Path) -> list[str]:
         with atomic_path(Path(out_dir) / MASKS) as tmp:
