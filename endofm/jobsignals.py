@@ -12,6 +12,8 @@ installs a handler that sends the signal on to every descendant process except s
 writes its checkpoint and exits 75 (:data:`endofm.engine.PREEMPTED_EXIT_CODE`); SIGTERM then reaches
 Snakemake's own handler as well (it stops scheduling). A handler that Snakemake installs later for
 one of these signals (its scheduler does for SIGTERM) is chained behind this one instead of replacing it.
+
+Layer: foundation (docs/architecture.md). May import: the standard library only.
 """
 
 from __future__ import annotations

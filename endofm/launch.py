@@ -12,6 +12,8 @@ and the launcher keeps waiting: the workers write their checkpoint and exit 75, 
 launcher. torchrun's own SIGTERM handler, which would SIGTERM the workers and exit 1 without waiting
 for their exit codes, is left out (torchrun's ``--signals-to-handle``). A worker that receives the
 signal twice (SLURM signalled it too) is unaffected.
+
+Layer: entry points (docs/architecture.md). May import: every layer below; nothing in the package imports it.
 """
 
 from __future__ import annotations

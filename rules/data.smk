@@ -78,8 +78,8 @@ rule extract_clips:
     priority: 10  # the pretrainings wait for the clips (rules/pretrain.smk)
     conda:
         "../envs/endofm.yaml"
-    # One thread: a 2-thread job on the demo's 2 cores waited until both were free at once, i.e. behind
-    # every 1-thread fine-tune the greedy scheduler kept starting (6.5 min into the demo).
+    # One thread: a multi-thread job waits until that many cores are free at once, behind every 1-thread
+    # job the greedy scheduler keeps starting (docs/decisions.md: Job priorities so pretrainings start first).
     threads: 1
     params:
         clips=to_dict(CFG.clips),

@@ -32,8 +32,7 @@ rule pretrain_model:
     benchmark:
         "results/benchmarks/pretrain/{method}/{variant}.tsv"
     # Pretrainings are the long jobs every pretrained method's fine-tunes wait for: start them as soon as
-    # their clips exist (the greedy scheduler of profiles/default otherwise ran VCL's 21 min into the demo,
-    # behind the Scratch fine-tunes, and its 30 runs formed a 10-minute tail).
+    # their clips exist (docs/decisions.md: Job priorities so pretrainings start first).
     priority: 10
     conda:
         "../envs/endofm.yaml"
