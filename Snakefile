@@ -64,10 +64,11 @@ rule show_config:
     log:
         f"{LOGS}/show_config.log",
     localrule: True
-    run:
-        text = resolved_config_yaml()
-        Path(log[0]).write_text(text)
-        print(text, end="")
+    params:
+        text=resolved_config_yaml(),
+    shell:
+        # a shell job: a run: block would cost a second parse of the workflow in a subprocess
+        "printf '%s' {params.text:q} | tee {log}"
 
 
 rule main_table:
