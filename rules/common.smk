@@ -108,13 +108,6 @@ def absent(names, folder="."):
     return [n for n in names if not Path(folder, n).exists()]
 
 
-def fail_with(text, log):
-    """End a job that stands in for missing data: ``text`` to its log and, once, to the terminal."""
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    Path(log).write_text(f"{text}\n")
-    raise WorkflowError(text)
-
-
 def config_args():
     """The command-line config files of this run as a `snakemake` option (for hints), or ""."""
     return " ".join(f"--configfile={os.path.relpath(f)}" for f in workflow.overwrite_configfiles)

@@ -61,8 +61,8 @@ else:
             ),
         message:
             "{wildcards.name}: raw data missing ({output})"
-        run:
-            fail_with(params.text, log[0])
+        script:
+            "../workflow_scripts/missing_data.py"
 
 
 rule extract_clips:
@@ -122,5 +122,5 @@ rule missing_weights:
         text=lambda wildcards, output: missing_weights_message(output[0], snakemake_args=config_args()),
     message:
         "{output}: weights file missing"
-    run:
-        fail_with(params.text, log[0])
+    script:
+        "../workflow_scripts/missing_data.py"
