@@ -64,6 +64,8 @@ rule show_config:
     log:
         f"{LOGS}/show_config.log",
     localrule: True
+    conda:
+        "envs/endofm.yaml"
     params:
         text=resolved_config_yaml(),
     shell:
