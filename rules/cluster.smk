@@ -1,6 +1,7 @@
 # Cluster runs (slurm/profile.yaml). Two things the profile alone cannot do:
-# - the placeholders a user fills once (slurm_account, slurm_partition: CHANGE_ME) stop the run with one
-#   line while unset, instead of sbatch errors per job (a dry run too: it is the first thing a user tries);
+# - the placeholders a user fills once (slurm_account, slurm_partition: CHANGE_ME) stop a run with one
+#   line while unset, before any job is submitted, instead of sbatch errors per job; a dry run submits
+#   nothing and plans as usual (Snakemake calls `onstart` only for a real run);
 # - inside a SLURM job step the pre-emption signal (--signal=USR1@<s>, scancel's SIGTERM) reaches only the
 #   step's main process, this remote Snakemake: endofm.jobsignals passes it on to the training processes,
 #   which checkpoint and exit 75 (see endofm/jobsignals.py), so the retry resumes.
@@ -23,11 +24,13 @@ def unset_profile_resources():
     return unset
 
 
-if workflow.is_main_process and (_unset := unset_profile_resources()):
-    raise WorkflowError(
-        f"slurm/profile.yaml: set your cluster's value for {', '.join(_unset)} (still"
-        f" {PROFILE_PLACEHOLDER}) once in the profile, or in a copy of it passed as --profile"
-    )
+onstart:
+    if unset := unset_profile_resources():
+        raise WorkflowError(
+            f"slurm/profile.yaml: set your cluster's value for {', '.join(unset)} (still"
+            f" {PROFILE_PLACEHOLDER}) once in the profile, or in a copy of it passed as --profile"
+        )
+
 
 if workflow.remote_exec and jobsignals.in_slurm_job_step():
     jobsignals.forward_in_this_process()

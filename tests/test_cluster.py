@@ -168,13 +168,19 @@ def test_profile_sends_every_gpu_rule_to_the_gpu_partition_with_the_signal():
 
 @pytest.mark.workflow
 def test_unfilled_profile_stops_with_one_line(tmp_path):
-    """`--profile slurm` before the account and partition are set: one line naming them, at once."""
+    """`--profile slurm` before the account and partition are set: a dry run plans (it submits nothing);
+    a real run stops before submitting any job, with one line naming them."""
     workdir = make_workdir(tmp_path, tiny_config())
-    proc = snakemake(workdir, "--profile", str(ROOT / "slurm"), "-n", "data", check=False)
+    assert "synthesize" in snakemake(workdir, "--profile", str(ROOT / "slurm"), "-n", "data").stdout
+    env, state = fake_slurm_env(tmp_path)
+    cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    proc = subprocess.run([*cmd, "--profile", str(ROOT / "slurm"), "data"], capture_output=True, text=True, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     line = next(line for line in out.splitlines() if "CHANGE_ME" in line)
     assert "slurm_account" in line and "slurm_partition" in line and "slurm/profile.yaml" in line
-    assert len(out.splitlines()) < 10, out
+    error = out[out.index("WorkflowError") :]  # after Snakemake's job table
+    assert len(error.splitlines()) < 10, out
+    assert not (state / "sbatch.jsonl").exists() and not (workdir / "results").exists()  # nothing submitted
     # filled in, the same dry run plans the data stage
     assert "synthesize" in snakemake(workdir, *slurm_profile(tmp_path), "-n", "data").stdout

@@ -71,12 +71,7 @@ def checkout(path: Path, sources: list[str]) -> Path:
     """A folder laid out as a clone of the repository (links to its files) with stand-ins for ``sources``."""
     path.mkdir(parents=True, exist_ok=True)
     for name in CHECKOUT:
-        if name != "slurm":
-            (path / name).symlink_to(ROOT / name)
-    # the README's first cluster step: the profile's placeholders filled in (account, partitions)
-    (path / "slurm").mkdir()
-    profile = (ROOT / "slurm/profile.yaml").read_text()
-    (path / "slurm/profile.yaml").write_text(profile.replace("CHANGE_ME", "standin"))
+        (path / name).symlink_to(ROOT / name)
     for name in sources:
         standin(path / PAPER["data"]["raw_dir"], name)
     return path
