@@ -140,9 +140,7 @@ def test_readme_endofm_command_parses(command, user_checkout, monkeypatch, capsy
     """Each README `endofm` command parses; those that only read the config and registry run."""
     argv = shlex.split(command)[1:]
     args = build_parser().parse_args(argv)  # SystemExit (usage error) fails the test
-    for option in ("config",):
-        value = getattr(args, option, None)
-        assert value is None or (ROOT / value).is_file(), f"{command}: no {value}"
+    assert args.config is None or (ROOT / args.config).is_file(), f"{command}: no {args.config}"
     if args.command in ("sources", "config"):
         monkeypatch.chdir(user_checkout)
         assert main(argv) == 0, capsys.readouterr().err
