@@ -6,7 +6,7 @@ CORES  ?= 2
 CONFIG ?= config/config.yaml
 STAMP  := $(VENV)/.endofm-installed
 
-.PHONY: setup demo test test-fast lint clean help
+.PHONY: setup demo test test-fast gpu-check lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:\t/'
@@ -31,6 +31,9 @@ test-fast: setup  ## unit tests only
 .PHONY: test-slurm
 test-slurm: setup  ## the SLURM path on a real one-node SLURM (root: installs and starts slurmctld/slurmd/munge; ~6 min)
 	ENDOFM_REAL_SLURM=1 $(PY) -m pytest -rs -s tests/slurm/test_real_slurm.py
+
+gpu-check: setup  ## the prepared device check on the visible GPU (< 8 min on one H100): table + results/benchmarks/gpu_check.json
+	$(PY) benchmarks/bench_gpu.py
 
 lint: setup  ## ruff, snakefmt --check and snakemake --lint
 	$(VENV)/bin/ruff check endofm tests benchmarks workflow_scripts

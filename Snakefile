@@ -99,7 +99,7 @@ for _bench in BENCHMARKS:
 rule ablations:
     input:
         ablation_metrics(),
-        expand("results/report/ablation_{ablation}.md", ablation=ABLATIONS),
+        expand(f"{paths.REPORT}/ablation_{{ablation}}.md", ablation=ABLATIONS),
     localrule: True
 
 
@@ -110,5 +110,5 @@ for _name in ABLATIONS:
             f"ablation_{_name}"
         input:
             ablation_metrics(_name),
-            f"results/report/ablation_{_name}.md",
+            f"{paths.REPORT}/ablation_{_name}.md",
         localrule: True

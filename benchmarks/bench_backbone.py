@@ -11,7 +11,6 @@ forward = 2 x MACs of the linear layers, attention and patch embedding; forward+
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import resource
 import sys
@@ -20,13 +19,21 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from endofm.models.vit import PRESETS, BackboneConfig, build_backbone
 
-from endofm.io import write_json  # noqa: E402
-from endofm.models.vit import PRESETS, BackboneConfig, build_backbone  # noqa: E402
+if not __package__:  # run as a file: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ("fwd", "fwd+bwd")
+#: The printed table: (row key, column title, format spec).
+TABLE = [
+    ("model", "model", "<17"), ("shape", "clip", ">7"), ("batch", "B", ">3"), ("attention", "attn", "<8"),
+    ("dtype", "dtype", "<5"), ("mode", "mode", "<7"), ("ms_per_iter", "ms/iter", ">10.1f"),
+    ("clips_per_s", "clips/s", ">8.2f"), ("frames_per_s", "frames/s", ">9.1f"),
+    ("gflop_per_clip", "GFLOP/clip", ">10.2f"), ("tflops", "TFLOP/s", ">8.3f"), ("peak_mib", "peak MiB", ">9.0f"),
+]  # fmt: skip
 
 
 def forward_gflop(cfg: BackboneConfig, frames: int, size: int) -> float:
@@ -48,8 +55,7 @@ def bf16_supported(device: str) -> bool:
 
 def _measure(job: dict) -> dict:
     """Run one configuration in this (fresh) process and return its row."""
-    if job["threads"]:
-        torch.set_num_threads(job["threads"])
+    common.set_threads(job["threads"])
     device, dtype = job["device"], DTYPES[job["dtype"]]
     model = build_backbone(job["model"], drop_path_rate=0.0, attention=job["attention"]).to(device)
     cfg = model.config
@@ -126,7 +132,7 @@ def _in_child(job: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__, threads=0, json=True)
     parser.add_argument("--models", nargs="+", default=["vit_base_patch16", "vit_tiny_patch8"], choices=list(PRESETS))
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--batch", type=int, help="clips per step (default: CPU 1 for ViT-B/S, 8 else; CUDA 16/64)")
@@ -140,11 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         help="default: fp32, plus bf16 where the device supports it natively",
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
+    common.setup(args)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -178,25 +183,17 @@ def main(argv: list[str] | None = None) -> None:
         for a in args.attention
         for mode in args.modes
     ]
-    header = (
-        f"{'model':<18}{'clip':>7}{'B':>4} {'attn':<9}{'dtype':<6}{'mode':<8}"
-        f"{'ms/iter':>10}{'clips/s':>9}{'frames/s':>10}{'GFLOP/clip':>11}{'TFLOP/s':>9}{'peak MiB':>10}"
-    )
-    print(header + "\n" + "-" * len(header), flush=True)
+    table = common.Table([(title, spec) for _, title, spec in TABLE])
+    table.print_header(rule=True)
     rows = []
     for job in jobs:
         row = _measure(job) if device == "cuda" else _in_child(job)
         rows.append(row)
-        print(
-            f"{row['model']:<18}{row['shape']:>7}{row['batch']:>4} {row['attention']:<9}{row['dtype']:<6}"
-            f"{row['mode']:<8}{row['ms_per_iter']:>10.1f}{row['clips_per_s']:>9.2f}{row['frames_per_s']:>10.1f}"
-            f"{row['gflop_per_clip']:>11.2f}{row['tflops']:>9.3f}{row['peak_mib']:>10.0f}",
-            flush=True,
-        )
+        table.print_row(*(row[key] for key, _, _ in TABLE))
     peak = "max_memory_allocated, weights included" if device == "cuda" else "growth of peak RSS, weights excluded"
     print(f"peak MiB: {peak}")
     if args.json:
-        write_json(args.json, {"device": name, "torch": str(torch.__version__), "rows": rows})
+        common.write_results(args.json, {"device": name, "torch": str(torch.__version__), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -16,22 +16,22 @@ reused, so a second call only prints. Printed: per draw and method the read-outs
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from endofm.config import ConfigError
-from endofm.data.benchmarks import build_manifest
 from endofm.data.synthetic import synthesize
-from endofm.engine import set_cpu_threads
 from endofm.report.tables import fmt_seeds
 from endofm.settings import load_workflow_config, run_backbone, run_backbone_options
+from endofm.tasks.benchmarks import get_benchmark
 from endofm.tasks.finetune import RunSpec
 from endofm.tasks.runs import run_or_reuse
+
+if not __package__:  # run as a file: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
 
 #: The read-outs compared per benchmark: (metric key of flat_metrics, column title).
 READOUTS = {
@@ -41,13 +41,8 @@ READOUTS = {
 }
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__, config=True, threads=1, out=True)
     parser.add_argument("--benchmark", default="polypdiag", choices=sorted(READOUTS))
     parser.add_argument("--draws", default="0,1,2", help="synthetic.seed of each draw of the benchmark")
     parser.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds per draw and method")
@@ -55,24 +50,20 @@ def main() -> int:
     parser.add_argument("--variant", default="default")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the workflow's pretraining output")
     parser.add_argument("--protocol", default=None, help="default: the config's first finetune.protocols")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    try:
+    args = parser.parse_args(argv)
+    with common.config_errors():
         cfg = load_workflow_config(args.config)
         backbone, checkpoint = run_backbone(cfg, args.method, args.variant)
         scratch_variant = cfg.finetune.method_variants("scratch")[0]
         scratch_backbone, _ = run_backbone(cfg, "scratch", scratch_variant)
-    except ConfigError as exc:
-        sys.exit(f"error: {exc}")
     if cfg.data.origin != "synthetic":
         sys.exit(f"error: {args.config}: data.origin must be synthetic (this draws built-in benchmarks)")
     checkpoint = args.checkpoint or (Path(checkpoint) if checkpoint else None)
     if checkpoint is None or not checkpoint.is_file():
         sys.exit(f"error: {checkpoint}: no pretrained backbone; run the workflow's pretraining or pass --checkpoint")
     bench, protocol = args.benchmark, args.protocol or cfg.finetune.protocols[0]
-    seeds, draws = _ints(args.seeds), _ints(args.draws)
-    set_cpu_threads(args.threads, 0)
+    seeds, draws = common.numbers(args.seeds), common.numbers(args.draws)
+    common.setup(args)
     task = cfg.finetune.task(bench)
     task.train.num_workers = 0
     arms = [
@@ -87,26 +78,27 @@ def main() -> int:
         own = Path(cfg.data.benchmarks_dir) / bench / "manifest.json"
         if draw == cfg.synthetic.seed and own.is_file():  # the workflow's own draw: read it, do not redraw
             raw, manifest = Path(cfg.data.raw_dir) / bench, own.with_suffix(".csv")
-        started = time.perf_counter()
-        if not raw.is_dir():
-            synthesize(bench, raw, dataclasses.replace(cfg.synthetic, seed=draw), progress=False)
-        if not (manifest.parent / "manifest.json").is_file():
-            build_manifest(bench, raw, manifest.parent)
-        for method, variant, arm_backbone, arm_checkpoint, options in arms:
-            values = table.setdefault((draw, method), {})
-            for seed in seeds:
-                spec = RunSpec(bench, method, variant, protocol, "frozen", seed)
-                flat = run_or_reuse(spec, task, manifest, raw, root, arm_backbone, arm_checkpoint, options)
-                for key, title in READOUTS[bench]:
-                    values.setdefault(title, []).append(flat[key])
-        print(f"draw {draw}: {time.perf_counter() - started:.0f} s (runs reused when done before)", flush=True)
+        with common.Timer() as timer:
+            if not raw.is_dir():
+                synthesize(bench, raw, dataclasses.replace(cfg.synthetic, seed=draw), progress=False)
+            if not (manifest.parent / "manifest.json").is_file():
+                get_benchmark(bench).index(raw, manifest.parent)
+            for method, variant, arm_backbone, arm_checkpoint, options in arms:
+                values = table.setdefault((draw, method), {})
+                for seed in seeds:
+                    spec = RunSpec(bench, method, variant, protocol, "frozen", seed)
+                    flat = run_or_reuse(spec, task, manifest, raw, root, arm_backbone, arm_checkpoint, options)
+                    for key, title in READOUTS[bench]:
+                        values.setdefault(title, []).append(flat[key])
+        print(f"draw {draw}: {timer.seconds:.0f} s (runs reused when done before)", flush=True)
 
     titles = [title for _, title in READOUTS[bench]]
     print(f"\n{bench}, {protocol} protocol, frozen; {args.method} ({checkpoint}) vs scratch; seeds {args.seeds}; ×100")
-    print(" | ".join(["draw", "method", *titles]))
+    rows = common.Table([(title, "") for title in ["draw", "method", *titles]], sep=" | ")
+    rows.print_header()
     for draw in draws:
         for method, *_ in arms:
-            print(" | ".join([str(draw), method, *(fmt_seeds(table[draw, method][t]) for t in titles)]))
+            rows.print_row(draw, method, *(fmt_seeds(table[draw, method][t]) for t in titles))
     print("\ngap = " + args.method + " − scratch: per draw (mean over seeds); across draws; 2 × pooled seed std")
     for title in titles:
         gaps, stds = [], []

@@ -17,7 +17,7 @@ window of clip_length // 8 frames). Prints sampled frames/s and the seek/decode-
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,20 +27,15 @@ import numpy as np
 
 from endofm.data import video
 
+if not __package__:  # run as a file: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+
 
 def make_clip(path: Path, frames: int, height: int, width: int, gop: int, seed: int) -> Path:
-    """A textured clip (moving noise blobs), so the encoder does real work."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-    base = np.repeat(np.repeat(base, 8, axis=0), 8, axis=1)
-    clip = np.stack([np.roll(base, (2 * t, 3 * t), axis=(0, 1)) for t in range(frames)])
-    noise = rng.integers(-8, 9, clip.shape, dtype=np.int16)
-    clip = np.clip(clip.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-    old, video.GOP = video.GOP, gop
-    try:
-        return video.write_video(path, clip, fps=30)
-    finally:
-        video.GOP = old
+    """A textured clip (:func:`~benchmarks.common.textured_clip`, drifting faster, noisier) for real encoder work."""
+    clip = common.textured_clip(np.random.default_rng(seed), frames, height, width, shift=(2, 3), noise=8, margin=0)
+    return video.write_video(path, clip, fps=30, gop=gop)
 
 
 def draws(num_frames: int, k: int, pattern: str, n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -102,7 +97,7 @@ def time_methods(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, seed=True)
     parser.add_argument("--video", type=Path, help="clip to read (default: make one in a temporary folder)")
     parser.add_argument("--frames", type=int, default=150, help="frames of the made clip (default 150)")
     parser.add_argument("--height", type=int, default=256, help="height of the made clip (default 256)")
@@ -110,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gop", type=int, default=video.GOP, help=f"keyframe interval of the made clip ({video.GOP})")
     parser.add_argument("--sample", type=int, default=8, help="frames per draw (default 8)")
     parser.add_argument("--draws", type=int, default=30, help="random draws per pattern and method (default 30)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    common.setup(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.video or make_clip(
@@ -132,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
             index_sets = draws(info.num_frames, args.sample, pattern, args.draws, rng)
             fps = time_methods(methods, path, index_sets)
             print(f"\n{pattern}: {args.sample} frames per draw, {args.draws} draws, sampled frames/s (median draw)")
+            table = common.Table([("method", "<12"), ("frames/s", "9.1f")], indent="  ")
             for name, value in fps.items():
-                print(f"  {name:<12} {value:9.1f}")
+                table.print_row(name, value)
             print(f"  ratio decord-seek / pyav-all  {fps['decord-seek'] / fps['pyav-all']:.2f}")
             print(f"  ratio pyav-seek   / pyav-all  {fps['pyav-seek'] / fps['pyav-all']:.2f}")
             print(f"  ratio decord-seek / decord-all {fps['decord-seek'] / fps['decord-all']:.2f}")

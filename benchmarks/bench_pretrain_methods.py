@@ -12,31 +12,33 @@ included; steadier than wall time on a shared host), steps, and the parameter co
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from endofm.pretraining.train import pretrain
 from endofm.settings import load_workflow_config
 
+if not __package__:  # run as a file: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__, config=True, threads=2)
     parser.add_argument("--clips", type=Path, nargs="+", required=True)
     parser.add_argument("--methods", nargs="+", default=["endofm", "vcl", "st_adapter"])
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--vcl-local", action="store_true", help="VCL with local concepts from epoch 0")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = load_workflow_config(args.config)
+    args = parser.parse_args(argv)
+    common.setup(args)
+    with common.config_errors():
+        cfg = load_workflow_config(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             settings = cfg.method_settings(method, "default")
@@ -50,9 +52,9 @@ def main() -> None:
                 **({"local_start_epoch": 0} if args.vcl_local and method == "vcl" else {}),
             )
             out = Path(tmp) / method
-            cpu = time.process_time()
-            pretrain(settings, args.clips, out, method=method)
-            cpu = (time.process_time() - cpu) / args.epochs
+            with common.Timer(time.process_time) as timer:
+                pretrain(settings, args.clips, out, method=method)
+            cpu = timer.seconds / args.epochs
             metrics = pd.read_csv(out / "metrics.csv")
             record = json.loads((out / "run.json").read_text())
             print(

@@ -26,41 +26,37 @@ parallel region waits for its descheduled thread), hence the workflow's ``--thre
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from endofm.data.video import VideoReader
 from endofm.engine import DistInfo, autocast, build_loader
 from endofm.pretraining.endofm import EndoFMObjective, PretrainConfig
 from endofm.pretraining.objective import clip_gradients, ema_update, param_groups
 from endofm.pretraining.train import pretrain
-from endofm.pretraining.views import (
-    MultiViewDataset,
-    augment_view,
-    collate_views,
-    load_clip_manifests,
-    sample_frame_indices,
-)
+from endofm.pretraining.views import MultiViewDataset, collate_views, load_clip_manifests
 from endofm.settings import load_workflow_config
+
+if not __package__:  # run as a file: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+
+#: The end-to-end table: (column title, format spec).
+E2E_TABLE = [
+    ("threads", ">7"), ("workers", ">7"), ("wall s", ">7.1f"), ("s/step", ">7.3f"), ("steps/min", ">9.1f"),
+    (" epoch seconds", ""),
+]  # fmt: skip
 
 
 def load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def make_clips(folder: Path, count: int, seed: int = 0) -> Path:
-    from bench_views import make_corpus  # same folder
-
-    return make_corpus(folder, count, 32, 64, 80, seed)
 
 
 def data_breakdown(ds: MultiViewDataset, batches: int, batch: int) -> dict[str, list[float]]:
@@ -72,26 +68,16 @@ def data_breakdown(ds: MultiViewDataset, batches: int, batch: int) -> dict[str, 
         for k in range(batch):
             i = (b * batch + k) % len(ds)
             rng = ds.rng(i)
-            t0 = time.perf_counter()
-            with VideoReader(ds.paths[i]) as reader:
-                indices = sample_frame_indices(reader.num_frames, ds.cfg, rng)
-                wanted, inverse = np.unique(np.concatenate(indices), return_inverse=True)
-                frames = reader.get_frames(wanted)
-            t1 = time.perf_counter()
-            bounds = np.cumsum([0, *(len(idx) for idx in indices)])
-            items.append(
-                [
-                    augment_view(frames[inverse[lo:hi]], size, scale, ds.cfg, rng)
-                    for (_, size, scale), lo, hi in zip(ds.cfg.views, bounds[:-1], bounds[1:], strict=True)
-                ]
-            )
-            t2 = time.perf_counter()
-            decode, views = decode + t1 - t0, views + t2 - t1
-        t3 = time.perf_counter()
-        collate_views(items)
+            with common.Timer() as decoding:
+                frames, rows = ds.decode(i, rng)
+            with common.Timer() as augmenting:
+                items.append(ds.make_views(frames, rows, rng))
+            decode, views = decode + decoding.seconds, views + augmenting.seconds
+        with common.Timer() as collating:
+            collate_views(items)
         out["decode"].append(decode)
         out["views"].append(views)
-        out["collate"].append(time.perf_counter() - t3)
+        out["collate"].append(collating.seconds)
     return out
 
 
@@ -139,30 +125,26 @@ def end_to_end(
 ) -> tuple[float, int, list]:
     """Wall seconds of a whole ``pretrain`` run, its steps, and metrics.csv's epoch seconds."""
     out = tmp / f"run_t{threads}_w{workers}"
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        t0 = time.perf_counter()
+    with common.torch_threads(threads), common.Timer() as timer:
         pretrain(cfg, manifests, out, workers=workers)
-        wall = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(before)
     metrics = pd.read_csv(out / "metrics.csv")
-    return wall, int(metrics["steps"].sum()), metrics["seconds"].tolist()
+    return timer.seconds, int(metrics["steps"].sum()), metrics["seconds"].tolist()
 
 
 def table(title: str, parts: dict[str, list[float]]) -> None:
-    total = sum(statistics.median(v) for v in parts.values())
-    print(f"  {title}: {'part':<10} {'median s':>9} {'share':>6}")
-    for k, v in parts.items():
-        m = statistics.median(v)
-        print(f"  {'':<{len(title)}}  {k:<10} {m:>9.4f} {m / total:>6.0%}")
-    print(f"  {'':<{len(title)}}  {'total':<10} {total:>9.4f}")
+    """Each part's median seconds and share of their sum, under ``title``."""
+    medians = {k: statistics.median(v) for k, v in parts.items()}
+    total = sum(medians.values())
+    head = common.Table([("part", "<10"), ("median s", ">9.4f"), ("share", ">6.0%")], indent=f"  {title}: ")
+    rows = common.Table(head.columns, indent=" " * len(head.indent))
+    head.print_header()
+    for k, m in medians.items():
+        rows.print_row(k, m, m / total)
+    rows.print_row("total", total)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("config/config.yaml"), help="workflow config")
+    parser = common.parser(__doc__, config=True)
     parser.add_argument("--variant", default="default", help="pretraining variant (default: default)")
     parser.add_argument("--clips", type=Path, nargs="+", help="clips.csv manifests (default: made in a temp folder)")
     parser.add_argument("--count", type=int, default=48, help="clips to make without --clips (48)")
@@ -176,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", nargs="+", choices=["data", "model", "e2e"], default=["data", "model", "e2e"])
     args = parser.parse_args(argv)
 
-    wf = load_workflow_config(args.config)
-    cfg = wf.pretrain.variant(args.variant)
+    with common.config_errors():
+        cfg = load_workflow_config(args.config).pretrain.variant(args.variant)
     if args.precision:
         cfg.precision = args.precision
     if args.attention:
@@ -189,11 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         f"precision {cfg.precision}, attention {cfg.backbone.attention}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        manifests = args.clips or [make_clips(Path(tmp) / "clips", args.count)]
+        manifests = args.clips or [common.make_corpus(Path(tmp) / "clips", args.count, 32, 64, 80)]
         clips = load_clip_manifests(manifests)
         ds = MultiViewDataset(clips, cfg.views, seed=cfg.seed)
         print(f"{len(clips)} clips")
-        torch.set_num_threads(1)
+        common.set_threads(1)
         if "data" in args.parts:
             print("\n1. data, one process, 1 thread (s per batch)")
             table("data", data_breakdown(ds, args.data_batches, cfg.batch_size_per_gpu))
@@ -201,10 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         views = next(iter(loader))
         if "model" in args.parts:
             for threads in args.threads:
-                torch.set_num_threads(threads)
-                print(f"\n2. model step, {threads} torch thread(s) (s per step)")
-                table("model", model_breakdown(cfg, views, args.steps))
-            torch.set_num_threads(1)
+                with common.torch_threads(threads):
+                    print(f"\n2. model step, {threads} torch thread(s) (s per step)")
+                    table("model", model_breakdown(cfg, views, args.steps))
         if "e2e" in args.parts and args.epochs:
             run_cfg = PretrainConfig(
                 **{
@@ -215,13 +196,12 @@ def main(argv: list[str] | None = None) -> None:
                 }
             )
             print(f"\n3. end to end: pretrain(), {args.epochs} epochs of at most {args.steps} steps")
-            print(f"  {'threads':>7} {'workers':>7} {'wall s':>7} {'s/step':>7} {'steps/min':>9}  epoch seconds")
+            e2e = common.Table(E2E_TABLE, indent="  ")
+            e2e.print_header()
             for threads, workers in itertools.product(args.threads, args.workers):
                 wall, steps, seconds = end_to_end(run_cfg, manifests, threads, workers, Path(tmp))
-                print(
-                    f"  {threads:>7} {workers:>7} {wall:>7.1f} {wall / steps:>7.3f} {60 * steps / wall:>9.1f}  "
-                    + " ".join(f"{s:.1f}" for s in seconds)
-                )
+                epochs = " ".join(f"{s:.1f}" for s in seconds)
+                e2e.print_row(threads, workers, wall, wall / steps, 60 * steps / wall, " " + epochs)
     print(f"\nload average {load_avg()}")
 
 

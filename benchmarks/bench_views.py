@@ -18,27 +18,18 @@ between decoding (open + one ``get_frames`` call) and augmentation.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
-from endofm.data.clips import MANIFEST_COLUMNS
-from endofm.data.video import VideoReader, write_video
-from endofm.io import write_csv
-from endofm.pretraining.views import (
-    MultiViewDataset,
-    ViewConfig,
-    augment_view,
-    collate_views,
-    load_clip_manifests,
-    sample_frame_indices,
-    view_shapes,
-)
+from endofm.pretraining.views import MultiViewDataset, ViewConfig, collate_views, load_clip_manifests, view_shapes
+
+if not __package__:  # run as a file: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
 
 CONFIGS = {
     "paper": ViewConfig(),
@@ -46,26 +37,14 @@ CONFIGS = {
 }
 #: Clips made for each config: (count, frames, height, width).
 CORPORA = {"paper": (4, 150, 256, 320), "cpu": (8, 32, 64, 80)}
+#: The table of the DataLoader runs: (column title, format spec).
+LOADER_TABLE = [
+    ("workers", ">7"), ("samples", ">7"), ("batch", ">5"), ("samples/s", ">10.2f"), ("frames/s", ">9.0f"),
+    ("first batch s", ">13.2f"),
+]  # fmt: skip
 
 
-def make_corpus(folder: Path, count: int, frames: int, height: int, width: int, seed: int = 0) -> Path:
-    """``count`` clips of drifting coloured blocks with noise, and their ``clips.csv``."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for k in range(count):
-        block = 8
-        base = rng.integers(0, 256, (height // block + 2, width // block + 2, 3), dtype=np.uint8)
-        base = np.repeat(np.repeat(base, block, 0), block, 1)
-        clip = np.stack([np.roll(base, (t, 2 * t), (0, 1))[:height, :width] for t in range(frames)])
-        noise = rng.integers(-6, 7, clip.shape, dtype=np.int16)
-        clip = np.clip(clip.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-        name = f"clip{k:02d}.mp4"
-        write_video(folder / name, clip, fps=30)
-        rows.append(
-            {"source": "bench", "source_video": name, "start_frame": 0, "frames": frames, "fps": 30,
-             "width": width, "height": height, "path": name}
-        )  # fmt: skip
-    return write_csv(folder / "clips.csv", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+make_corpus = common.make_corpus  # bench_gpu.py imports it from here
 
 
 def run_loader(ds: MultiViewDataset, samples: int, batch: int, workers: int) -> tuple[float, float]:
@@ -94,22 +73,16 @@ def breakdown(ds: MultiViewDataset, samples: int) -> tuple[float, float, float]:
     for k in range(samples):
         i = k % len(ds)
         rng = ds.rng(i)
-        t0 = time.perf_counter()
-        with VideoReader(ds.paths[i]) as reader:
-            indices = sample_frame_indices(reader.num_frames, ds.cfg, rng)
-            wanted, inverse = np.unique(np.concatenate(indices), return_inverse=True)
-            frames = reader.get_frames(wanted)
-        t1 = time.perf_counter()
-        bounds = np.cumsum([0, *(len(idx) for idx in indices)])
-        for (_, size, scale), lo, hi in zip(ds.cfg.views, bounds[:-1], bounds[1:], strict=True):
-            augment_view(frames[inverse[lo:hi]], size, scale, ds.cfg, rng)
-        t2 = time.perf_counter()
-        decode, augment, unique = decode + t1 - t0, augment + t2 - t1, unique + len(wanted)
+        with common.Timer() as decoding:
+            frames, rows = ds.decode(i, rng)
+        with common.Timer() as augmenting:
+            ds.make_views(frames, rows, rng)
+        decode, augment, unique = decode + decoding.seconds, augment + augmenting.seconds, unique + len(frames)
     return 1000 * decode / samples, 1000 * augment / samples, unique / samples
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, seed=True)
     parser.add_argument("--clips", type=Path, help="clips.csv to read (default: make small corpora in a temp folder)")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["paper", "cpu"])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader workers (0 1 2)")
@@ -119,10 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu-batch", type=int, default=16, help="cpu batch size (default 16)")
     parser.add_argument("--breakdown-samples", type=int, default=4, help="samples for the decode/augment split (4)")
     parser.add_argument("--main-threads", type=int, help="torch threads of the main process (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.main_threads:
-        torch.set_num_threads(args.main_threads)
+    common.setup(args)
+    common.set_threads(args.main_threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s) in the main process")
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,9 +104,9 @@ def main(argv: list[str] | None = None) -> None:
                 manifest = args.clips
             else:
                 count, frames, height, width = CORPORA[name]
-                t0 = time.perf_counter()
-                manifest = make_corpus(Path(tmp) / name, count, frames, height, width, args.seed)
-                made = f"made in {time.perf_counter() - t0:.1f} s"
+                with common.Timer() as timer:
+                    manifest = common.make_corpus(Path(tmp) / name, count, frames, height, width, args.seed)
+                made = f"made in {timer.seconds:.1f} s"
             clips = load_clip_manifests([manifest])
             ds = MultiViewDataset(clips, cfg, seed=args.seed)
             per_sample = sum(t for t, _ in view_shapes(cfg))
@@ -143,12 +115,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{len(clips)} clips ({size}{'' if args.clips else ', ' + made})")
             samples = args.paper_samples if name == "paper" else args.cpu_samples
             batch = args.paper_batch if name == "paper" else args.cpu_batch
-            print(
-                f"  {'workers':>7} {'samples':>7} {'batch':>5} {'samples/s':>10} {'frames/s':>9} {'first batch s':>13}"
-            )
+            table = common.Table(LOADER_TABLE, indent="  ")
+            table.print_header()
             for workers in args.workers:
                 rate, first = run_loader(ds, samples, batch, workers)
-                print(f"  {workers:>7} {samples:>7} {batch:>5} {rate:>10.2f} {rate * per_sample:>9.0f} {first:>13.2f}")
+                table.print_row(workers, samples, batch, rate, rate * per_sample, first)
             decode_ms, augment_ms, unique = breakdown(ds, args.breakdown_samples)
             print(
                 f"  main process: decode {decode_ms:.0f} ms/sample ({unique:.0f} unique frames), "

@@ -1,8 +1,10 @@
 """The workflow's configuration as typed objects: one dataclass per section of ``config/*.yaml``.
 
-``config/schema.yaml`` checks the YAML's shape when Snakemake starts; :func:`load_workflow_config`
-then builds these objects, which own the defaults and check what a schema cannot (that a source is
-in the registry, that synthetic and real sources are not mixed).
+Each field declares its default, description and bounds (:func:`endofm.config.setting`);
+``config/schema.yaml``, generated from them (``endofm config schema --write``), checks the YAML's shape
+when Snakemake starts. :func:`load_workflow_config` then builds these objects, which check the bounds
+again and what a schema cannot (that a source is in the registry, that synthetic and real sources are
+not mixed).
 
 Layer: settings (docs/architecture.md), above the report. May import every layer below it; only the
 entry points (CLI, workflow) import it.
@@ -12,19 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from endofm.config import ConfigError, config_file_of, from_dict, load_yaml, merge, to_dict
+from endofm import paths
+from endofm.config import ConfigError, check_fields, config_file_of, from_dict, load_yaml, merge, setting, to_dict
 from endofm.data.clips import ClipConfig
 from endofm.data.sources import SOURCES, Download
-from endofm.data.synthetic import BENCHMARKS, PRETRAIN_SOURCES, SynthConfig
+from endofm.data.synthetic import PRETRAIN_SOURCES, SynthConfig
 from endofm.methods import METHODS, get_method, load_pretrain_config, pretrain_method, task_backbone
+from endofm.models.st_adapter import AdapterConfig
 from endofm.models.vit import BackboneConfig
 from endofm.pretraining.endofm import PretrainConfig
 from endofm.pretraining.train import snapshot_path
+from endofm.pretraining.vcl import VCLConfig
 from endofm.report import ReportConfig
+from endofm.tasks.benchmarks import BENCHMARKS
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
 from endofm.tasks.finetune import MODES, RunSpec
@@ -36,17 +42,39 @@ from endofm.tasks.segment import SegmentConfig
 class DataConfig:
     """Where the data stage reads and writes, and which sources and benchmarks it uses."""
 
-    origin: Literal["synthetic", "real"] = "synthetic"
-    raw_dir: str = "resources/synthetic/raw"
-    clips_dir: str = "resources/synthetic/clips"
-    benchmarks_dir: str = "resources/synthetic/benchmarks"
-    downloads_dir: str = "resources/downloads"
-    pretrain_sources: list[str] = field(default_factory=lambda: list(PRETRAIN_SOURCES))
-    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
-    download_overrides: dict[str, list[Download]] = field(default_factory=dict)
+    origin: Literal["synthetic", "real"] = setting(
+        "synthetic", "synthetic: generate the built-in corpus; real: use downloaded or hand-placed datasets"
+    )
+    raw_dir: str = setting(
+        "resources/synthetic/raw", "Folder holding one subfolder per source/benchmark in its official layout"
+    )
+    clips_dir: str = setting(
+        "resources/synthetic/clips", "Output folder of clip extraction, one subfolder per pretraining source"
+    )
+    benchmarks_dir: str = setting(
+        "resources/synthetic/benchmarks", "Output folder of benchmark indexing, one subfolder per benchmark"
+    )
+    downloads_dir: str = setting(
+        "resources/downloads", "Where archives of open sources are downloaded (checksummed, resumable)"
+    )
+    pretrain_sources: list[str] = setting(
+        description="Pretraining sources by registry name (`endofm sources`): built-in ones for origin synthetic, "
+        "real ones for origin real",
+        factory=lambda: list(PRETRAIN_SOURCES),
+        min_items=1,
+    )
+    benchmarks: list[str] = setting(
+        description="Downstream benchmarks to index, fine-tune and evaluate on",
+        factory=lambda: list(BENCHMARKS),
+        each=dict(choices=BENCHMARKS),
+    )
+    download_overrides: dict[str, list[Download]] = setting(
+        description="Per source, a list of mirrors replacing the registry's archive URLs", factory=dict
+    )
 
     def __post_init__(self) -> None:
-        for name in self.pretrain_sources + self.benchmarks + list(self.download_overrides):
+        check_fields(self, "data")
+        for name in self.pretrain_sources + list(self.download_overrides):
             if name not in SOURCES:
                 raise ConfigError(f"data: unknown source {name!r}; known: {', '.join(sorted(SOURCES))}")
         for name in self.pretrain_sources:
@@ -58,23 +86,25 @@ class DataConfig:
                     f"data.pretrain_sources: {name!r} is {'a built-in' if synthetic else 'a real'} source "
                     f"but data.origin is {self.origin!r}"
                 )
-        for name in self.benchmarks:
-            if SOURCES[name].kind != "benchmark":
-                raise ConfigError(f"data.benchmarks: {name!r} is not a benchmark")
-        if not self.pretrain_sources:
-            raise ConfigError("data.pretrain_sources: at least one source is needed")
 
 
 @dataclass
 class STAdapterSettings:
     """ST-Adapter's frozen image ViT and adapters (:class:`endofm.methods.STAdapter`)."""
 
-    # A file of image ViT weights (CLIP ViT-B/16, timm layout) used instead of pretraining the image ViT.
-    checkpoint: str | None = None
-    # Overlay on its pretraining settings: pretrain.settings (the Endo-FM objective and budget) with 1-frame views.
-    settings: dict[str, Any] = field(default_factory=dict)
-    # endofm.models.st_adapter.AdapterConfig: layout (12x384 | 24x384), bottleneck, kernel_t.
-    adapter: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = setting(
+        None,
+        "A file of image ViT weights (CLIP ViT-B/16, timm's vit_base_patch16_clip_224.openai layout) used instead "
+        "of pretraining the image ViT; null pretrains it with the Endo-FM objective on 1-frame views of the same "
+        "corpus and budget",
+    )
+    settings: dict[str, Any] = setting(
+        description="Overlay on the image ViT's pretraining settings, which are pretrain.settings with every view "
+        "one frame long",
+        factory=dict,
+        overlay=PretrainConfig,
+    )
+    adapter: dict[str, Any] = setting(description="The adapters", factory=dict, overlay=AdapterConfig)
 
 
 @dataclass
@@ -83,20 +113,40 @@ class PretrainStage:
     overlays on them, and the other pretrained methods' sections (:data:`endofm.methods.METHODS`), which
     take the budget of ``settings``."""
 
-    gpus: int = 0
-    threads: int = 2  # CPU threads of a pretraining job (per process: threads // gpus)
-    settings: PretrainConfig = field(default_factory=PretrainConfig)
-    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
-    vcl: dict[str, Any] = field(default_factory=dict)  # overlay on VCL's settings (endofm.pretraining.vcl.VCLConfig)
-    st_adapter: STAdapterSettings = field(default_factory=STAdapterSettings)
+    gpus: int = setting(
+        0, "GPUs per pretraining job (0: CPU); more than one launches torchrun with one process per GPU", minimum=0
+    )
+    threads: int = setting(
+        2,
+        "CPU threads of a pretraining job, split per process into one per data-loading worker and torch intra-op "
+        "threads for the rest",
+        minimum=1,
+    )
+    settings: PretrainConfig = setting(
+        description="Endo-FM's pretraining settings; the other pretrained methods take their budget from them",
+        factory=PretrainConfig,
+    )
+    variants: dict[str, dict[str, Any]] = setting(
+        description="Named pretraining variants (ablations), at least one (e.g. default: {}): each an overlay on "
+        "settings (same keys, nested), a wildcard in results/pretrain/<method>/<variant>/ and a row of the "
+        "ablation table",
+        factory=lambda: {"default": {}},
+        overlay=PretrainConfig,
+        min_items=1,
+    )
+    vcl: dict[str, Any] = setting(
+        description="Overlay on VCL's settings: the training loop's (backbone, budget, schedules, precision, device, "
+        "workers, seed, data fraction, checkpointing) come from settings unless set here; the objective's and the "
+        "snapshots default to VCL's recipe",
+        factory=dict,
+        overlay=VCLConfig,
+    )
+    st_adapter: STAdapterSettings = setting(
+        description="ST-Adapter's frozen image ViT and adapters", factory=STAdapterSettings
+    )
 
     def __post_init__(self) -> None:
-        if self.gpus < 0:
-            raise ConfigError(f"pretrain.gpus must be >= 0, got {self.gpus}")
-        if self.threads < 1:
-            raise ConfigError(f"pretrain.threads must be >= 1, got {self.threads}")
-        if not self.variants:
-            raise ConfigError("pretrain.variants: at least one variant is needed (e.g. default: {})")
+        check_fields(self, "pretrain")
         for name in self.variants:
             self.variant(name)  # fail at start, naming the variant, if an overlay is invalid
 
@@ -124,8 +174,8 @@ class ExternalCheckpoint:
     """A backbone from a file (the released ``endo_fm.pth`` or any layout
     :mod:`endofm.models.checkpoint` reads) fine-tuned as a method of its own."""
 
-    path: str
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    path: str = setting(description="Checkpoint file in any layout endofm reads (ours, official, SVT)")
+    backbone: BackboneConfig = setting(description="Its backbone's settings", factory=BackboneConfig)
 
 
 @dataclass
@@ -138,31 +188,81 @@ class FinetuneStage:
     ``checkpoints`` a backbone from that file (variant ``external``).
     """
 
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    variants: list[str] = field(default_factory=lambda: ["default"])
-    checkpoints: dict[str, ExternalCheckpoint] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    protocols: list[str] = field(default_factory=lambda: ["paper", "clean"])
-    modes: list[str] = field(default_factory=lambda: ["full", "frozen"])
-    # Label efficiency: shares of each protocol's training videos (by video, stratified, nested, seeded
-    # by the run's seed); fractions below 1 run in label_fraction_modes only (null: every mode).
-    label_fractions: list[float] = field(default_factory=lambda: [1.0])
-    label_fraction_modes: list[str] | None = None
-    label_fraction_methods: list[str] | None = None  # fractions below 1 for these methods only (null: all)
-    label_fraction_benchmarks: list[str] | None = None  # ... and these benchmarks only (null: all)
-    # Pretraining efficiency: read-outs of backbone snapshots after these fractions of the pretraining
-    # steps (0: its initial weights; 1: the normal runs), in these modes, methods and benchmarks.
-    pretrain_fractions: list[float] = field(default_factory=list)
-    pretrain_fraction_modes: list[str] = field(default_factory=lambda: ["frozen"])
-    pretrain_fraction_methods: list[str] = field(default_factory=lambda: ["endofm"])
-    pretrain_fraction_benchmarks: list[str] = field(default_factory=lambda: ["polypdiag", "cvc12k"])
-    gpus: int = 0
-    threads: int = 4  # per job: torch threads, and data-loader workers (threads - 1)
-    polypdiag: ClassifyConfig = field(default_factory=ClassifyConfig)
-    cvc12k: SegmentConfig = field(default_factory=SegmentConfig)
-    kumc: DetectConfig = field(default_factory=DetectConfig)
+    methods: list[str] = setting(
+        description=f"Methods of the matrix: {', '.join(METHODS)} (endofm.methods.METHODS) and names of "
+        "finetune.checkpoints",
+        factory=lambda: list(METHODS),
+    )
+    variants: list[str] = setting(
+        description="Pretraining variants method endofm is fine-tuned from", factory=lambda: ["default"]
+    )
+    checkpoints: dict[str, ExternalCheckpoint] = setting(
+        description="Backbones from files (e.g. the released endo_fm.pth) fine-tuned as methods of their own, by name",
+        factory=dict,
+    )
+    seeds: list[int] = setting(
+        description="Seeds of every run (mean ± std over them)", factory=lambda: [0], min_items=1
+    )
+    protocols: list[str] = setting(
+        description="paper (official splits, test-set model selection) and/or clean (validation carved from training)",
+        factory=lambda: ["paper", "clean"],
+        min_items=1,
+        each=dict(choices=PROTOCOLS),
+    )
+    modes: list[str] = setting(
+        description="full (whole backbone fine-tuned) and/or frozen (backbone fixed: probes, decoder- or head-only "
+        "fits)",
+        factory=lambda: ["full", "frozen"],
+        min_items=1,
+        each=dict(choices=MODES),
+    )
+    label_fractions: list[float] = setting(
+        description="Label efficiency: distinct shares of each protocol's training videos (sequences) a run trains "
+        "on, drawn by video, stratified by label (PolypDiag), nested across fractions and seeded by the run's seed; "
+        "1 is every video (run folder seed<k>), 0.25 writes seed<k>-labels25",
+        factory=lambda: [1.0],
+        min_items=1,
+        each=dict(exclusive_minimum=0, maximum=1),
+    )
+    label_fraction_modes: list[str] | None = setting(
+        None, "Modes that run the label fractions below 1 (null: every mode in modes)", each=dict(choices=MODES)
+    )
+    label_fraction_methods: list[str] | None = setting(
+        None, "Methods that run the label fractions below 1 (null: every method in methods)"
+    )
+    label_fraction_benchmarks: list[str] | None = setting(
+        None,
+        "Benchmarks on which the label fractions below 1 run (null: every benchmark)",
+        each=dict(choices=BENCHMARKS),
+    )
+    pretrain_fractions: list[float] = setting(
+        description="Pretraining efficiency: runs that start from the backbone after these distinct fractions of its "
+        "pretraining's optimiser steps (0: the initial weights; 1: the finished pretraining, the matrix's own runs). "
+        "Each fraction below 1 makes the pretraining write a snapshot; run folder seed<k>-pt25 for 0.25. Empty: off",
+        factory=list,
+        each=dict(minimum=0, maximum=1),
+    )
+    pretrain_fraction_modes: list[str] = setting(
+        description="Modes of the pretraining-fraction runs", factory=lambda: ["frozen"], each=dict(choices=MODES)
+    )
+    pretrain_fraction_methods: list[str] = setting(
+        description="Methods of the pretraining-fraction runs: pretrained methods of methods (not scratch or a "
+        "weights file)",
+        factory=lambda: ["endofm"],
+    )
+    pretrain_fraction_benchmarks: list[str] = setting(
+        description="Benchmarks of the pretraining-fraction runs (those also in data.benchmarks)",
+        factory=lambda: ["polypdiag", "cvc12k"],
+        each=dict(choices=BENCHMARKS),
+    )
+    gpus: int = setting(0, "GPUs per fine-tuning job: 0 or 1 (one job per GPU)", minimum=0, maximum=1)
+    threads: int = setting(4, "Threads per job: torch threads, and data-loading workers (threads - 1)", minimum=1)
+    polypdiag: ClassifyConfig = setting(description="PolypDiag's settings", factory=ClassifyConfig)
+    cvc12k: SegmentConfig = setting(description="CVC-12k's settings", factory=SegmentConfig)
+    kumc: DetectConfig = setting(description="KUMC's settings", factory=DetectConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self, "finetune")
         builtin = set(METHODS)
         for name in self.methods:
             if name not in builtin | set(self.checkpoints):
@@ -173,42 +273,17 @@ class FinetuneStage:
         clash = builtin & set(self.checkpoints)
         if clash:
             raise ConfigError(f"finetune.checkpoints: {sorted(clash)} are reserved method names")
-        for key, allowed in (("protocols", PROTOCOLS), ("modes", MODES)):
-            bad = [v for v in getattr(self, key) if v not in allowed]
-            if bad or not getattr(self, key):
-                raise ConfigError(f"finetune.{key}: {bad or 'empty'}; allowed: {', '.join(allowed)}")
-        if not self.seeds:
-            raise ConfigError("finetune.seeds: at least one seed is needed")
-        bad = [f for f in self.label_fractions if not 0 < f <= 1]
-        if bad or not self.label_fractions or len(set(self.label_fractions)) < len(self.label_fractions):
-            raise ConfigError(
-                f"finetune.label_fractions: expected distinct values in (0, 1], got {self.label_fractions}"
-            )
-        unknown = [m for m in self.label_fraction_modes or [] if m not in MODES]
-        if unknown:
-            raise ConfigError(f"finetune.label_fraction_modes: {unknown}; allowed: {', '.join(MODES)}")
+        if len(set(self.label_fractions)) < len(self.label_fractions):
+            raise ConfigError(f"finetune.label_fractions: expected distinct values, got {self.label_fractions}")
         unknown = [m for m in self.label_fraction_methods or [] if m not in self.methods]
         if unknown:
             raise ConfigError(f"finetune.label_fraction_methods: {unknown} are not in finetune.methods")
-        unknown = [b for b in self.label_fraction_benchmarks or [] if b not in BENCHMARKS]
-        if unknown:
-            raise ConfigError(f"finetune.label_fraction_benchmarks: {unknown}; allowed: {', '.join(BENCHMARKS)}")
         self._check_pretrain_fractions()
-        if self.threads < 1:
-            raise ConfigError(f"finetune.threads must be >= 1, got {self.threads}")
-        if self.gpus not in (0, 1):
-            raise ConfigError(f"finetune.gpus must be 0 or 1 (one job per GPU), got {self.gpus}")
 
     def _check_pretrain_fractions(self) -> None:
         fractions = self.pretrain_fractions
-        if any(not 0 <= f <= 1 for f in fractions) or len(set(fractions)) < len(fractions):
-            raise ConfigError(f"finetune.pretrain_fractions: expected distinct values in [0, 1], got {fractions}")
-        unknown = [m for m in self.pretrain_fraction_modes if m not in MODES]
-        if unknown:
-            raise ConfigError(f"finetune.pretrain_fraction_modes: {unknown}; allowed: {', '.join(MODES)}")
-        unknown = [b for b in self.pretrain_fraction_benchmarks if b not in BENCHMARKS]
-        if unknown:
-            raise ConfigError(f"finetune.pretrain_fraction_benchmarks: {unknown}; allowed: {', '.join(BENCHMARKS)}")
+        if len(set(fractions)) < len(fractions):
+            raise ConfigError(f"finetune.pretrain_fractions: expected distinct values, got {fractions}")
         for name in self.pretrain_fraction_methods if self.snapshot_fractions() else []:
             if name not in self.methods:
                 raise ConfigError(f"finetune.pretrain_fraction_methods: {name!r} is not in finetune.methods")
@@ -258,22 +333,61 @@ class Ablation:
     retrained), and the fine-tuning cells (method endofm) that compare them. Cells left null take the
     main matrix's: ``data.benchmarks``, ``finetune.protocols``, ``finetune.modes``, ``finetune.seeds``."""
 
-    variants: dict[str, dict[str, Any] | str]
-    benchmarks: list[str] | None = None
-    protocols: list[str] | None = None
-    modes: list[str] | None = None
-    seeds: list[int] | None = None
+    variants: dict[str, dict[str, Any] | str] = setting(
+        description="The arms, {arm: overlay or variant}: an overlay on pretrain.settings (same keys, nested) is "
+        "pretrained as variant <ablation>-<arm>; a string names a variant of pretrain.variants, reused, not retrained "
+        "(e.g. both: default). The arm names are the table's rows",
+        overlay=PretrainConfig,
+        min_items=1,
+    )
+    benchmarks: list[str] | None = setting(
+        None,
+        "Benchmarks the arms are fine-tuned on (null: data.benchmarks)",
+        min_items=1,
+        each=dict(choices=BENCHMARKS),
+    )
+    protocols: list[str] | None = setting(
+        None, "Protocols of the ablation's runs (null: finetune.protocols)", min_items=1, each=dict(choices=PROTOCOLS)
+    )
+    modes: list[str] | None = setting(
+        None, "Modes of the ablation's runs (null: finetune.modes)", min_items=1, each=dict(choices=MODES)
+    )
+    seeds: list[int] | None = setting(
+        None, "Seeds of the ablation's runs (null: finetune.seeds)", min_items=1, each=dict(minimum=0)
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
 class WorkflowConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    synthetic: SynthConfig = field(default_factory=SynthConfig)
-    clips: ClipConfig = field(default_factory=ClipConfig)
-    pretrain: PretrainStage = field(default_factory=PretrainStage)
-    finetune: FinetuneStage = field(default_factory=FinetuneStage)
-    ablations: dict[str, Ablation] = field(default_factory=dict)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    """The workflow's configuration (``config/*.yaml``): keys left out take these defaults, and an unknown key
+    is an error at every level."""
+
+    data: DataConfig = setting(
+        description="Where the data stage reads and writes, and which sources and benchmarks it uses",
+        factory=DataConfig,
+    )
+    synthetic: SynthConfig = setting(
+        description="Sizes and difficulty of the built-in synthetic corpus (origin: synthetic)", factory=SynthConfig
+    )
+    clips: ClipConfig = setting(
+        description="How pretraining sources are cut into clips (the official protocol: 150 frames at 30 fps, short "
+        "side 256)",
+        factory=ClipConfig,
+    )
+    pretrain: PretrainStage = setting(description="Self-supervised pretraining", factory=PretrainStage)
+    finetune: FinetuneStage = setting(
+        description="Fine-tuning and evaluation: the experiment matrix and each benchmark's settings",
+        factory=FinetuneStage,
+    )
+    ablations: dict[str, Ablation] = setting(
+        description="Named ablations, each the target ablation_<name> (ablations: all of them) and a table of the "
+        "report; not part of all",
+        factory=dict,
+    )
+    report: ReportConfig = setting(description="How the report compares methods", factory=ReportConfig)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.finetune.variants if v not in self.pretrain.variants]
@@ -310,8 +424,6 @@ class WorkflowConfig:
             where = f"ablations.{name}"
             if not _NAME.fullmatch(name):
                 raise ConfigError(f"{where}: an ablation name takes letters, digits and _ only")
-            if not ablation.variants:
-                raise ConfigError(f"{where}.variants: at least one arm is needed")
             for arm, overlay in ablation.variants.items():
                 if not _NAME.fullmatch(arm):
                     raise ConfigError(f"{where}.variants.{arm}: an arm name takes letters, digits and _ only")
@@ -336,10 +448,8 @@ class WorkflowConfig:
             for key, allowed in cells:
                 values = getattr(ablation, key)
                 bad = [v for v in values or [] if v not in allowed]
-                if bad or values == []:
-                    raise ConfigError(f"{where}.{key}: {bad or 'empty'}; allowed: {', '.join(allowed)}")
-            if ablation.seeds == []:
-                raise ConfigError(f"{where}.seeds: at least one seed is needed (or null: finetune.seeds)")
+                if bad:
+                    raise ConfigError(f"{where}.{key}: {bad}; allowed: {', '.join(allowed)}")
 
     def ablation_variants(self, name: str) -> dict[str, str]:
         """Ablation ``name`` as ``{pretraining variant: arm}``, in config order (a table's rows)."""
@@ -465,7 +575,7 @@ def run_backbone(
         checkpoint = cfg.pretrain.external_checkpoint(method)
         if checkpoint:
             return settings.backbone, checkpoint
-        return settings.backbone, snapshot_path(f"results/pretrain/{method}/{variant}", pretrain_fraction).as_posix()
+        return settings.backbone, snapshot_path(paths.pretrain_dir(method, variant), pretrain_fraction).as_posix()
     if method in cfg.finetune.checkpoints:
         external = cfg.finetune.checkpoints[method]
         return external.backbone, external.path

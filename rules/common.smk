@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from endofm import paths
 from endofm.config import ConfigError, annotated_yaml, check_schema, config_file_of, config_hash, to_dict
 from endofm.data.sources import SOURCES, missing_data_message, missing_weights_message
 from endofm.methods import METHODS
@@ -18,6 +19,7 @@ from endofm.settings import (
     run_backbone_options,
 )
 from endofm.pretraining.train import snapshot_path
+from endofm.tasks.benchmarks import get_benchmark
 from endofm.tasks.finetune import label_tag, pretrain_tag
 
 # The schema, then the typed config (it fills the defaults of keys left out and checks what the schema
@@ -36,7 +38,7 @@ DOWNLOADS = DATA.downloads_dir
 PRETRAIN_SOURCES = DATA.pretrain_sources
 BENCHMARKS = DATA.benchmarks
 SYNTHETIC = DATA.origin == "synthetic"
-LOGS = "results/logs"
+LOGS = paths.LOGS
 
 
 PRETRAIN_RUNS = pretrain_runs(CFG)  # (method, variant) of every pretraining job
@@ -67,10 +69,7 @@ wildcard_constraints:
 
 def benchmark_outputs(bench):
     """Files the index rule of ``bench`` writes."""
-    outputs = [f"{BENCH}/{bench}/manifest.csv", f"{BENCH}/{bench}/manifest.json"]
-    if bench == "kumc":
-        outputs += [f"{BENCH}/kumc/coco_{split}.json" for split in ("train", "val", "test")]
-    return outputs
+    return [f"{BENCH}/{bench}/{name}" for name in get_benchmark(bench).indexer.outputs()]
 
 
 def data_outputs():
@@ -100,7 +99,7 @@ def external_weights():
     files = {getattr(s, "init", "random") for s in settings} - {"random"}
     files |= {CFG.pretrain.external_checkpoint(m) for m in CFG.finetune.methods if m in METHODS} - {None}
     files |= {c.path for c in CFG.finetune.checkpoints.values()}
-    return sorted(f for f in files if not Path(f).is_relative_to("results"))
+    return sorted(f for f in files if not Path(f).is_relative_to(paths.RESULTS))
 
 
 def absent(names, folder="."):
@@ -125,7 +124,7 @@ def clip_source_input(wildcards):
 
 def pretrain_outputs():
     """The backbone of every pretraining job (endofm.methods.METHODS: method and variant)."""
-    return [f"results/pretrain/{method}/{variant}/backbone.pt" for method, variant in PRETRAIN_RUNS]
+    return [f"{paths.PRETRAIN}/{method}/{variant}/backbone.pt" for method, variant in PRETRAIN_RUNS]
 
 
 def pretrain_settings(wildcards):
@@ -138,7 +137,7 @@ def pretrain_inputs(wildcards):
     (made by the workflow, e.g. another variant's backbone.pt, or a file that must exist)."""
     init = getattr(CFG.method_settings(wildcards.method, wildcards.variant), "init", "random")
     files = {
-        "config": f"results/pretrain/{wildcards.method}/{wildcards.variant}/pretrain.yaml",
+        "config": f"{paths.PRETRAIN}/{wildcards.method}/{wildcards.variant}/pretrain.yaml",
         "clips": expand(f"{CLIPS}/{{source}}/clips.csv", source=PRETRAIN_SOURCES),
     }
     return files | ({"init": init} if init != "random" else {})
@@ -193,23 +192,23 @@ def snapshot_outputs(run_dir):
 
 def finetune_outputs():
     """The run record of every run in the matrix."""
-    return [f"results/finetune/{run.path}/run.json" for run in FINETUNE_RUNS]
+    return [f"{paths.FINETUNE}/{run.path}/run.json" for run in FINETUNE_RUNS]
 
 
 def metrics_outputs(benchmark=None):
     """The metrics file of every run in the matrix (of one benchmark)."""
-    return [f"results/metrics/{run.path}.json" for run in FINETUNE_RUNS if benchmark in (None, run.benchmark)]
+    return [f"{paths.METRICS}/{run.path}.json" for run in FINETUNE_RUNS if benchmark in (None, run.benchmark)]
 
 
 def ablation_metrics(name=None):
     """The metrics file of every fine-tuning run of ablation ``name`` (None: of every ablation)."""
     names = list(ABLATIONS) if name is None else [name]
-    return list(dict.fromkeys(f"results/metrics/{run.path}.json" for n in names for run in ABLATION_RUNS[n]))
+    return list(dict.fromkeys(f"{paths.METRICS}/{run.path}.json" for n in names for run in ABLATION_RUNS[n]))
 
 
 def ablation_pretrain_outputs(name):
     """The metrics.csv of each pretraining variant of ablation ``name`` (row order)."""
-    return [f"results/pretrain/endofm/{variant}/metrics.csv" for variant in ABLATIONS[name]]
+    return [f"{paths.PRETRAIN}/endofm/{variant}/metrics.csv" for variant in ABLATIONS[name]]
 
 
 def report_ablations():
@@ -226,9 +225,9 @@ def report_inputs(wildcards):
             dict.fromkeys(metrics_outputs() + [m for n in CFG.report.ablations for m in ablation_metrics(n)])
         ),
         "pretrain": [str(d / "metrics.csv") for d in pretrained],
-        "timings": expand("results/benchmarks/extract_clips/{source}.tsv", source=PRETRAIN_SOURCES)
-        + [f"results/benchmarks/pretrain/{d.parent.name}/{d.name}.tsv" for d in pretrained]
-        + [f"results/benchmarks/{stage}/{run.path}.tsv" for stage in ("finetune", "evaluate") for run in FINETUNE_RUNS],
+        "timings": expand(f"{paths.TIMINGS}/extract_clips/{{source}}.tsv", source=PRETRAIN_SOURCES)
+        + [f"{paths.TIMINGS}/pretrain/{d.parent.name}/{d.name}.tsv" for d in pretrained]
+        + [f"{paths.TIMINGS}/{stage}/{run.path}.tsv" for stage in ("finetune", "evaluate") for run in FINETUNE_RUNS],
         "paper_results": str(Path(workflow.basedir) / "config/paper_results.yaml"),
         "manifests": [f"{BENCH}/{bench}/manifest.csv" for bench in BENCHMARKS],
     }
@@ -243,5 +242,5 @@ REPORT_PARAMS = {
     "config_hash": config_hash(to_dict(CFG), digits=16),  # the report shows 16 digits
     "raw_dir": RAW,
     "benchmarks_dir": BENCH,
-    "timings_dir": "results/benchmarks",
+    "timings_dir": paths.TIMINGS,
 }

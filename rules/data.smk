@@ -74,7 +74,7 @@ rule extract_clips:
     log:
         f"{LOGS}/extract_clips/{{source}}.log",
     benchmark:
-        "results/benchmarks/extract_clips/{source}.tsv"
+        f"{paths.TIMINGS}/extract_clips/{{source}}.tsv"
     priority: 10  # the pretrainings wait for the clips (rules/pretrain.smk)
     conda:
         "../envs/endofm.yaml"

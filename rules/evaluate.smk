@@ -4,14 +4,14 @@
 
 rule evaluate_run:
     input:
-        run=f"results/finetune/{{benchmark}}/{RUN_PATH}/run.json",
+        run=f"{paths.FINETUNE}/{{benchmark}}/{RUN_PATH}/run.json",
         manifest=f"{BENCH}/{{benchmark}}/manifest.csv",
     output:
-        f"results/metrics/{{benchmark}}/{RUN_PATH}.json",
+        f"{paths.METRICS}/{{benchmark}}/{RUN_PATH}.json",
     log:
         f"{LOGS}/evaluate/{{benchmark}}/{RUN_PATH}.log",
     benchmark:
-        f"results/benchmarks/evaluate/{{benchmark}}/{RUN_PATH}.tsv"
+        f"{paths.TIMINGS}/evaluate/{{benchmark}}/{RUN_PATH}.tsv"
     localrule: True
     conda:
         "../envs/endofm.yaml"

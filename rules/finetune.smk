@@ -5,7 +5,6 @@
 # is the resume state of a pre-empted job and deliberately not an output.
 
 RUN_PATH = "{method}/{variant}/{protocol}/{mode}/seed{seed}{pt}{labels}"
-PREDICTIONS = {"polypdiag": "predictions.csv", "cvc12k": "masks.npz", "kumc": "detections.json"}
 
 for _bench in BENCHMARKS:
 
@@ -15,13 +14,13 @@ for _bench in BENCHMARKS:
         input:
             unpack(finetune_inputs(_bench)),
         output:
-            model=f"results/finetune/{_bench}/{RUN_PATH}/model.pt",
-            run=f"results/finetune/{_bench}/{RUN_PATH}/run.json",
-            predictions=f"results/finetune/{_bench}/{RUN_PATH}/{PREDICTIONS[_bench]}",
+            model=f"{paths.FINETUNE}/{_bench}/{RUN_PATH}/model.pt",
+            run=f"{paths.FINETUNE}/{_bench}/{RUN_PATH}/run.json",
+            predictions=f"{paths.FINETUNE}/{_bench}/{RUN_PATH}/{get_benchmark(_bench).predictions}",
         log:
             f"{LOGS}/finetune/{_bench}/{RUN_PATH}.log",
         benchmark:
-            f"results/benchmarks/finetune/{_bench}/{RUN_PATH}.tsv"
+            f"{paths.TIMINGS}/finetune/{_bench}/{RUN_PATH}.tsv"
         conda:
             "../envs/endofm.yaml"
         threads: CFG.finetune.threads

@@ -6,7 +6,7 @@
 
 rule pretrain_config:
     output:
-        "results/pretrain/{method}/{variant}/pretrain.yaml",
+        f"{paths.PRETRAIN}/{{method}}/{{variant}}/pretrain.yaml",
     log:
         f"{LOGS}/pretrain_config/{{method}}/{{variant}}.log",
     priority: 10  # the pretraining waits for it (see pretrain_model)
@@ -24,13 +24,13 @@ rule pretrain_model:
     input:
         unpack(pretrain_inputs),
     output:
-        backbone="results/pretrain/{method}/{variant}/backbone.pt",
-        metrics="results/pretrain/{method}/{variant}/metrics.csv",
-        run="results/pretrain/{method}/{variant}/run.json",
+        backbone=f"{paths.PRETRAIN}/{{method}}/{{variant}}/backbone.pt",
+        metrics=f"{paths.PRETRAIN}/{{method}}/{{variant}}/metrics.csv",
+        run=f"{paths.PRETRAIN}/{{method}}/{{variant}}/run.json",
     log:
         f"{LOGS}/pretrain/{{method}}/{{variant}}.log",
     benchmark:
-        "results/benchmarks/pretrain/{method}/{variant}.tsv"
+        f"{paths.TIMINGS}/pretrain/{{method}}/{{variant}}.tsv"
     # Pretrainings are the long jobs every pretrained method's fine-tunes wait for: start them as soon as
     # their clips exist (docs/decisions.md: Job priorities so pretrainings start first).
     priority: 10
@@ -57,10 +57,10 @@ if SNAPSHOT_RUNS:
 
     use rule pretrain_model as pretrain_model_snapshots with:
         output:
-            backbone="results/pretrain/{method}/{variant}/backbone.pt",
-            metrics="results/pretrain/{method}/{variant}/metrics.csv",
-            run="results/pretrain/{method}/{variant}/run.json",
-            snapshots=snapshot_outputs("results/pretrain/{method}/{variant}"),
+            backbone=f"{paths.PRETRAIN}/{{method}}/{{variant}}/backbone.pt",
+            metrics=f"{paths.PRETRAIN}/{{method}}/{{variant}}/metrics.csv",
+            run=f"{paths.PRETRAIN}/{{method}}/{{variant}}/run.json",
+            snapshots=snapshot_outputs(f"{paths.PRETRAIN}/{{method}}/{{variant}}"),
         wildcard_constraints:
             method="|".join(sorted({m for m, _ in SNAPSHOT_RUNS})),
             variant="|".join(sorted({v for _, v in SNAPSHOT_RUNS})),

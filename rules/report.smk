@@ -6,9 +6,9 @@ rule report_tables:
     input:
         unpack(report_inputs),
     output:
-        md=report("results/report/tables.md", category="Report", caption="../report/tables.rst"),
-        tex="results/report/tables.tex",
-        csv=report("results/report/tables.csv", category="Report", caption="../report/tables_csv.rst"),
+        md=report(f"{paths.REPORT}/tables.md", category="Report", caption="../report/tables.rst"),
+        tex=f"{paths.REPORT}/tables.tex",
+        csv=report(f"{paths.REPORT}/tables.csv", category="Report", caption="../report/tables_csv.rst"),
     log:
         f"{LOGS}/report/tables.log",
     localrule: True
@@ -25,9 +25,9 @@ rule report_html:
     input:
         unpack(report_inputs),
     output:
-        html=report("results/report/index.html", category="Report", caption="../report/index.rst"),
+        html=report(f"{paths.REPORT}/index.html", category="Report", caption="../report/index.rst"),
         figures=report(
-            directory("results/report/figures"),
+            directory(f"{paths.REPORT}/figures"),
             patterns=["{name}.png"],
             category="Figures",
             caption="../report/figures.rst",
@@ -48,7 +48,7 @@ rule report_ablation:
     input:
         metrics=lambda w: ablation_metrics(w.ablation),
     output:
-        report("results/report/ablation_{ablation}.md", category="Ablations", caption="../report/tables.rst"),
+        report(f"{paths.REPORT}/ablation_{{ablation}}.md", category="Ablations", caption="../report/tables.rst"),
     log:
         f"{LOGS}/report/ablation_{{ablation}}.log",
     localrule: True

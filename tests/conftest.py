@@ -116,8 +116,8 @@ class TinyBenchmark:
 @pytest.fixture(scope="session")
 def tiny_benchmarks(tmp_path_factory) -> dict[str, TinyBenchmark]:
     """The three benchmarks of the built-in corpus at test size (48×64 frames), synthesized and indexed once."""
-    from endofm.data.benchmarks import build_manifest
     from endofm.data.synthetic import SynthConfig, synthesize
+    from endofm.tasks.benchmarks import get_benchmark
 
     cfg = SynthConfig(
         height=48,
@@ -133,6 +133,6 @@ def tiny_benchmarks(tmp_path_factory) -> dict[str, TinyBenchmark]:
     out = {}
     for name in ("polypdiag", "cvc12k", "kumc"):
         raw = synthesize(name, root / "raw" / name, cfg, progress=False)
-        build_manifest(name, raw, root / "index" / name)
+        get_benchmark(name).index(raw, root / "index" / name)
         out[name] = TinyBenchmark(name, raw, root / "index" / name / "manifest.csv")
     return out

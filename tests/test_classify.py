@@ -11,10 +11,10 @@ import torch
 
 from endofm.data.benchmarks import read_manifest
 from endofm.models.vit import BackboneConfig
+from endofm.tasks.benchmarks import evaluate_run, get_benchmark
 from endofm.tasks.classify import ClassifyConfig, ProbeConfig, clip_dataset, knn_predict, linear_probe
 from endofm.tasks.finetune import OptimConfig, RunSpec, TrainConfig
-from endofm.tasks.protocols import protocol_splits
-from endofm.tasks.runs import evaluate_run, finetune_benchmark
+from endofm.tasks.runs import finetune_benchmark
 
 MICRO = BackboneConfig(name="vit_micro_patch8")
 
@@ -41,7 +41,7 @@ def tiny_config(**train) -> ClassifyConfig:
 
 def test_clip_dataset_shapes_and_test_view_is_deterministic(tiny_benchmarks, one_torch_thread):
     bench = tiny_benchmarks["polypdiag"]
-    splits = protocol_splits("polypdiag", read_manifest(bench.manifest), "paper")
+    splits = get_benchmark("polypdiag").protocol_splits(read_manifest(bench.manifest), "paper")
     cfg = tiny_config()
     train = clip_dataset(cfg, splits, bench.raw, "train")
     video, label, index = train[0]
@@ -59,7 +59,7 @@ def test_window_settings_reach_every_role(tiny_benchmarks):
     the training and test datasets."""
     assert (ClassifyConfig().window, ClassifyConfig().window_fps, ClassifyConfig().short_video) == (256, 30.0, "clamp")
     bench = tiny_benchmarks["polypdiag"]
-    splits = protocol_splits("polypdiag", read_manifest(bench.manifest), "paper")
+    splits = get_benchmark("polypdiag").protocol_splits(read_manifest(bench.manifest), "paper")
     for window_fps, short_video in ((30.0, "clamp"), (None, "spread")):
         cfg = ClassifyConfig(**{**tiny_config().__dict__, "window_fps": window_fps, "short_video": short_video})
         for role in ("train", "test"):
@@ -147,8 +147,8 @@ def test_finetuning_fits_the_training_clips(tiny_benchmarks, tmp_path, one_torch
     from endofm.tasks.protocols import ProtocolSplits
 
     bench = tiny_benchmarks["polypdiag"]
-    paper = protocol_splits("polypdiag", read_manifest(bench.manifest), "paper")
-    on_train = ProtocolSplits("polypdiag", "paper", paper.train, paper.train, paper.train)
+    paper = get_benchmark("polypdiag").protocol_splits(read_manifest(bench.manifest), "paper")
+    on_train = ProtocolSplits("polypdiag", "paper", paper.train, paper.train, paper.train, unit=paper.unit)
     # 80 epochs: at 40 one torch seed of four kept the loss at ln 2 throughout (all four learn at 80)
     cfg = tiny_config(epochs=80, batch_size=4, optim=OptimConfig(name="adamw", lr=2e-3))
     cfg.train_short_side, cfg.hflip = [32, 32], 0.0  # fitting, not generalising

@@ -53,7 +53,7 @@ def test_plan_clips_rejects_nonsense(n, length):
 
 def test_clip_config_defaults_and_validation():
     assert ClipConfig() == ClipConfig(clip_length=150, fps=30, short_side=256, on_error="fail", crf=18)
-    with pytest.raises(ConfigError, match="short_side must be a positive even number"):
+    with pytest.raises(ConfigError, match=r"^clips\.short_side must be an even number >= 8, got 255$"):
         from_dict(ClipConfig, {"short_side": 255}, "clips")
     with pytest.raises(ConfigError, match=r"clips.on_error: expected one of \['fail', 'skip'\]"):
         from_dict(ClipConfig, {"on_error": "ignore"}, "clips")

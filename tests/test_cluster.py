@@ -13,7 +13,7 @@ import pytest
 import yaml
 from test_workflow import ROOT, SNAKEMAKE, make_workdir, snakemake, tiny_config
 
-from endofm.pretraining.train import SVT_CHECKPOINT
+from endofm.pretraining.endofm import SVT_CHECKPOINT
 from endofm.settings import ablation_runs, finetune_runs, load_workflow_config
 
 PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from endofm.data.benchmarks import build_manifest, read_manifest
+from endofm.data.benchmarks import read_manifest
 from endofm.data.cvc import (
     OFFICIAL_TEST,
     OFFICIAL_TRAIN,
@@ -21,6 +21,7 @@ from endofm.data.cvc import (
     read_mask,
     read_sequences,
 )
+from endofm.tasks.benchmarks import get_benchmark
 
 H, W = 6, 8
 OVERLAPPING_STARTS = {51, 429, 178, 253, 343, 68, 200}
@@ -169,7 +170,7 @@ def test_dataset_items(tmp_path: Path) -> None:
 
 def test_build_manifest_cvc(clinicdb: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    summary = build_manifest("cvc12k", clinicdb, out)
+    summary = get_benchmark("cvc12k").index(clinicdb, out)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "manifest.json"]
     assert json.loads((out / "manifest.json").read_text()) == summary
     assert summary["rows"] == 572
@@ -180,5 +181,5 @@ def test_build_manifest_cvc(clinicdb: Path, tmp_path: Path) -> None:
     back = read_manifest(out / "manifest.csv")
     assert back.equals(index_cvc(clinicdb))
     assert CVCSequenceDataset(back, clinicdb, "test")[3]["frames"].shape == (25, H, W, 3)
-    with pytest.raises(ValueError, match=r"unknown benchmark 'cvc'; expected one of \['cvc12k', 'kumc', 'polypdiag'\]"):
-        build_manifest("cvc", clinicdb, out)
+    with pytest.raises(ValueError, match=r"unknown benchmark 'cvc'; known: polypdiag, cvc12k, kumc"):
+        get_benchmark("cvc").index(clinicdb, out)

@@ -17,6 +17,7 @@ from endofm.data.transforms import torch_rng
 from endofm.models.checkpoint import load_checkpoint
 from endofm.models.detection import DetectionConfig
 from endofm.models.vit import BackboneConfig, build_backbone
+from endofm.tasks.benchmarks import evaluate_run, get_benchmark
 from endofm.tasks.detect import (
     CAFFE_MEAN_BGR,
     DETECTIONS,
@@ -32,8 +33,8 @@ from endofm.tasks.detect import (
 )
 from endofm.tasks.evaluation import evaluate_detection
 from endofm.tasks.finetune import OptimConfig, RunSpec, TrainConfig, run_finetune
-from endofm.tasks.protocols import ProtocolSplits, protocol_splits
-from endofm.tasks.runs import evaluate_run, finetune_benchmark
+from endofm.tasks.protocols import ProtocolSplits
+from endofm.tasks.runs import finetune_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -213,7 +214,7 @@ def test_datasets_draw_references_per_item_and_collate_pads(tiny_benchmarks) -> 
     single = DetectionDataset(cfg, rows, bench.raw, "val", train=False)[4]
     torch.testing.assert_close(single["clip"][:, 0], test[4]["clip"][:, 1])  # the key frame alone
     # The task pads to a multiple of size_divisibility and of the patch size.
-    splits = protocol_splits("kumc", rows, "paper")
+    splits = get_benchmark("kumc").protocol_splits(rows, "paper")
     task = DetectTask(DetectConfig(**{**cfg.__dict__, "size_divisibility": 12}), splits, bench.raw)
     task.build_model(build_backbone(MICRO))
     batch = task.collate([single, single])
@@ -308,7 +309,7 @@ class _ScriptedScores(DetectTask):
 def test_the_selected_epoch_follows_select_metric(tiny_benchmarks, tmp_path, select_metric, epoch, value) -> None:
     bench = tiny_benchmarks["kumc"]
     cfg = tiny_config(epochs=3, max_steps_per_epoch=1, select_metric=select_metric)
-    splits = protocol_splits("kumc", read_manifest(bench.manifest), "clean")
+    splits = get_benchmark("kumc").protocol_splits(read_manifest(bench.manifest), "clean")
     task = _ScriptedScores(cfg, splits, bench.raw)
     spec = RunSpec("kumc", "scratch", "none", "clean", "full", 0)
     record = run_finetune(task, cfg.train, spec, build_backbone(MICRO), tmp_path, {})
@@ -329,8 +330,8 @@ def test_finetuning_fits_the_training_frames(tiny_benchmarks, tmp_path) -> None:
     """Selecting on the training frames themselves, loss falls and the boxes are found far above what the
     untrained detector scores."""
     bench = tiny_benchmarks["kumc"]
-    paper = protocol_splits("kumc", read_manifest(bench.manifest), "paper")
-    on_train = ProtocolSplits("kumc", "paper", paper.train, paper.train, paper.train)
+    paper = get_benchmark("kumc").protocol_splits(read_manifest(bench.manifest), "paper")
+    on_train = ProtocolSplits("kumc", "paper", paper.train, paper.train, paper.train, unit=paper.unit)
     cfg = tiny_config(epochs=12, batch_size=4, eval_every=4, max_steps_per_epoch=None)
     cfg.hflip = 0.0  # fitting, not generalising
     torch.manual_seed(0)

@@ -15,15 +15,14 @@ import pandas as pd
 from endofm.data.benchmarks import read_manifest
 from endofm.data.cvc import read_mask
 from endofm.data.kumc import to_coco
-from endofm.tasks import classify, detect, evaluation, finetune, runs, segment
+from endofm.tasks import benchmarks, classify, detect, evaluation, finetune, runs, segment
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SPLITS = {"polypdiag": "val", "cvc12k": "test", "kumc": "test"}
 
 
 def test_one_definition_per_piece() -> None:
-    assert set(evaluation.EVALUATORS) == set(runs.TASKS)
-    assert runs.evaluate_run is evaluation.evaluate_run
+    assert runs.evaluate_run is benchmarks.evaluate_run
     assert detect.detection_metrics is evaluation.detection_metrics
     # evaluate_detection falls back on detection_metrics' thresholds for a run without them: DetectConfig's.
     defaults = inspect.signature(evaluation.detection_metrics).parameters
@@ -79,7 +78,7 @@ def test_evaluation_job_imports_no_torch(tiny_benchmarks, tmp_path) -> None:
         _perfect_run(bench, tiny.manifest, tiny.raw, tmp_path / bench)
     code = f"""{imports}
 import json, sys
-from endofm.tasks.evaluation import evaluate_run
+from endofm.tasks.benchmarks import evaluate_run
 benches = json.loads(sys.argv[1])
 for bench, (manifest, raw) in benches.items():
     out = evaluate_run(sys.argv[2] + "/" + bench, manifest, raw, sys.argv[2] + "/" + bench + ".json", synthetic=True)

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from endofm.data.benchmarks import build_manifest, read_manifest
+from endofm.data.benchmarks import read_manifest
 from endofm.data.kumc import KUMCDataset, index_kumc, parse_voc, to_coco, voc_to_xyxy
+from endofm.tasks.benchmarks import get_benchmark
 
 W, H = 32, 24
 
@@ -227,7 +228,7 @@ def test_dataset_reference_frames_clamped(kumc: Path) -> None:
 
 def test_build_manifest_kumc(kumc: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    summary = build_manifest("kumc", kumc, out)
+    summary = get_benchmark("kumc").index(kumc, out)
     assert sorted(p.name for p in out.iterdir()) == [
         "coco_test.json", "coco_train.json", "coco_val.json", "manifest.csv", "manifest.json",
     ]  # fmt: skip

@@ -10,12 +10,12 @@ import jsonschema
 import pytest
 import torch
 import yaml
-from test_config import _assert_agree, _schema
+from test_config import _schema
 from test_pretrain import TINY as ENDOFM_TINY
 from test_pretrain import make_clips
 
 from endofm.cli import main as cli_main
-from endofm.config import ConfigError, to_dict
+from endofm.config import ConfigError, config_fields, to_dict
 from endofm.methods import METHODS, task_backbone
 from endofm.models.heads import VideoClassifier
 from endofm.models.vit import BackboneConfig
@@ -110,11 +110,11 @@ def test_unknown_method_names_the_known_ones():
 
 def test_schema_lists_the_vcl_settings():
     schema = _schema()
-    vcl = schema["properties"]["pretrain"]["properties"]["vcl"]
-    ref = vcl["properties"]["backbone"]["$ref"]  # the same backbone keys as pretrain.settings
-    assert ref == "#/properties/pretrain/properties/settings/properties/backbone"
-    vcl["properties"]["backbone"] = schema["properties"]["pretrain"]["properties"]["settings"]["properties"]["backbone"]
-    _assert_agree(VCLConfig, vcl, "pretrain.vcl")
+    assert schema["$defs"]["PretrainStage"]["properties"]["vcl"]["$ref"] == "#/$defs/VCLConfig"
+    vcl = schema["$defs"]["VCLConfig"]
+    assert list(vcl["properties"]) == [f.name for f in config_fields(VCLConfig)] and "required" not in vcl
+    backbone = vcl["properties"]["backbone"]["$ref"]  # the same backbone keys as pretrain.settings
+    assert backbone == schema["$defs"]["PretrainConfig"]["properties"]["backbone"]["$ref"] == "#/$defs/BackboneConfig"
     data = demo()
     data["pretrain"]["vcl"]["backbone"] = {"nme": "vit_tiny_patch8"}
     with pytest.raises(jsonschema.ValidationError, match="'nme' was unexpected"):

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from endofm.data import video
-from endofm.data.benchmarks import build_manifest, read_manifest
+from endofm.data.benchmarks import read_manifest
 from endofm.data.polypdiag import PolypDiagDataset, index_polypdiag, sample_indices, window_frames
 from endofm.data.video import VideoDecodeError, write_video
+from endofm.tasks.benchmarks import get_benchmark
 
 H, W = 32, 64
 LENGTHS = {"a.mp4": 24, "sub/b.avi": 10, "c.mp4": 12}
@@ -212,7 +213,7 @@ def test_dataset_detects_stale_manifest(polypdiag: Path) -> None:
 
 def test_build_manifest_polypdiag(polypdiag: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    summary = build_manifest("polypdiag", polypdiag, out)
+    summary = get_benchmark("polypdiag").index(polypdiag, out)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "manifest.json"]
     assert json.loads((out / "manifest.json").read_text()) == summary
     assert summary["benchmark"] == "polypdiag" and summary["raw_dir"] == str(polypdiag)
@@ -227,7 +228,7 @@ def test_build_manifest_polypdiag(polypdiag: Path, tmp_path: Path) -> None:
 
     (polypdiag / "splits" / "val.txt").write_text("nope.mp4,1\n")
     with pytest.raises(FileNotFoundError, match="val.txt:1"):
-        build_manifest("polypdiag", polypdiag, out)
+        get_benchmark("polypdiag").index(polypdiag, out)
     assert (out / "manifest.csv").exists() and (out / "manifest.json").exists()  # the old outputs survive
     with pytest.raises(FileNotFoundError, match="raw polypdiag folder not found"):
-        build_manifest("polypdiag", tmp_path / "absent", out)
+        get_benchmark("polypdiag").index(tmp_path / "absent", out)

@@ -238,7 +238,7 @@ def test_paper_config_without_the_svt_checkpoint_fails_at_start(clips, tmp_path,
     from endofm.settings import load_workflow_config
 
     paper = load_workflow_config(yaml.safe_load((REPO / "config/paper.yaml").read_text())).pretrain.variant("default")
-    assert paper.init == "resources/raw/svt_k400/kinetics400_vitb_ssl.pth" == train.SVT_CHECKPOINT
+    assert paper.init == "resources/raw/svt_k400/kinetics400_vitb_ssl.pth" == endofm_objective.SVT_CHECKPOINT
     monkeypatch.chdir(tmp_path)  # no resources/raw here
     with pytest.raises(ConfigError) as info:
         pretrain(paper, [clips], tmp_path / "run")
@@ -648,5 +648,7 @@ def test_resume_past_a_missing_snapshot_restarts(reference, clips, tmp_path):
 
 
 def test_snapshot_fractions_are_checked():
-    with pytest.raises(ConfigError, match=r"snapshots: expected distinct fractions in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"pretrain\.snapshots\[1\] must be in \[0, 1\), got 1\.0"):
         from_dict(PretrainConfig, {**TINY, "snapshots": [0.5, 1.0]}, "pretrain")
+    with pytest.raises(ConfigError, match=r"snapshots: expected distinct fractions, got \[0\.5, 0\.5\]"):
+        from_dict(PretrainConfig, {**TINY, "snapshots": [0.5, 0.5]}, "pretrain")

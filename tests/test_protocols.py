@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from endofm.tasks.protocols import carve_validation, label_subset, protocol_splits
+from endofm.tasks.benchmarks import get_benchmark
+from endofm.tasks.protocols import carve_validation, label_subset
 
 
 def polypdiag_manifest() -> pd.DataFrame:
@@ -22,29 +23,30 @@ def cvc_manifest() -> pd.DataFrame:
 
 
 def test_paper_selects_on_the_test_split():
-    splits = protocol_splits("polypdiag", polypdiag_manifest(), "paper")
+    splits = get_benchmark("polypdiag").protocol_splits(polypdiag_manifest(), "paper")
     assert splits.test.split == "val" and splits.select.rows.equals(splits.test.rows)
     assert splits.summary()["select_is_test"] and len(splits.units("train")) == 10
 
 
 def test_clean_carves_validation_by_video_stratified_and_disjoint():
-    splits = protocol_splits("polypdiag", polypdiag_manifest(), "clean", seed=3, val_fraction=0.2)
+    splits = get_benchmark("polypdiag").protocol_splits(polypdiag_manifest(), "clean", seed=3, val_fraction=0.2)
     train, val = set(splits.units("train")), set(splits.units("select"))
     assert not train & val and train | val == {f"t{i}" for i in range(10)}
     assert splits.select.rows["label"].value_counts().to_dict() == {0: 1, 1: 1}  # 20 % of 5 per label
     assert splits.test.split == "val" and not splits.summary()["select_is_test"]
-    again = protocol_splits("polypdiag", polypdiag_manifest(), "clean", seed=3, val_fraction=0.2)
+    again = get_benchmark("polypdiag").protocol_splits(polypdiag_manifest(), "clean", seed=3, val_fraction=0.2)
     assert set(again.units("select")) == val
     other = {
-        tuple(protocol_splits("polypdiag", polypdiag_manifest(), "clean", seed=s).units("select")) for s in range(8)
+        tuple(get_benchmark("polypdiag").protocol_splits(polypdiag_manifest(), "clean", seed=s).units("select"))
+        for s in range(8)
     }
     assert len(other) > 1  # the seed moves the carve-out
 
 
 def test_clean_cvc_drops_training_sequences_that_leak_into_test():
-    paper = protocol_splits("cvc12k", cvc_manifest(), "paper")
+    paper = get_benchmark("cvc12k").protocol_splits(cvc_manifest(), "paper")
     assert "a" in paper.units("train") and any("share frames" in n for n in paper.notes)
-    clean = protocol_splits("cvc12k", cvc_manifest(), "clean", val_fraction=0.25)
+    clean = get_benchmark("cvc12k").protocol_splits(cvc_manifest(), "clean", val_fraction=0.25)
     assert "a" not in clean.units("train") + clean.units("select")
     assert len(clean.units("select")) == 1 and len(clean.units("train")) == 3
     # whole sequences, never frames, move
@@ -55,7 +57,7 @@ def test_kumc_clean_selects_on_val2019_and_tests_on_test2019():
     manifest = pd.DataFrame(
         [(s, v) for s, v in [("train", "1"), ("val", "2"), ("test", "3")]], columns=["split", "video"]
     )
-    paper, clean = (protocol_splits("kumc", manifest, p) for p in ("paper", "clean"))
+    paper, clean = (get_benchmark("kumc").protocol_splits(manifest, p) for p in ("paper", "clean"))
     assert (paper.select.split, paper.test.split) == ("val", "val")
     assert (clean.select.split, clean.test.split) == ("val", "test")
 
@@ -65,7 +67,7 @@ def test_carve_validation_needs_two_units_per_stratum():
     with pytest.raises(ValueError, match="need at least 2"):
         carve_validation(rows, "sample_id", 0.5, 0, stratify="label")
     with pytest.raises(ValueError, match="protocol"):
-        protocol_splits("polypdiag", polypdiag_manifest(), "leaky")
+        get_benchmark("polypdiag").protocol_splits(polypdiag_manifest(), "leaky")
 
 
 def video_rows(n_pos: int, n_neg: int, frames: int = 3) -> pd.DataFrame:
@@ -98,8 +100,8 @@ def test_label_fraction_shrinks_training_only():
         columns=["split", "sample_id", "label"],
     )
     for protocol in ("paper", "clean"):
-        full = protocol_splits("polypdiag", manifest, protocol, seed=1)
-        part = protocol_splits("polypdiag", manifest, protocol, seed=1, label_fraction=0.25)
+        full = get_benchmark("polypdiag").protocol_splits(manifest, protocol, seed=1)
+        part = get_benchmark("polypdiag").protocol_splits(manifest, protocol, seed=1, label_fraction=0.25)
         assert part.units("select") == full.units("select") and part.units("test") == full.units("test")
         assert set(part.units("train")) < set(full.units("train"))
         assert len(part.units("train")) == round(0.25 * len(full.units("train")) / 2) * 2

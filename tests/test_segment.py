@@ -17,10 +17,11 @@ from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from endofm.engine import seed_everything
 from endofm.models.segmentation import TransUNetConfig, segmentation_loss
 from endofm.models.vit import BackboneConfig, build_backbone
+from endofm.tasks.benchmarks import evaluate_run, get_benchmark
 from endofm.tasks.evaluation import evaluate_segmentation
 from endofm.tasks.finetune import OptimConfig, RunSpec, TrainConfig, run_finetune
-from endofm.tasks.protocols import ProtocolSplits, protocol_splits
-from endofm.tasks.runs import build_run_backbone, evaluate_run, finetune_benchmark
+from endofm.tasks.protocols import ProtocolSplits
+from endofm.tasks.runs import build_run_backbone, finetune_benchmark
 from endofm.tasks.segment import (
     MASKS,
     SegmentConfig,
@@ -295,7 +296,7 @@ def test_resize_crop_flip_rotation_keep_image_and_mask_aligned():
 
 def test_datasets_and_variable_length_batches(tiny_benchmarks):
     bench = tiny_benchmarks["cvc12k"]
-    splits = protocol_splits("cvc12k", read_manifest(bench.manifest), "paper")
+    splits = get_benchmark("cvc12k").protocol_splits(read_manifest(bench.manifest), "paper")
     cfg = tiny_config()
     cfg.max_train_frames = 3
     train = sequence_dataset(cfg, splits, bench.raw, "train")
@@ -363,7 +364,7 @@ def test_frozen_mode_trains_the_head_only(tiny_benchmarks, tmp_path):
     finetune_benchmark(spec, cfg, bench.manifest, bench.raw, tmp_path / "run", MICRO)
     trained = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)["student"]
     # The run's starting model: the same backbone draw, then the head built under the run's seed.
-    splits = protocol_splits("cvc12k", read_manifest(bench.manifest), "paper")
+    splits = get_benchmark("cvc12k").protocol_splits(read_manifest(bench.manifest), "paper")
     backbone = build_run_backbone(MICRO, None, 0)
     seed_everything(0)
     start = SegmentTask(cfg, splits, bench.raw).build_model(backbone)
@@ -426,8 +427,8 @@ def test_finetuning_fits_the_training_sequences(tiny_benchmarks, tmp_path):
     """The loop provably learns: selecting on the training sequences themselves, the loss falls and their
     Dice ends far above the untrained model's."""
     bench = tiny_benchmarks["cvc12k"]
-    paper = protocol_splits("cvc12k", read_manifest(bench.manifest), "paper")
-    on_train = ProtocolSplits("cvc12k", "paper", paper.train, paper.train, paper.train)
+    paper = get_benchmark("cvc12k").protocol_splits(read_manifest(bench.manifest), "paper")
+    on_train = ProtocolSplits("cvc12k", "paper", paper.train, paper.train, paper.train, unit=paper.unit)
     optim = OptimConfig(name="adamw", lr=3e-3, schedule="constant")
     cfg = tiny_config("light", epochs=30, eval_every=5, optim=optim)
     cfg.light_channels, cfg.train_size, cfg.hflip, cfg.rotation = [16, 16, 8], 32, 0.0, 0.0  # fit, not generalise

@@ -64,7 +64,7 @@ def test_adapter_config_defaults_and_errors() -> None:
     assert AdapterConfig() == AdapterConfig(layout="12x384", bottleneck=384, kernel_t=3)
     with pytest.raises(ConfigError, match=r"adapter\.layout must be one of \['12x384', '24x384'\], got '6x384'"):
         AdapterConfig(layout="6x384")
-    with pytest.raises(ConfigError, match=r"adapter\.bottleneck must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"adapter\.bottleneck must be >= 1, got 0"):
         AdapterConfig(bottleneck=0)
     with pytest.raises(ConfigError, match=r"adapter\.kernel_t must be odd"):
         AdapterConfig(kernel_t=2)

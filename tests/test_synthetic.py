@@ -14,7 +14,7 @@ from PIL import Image
 from endofm.config import ConfigError, from_dict
 from endofm.data.layouts import CVCLayout, KUMCLayout, PolypDiagLayout, frame_name
 from endofm.data.synthetic import (
-    BENCHMARKS,
+    BENCHMARK_SETS,
     PRETRAIN_SOURCES,
     SYNTHETIC_NAMES,
     PolypSpec,
@@ -27,6 +27,7 @@ from endofm.data.synthetic import (
     synthesize,
 )
 from endofm.data.video import read_frames
+from endofm.tasks.benchmarks import synthetic_names
 
 TINY = SynthConfig(
     height=32,
@@ -55,8 +56,9 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 def test_names():
     assert set(PRETRAIN_SOURCES) == {"synthetic_colonoscopy", "synthetic_gastroscopy", "synthetic_laparoscopy"}
     assert set(PRETRAIN_SOURCES.values()) == {"videos", "frames"}
-    assert BENCHMARKS == ("polypdiag", "cvc12k", "kumc")
-    assert SYNTHETIC_NAMES == tuple(PRETRAIN_SOURCES) + BENCHMARKS
+    assert BENCHMARK_SETS == ("polypdiag", "cvc12k", "kumc")
+    assert SYNTHETIC_NAMES == tuple(PRETRAIN_SOURCES) + BENCHMARK_SETS
+    assert synthetic_names() == list(SYNTHETIC_NAMES)  # every registered benchmark has its built-in set
 
 
 @pytest.mark.parametrize(
@@ -64,11 +66,11 @@ def test_names():
     [
         ({"height": 33}, "height must be an even number"),
         ({"pretrain_frames": (9, 3)}, "pretrain_frames must be"),
-        ({"polyp_contrast": (0.5, 1.5)}, "polyp_contrast must be"),
+        ({"polyp_contrast": (0.5, 1.5)}, r"polyp_contrast\[1\] must be in \[0, 1\], got 1.5"),
         ({"polypdiag_videos": {"train": 4}}, "polypdiag_videos must have exactly the keys"),
-        ({"kumc_videos": {"train": 1, "val": 2, "test": 2}}, r"kumc_videos\['train'\] must be >= 2"),
+        ({"kumc_videos": {"train": 1, "val": 2, "test": 2}}, r"kumc_videos\.train must be >= 2, got 1"),
         ({"polyp_radius": (0.01, 0.1)}, "at least 1 pixel"),
-        ({"min_visible_light": 0.8}, "min_visible_light must be <= 0.5"),
+        ({"min_visible_light": 0.8}, r"min_visible_light must be in \[0, 0.5\], got 0.8"),
         ({"crf": 52}, "crf must be in 0..51"),
         ({"pretrain_crf": -1}, "pretrain_crf must be in 0..51"),
     ],

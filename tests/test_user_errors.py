@@ -108,7 +108,8 @@ def test_pretrain_errors_are_one_line_and_leave_nothing(tmp_path, clip_csv, caps
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     line = fails(["pretrain", "--config", str(bad), "--clips", str(clip_csv), "--out", str(out)], capsys)
-    assert "bad.yaml" in line and "batch_size_per_gpu must be >= 1, got -2" in line
+    line_no = bad.read_text().splitlines().index("    batch_size_per_gpu: -2") + 1
+    assert line.endswith(f"{bad}:{line_no}: config.pretrain.settings.batch_size_per_gpu must be >= 1, got -2")
     line = fails(
         ["pretrain", "--config", str(TINY), "--variant", "nope", "--clips", str(clip_csv), "--out", str(out)], capsys
     )

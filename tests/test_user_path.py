@@ -19,7 +19,7 @@ from endofm.cli import build_parser, main
 from endofm.config import to_dict
 from endofm.data.layouts import CVCLayout, KUMCLayout, PolypDiagLayout, frame_name
 from endofm.data.sources import SOURCES, SVT_K400_FILE
-from endofm.pretraining.train import SVT_CHECKPOINT
+from endofm.pretraining.endofm import SVT_CHECKPOINT
 from endofm.settings import finetune_runs, load_workflow_config
 
 #: The configs a user is given: each must resolve the same in the workflow and in the CLI.

@@ -1,9 +1,9 @@
-"""Snakemake adapter: metrics of one fine-tuning run (endofm.tasks.evaluation.evaluate_run: imports no torch)."""
+"""Snakemake adapter: metrics of one fine-tuning run (endofm.tasks.benchmarks.evaluate_run: imports no torch)."""
 
 from pathlib import Path
 
 from endofm.logs import job_log
-from endofm.tasks.evaluation import evaluate_run
+from endofm.tasks.benchmarks import evaluate_run
 
 smk = snakemake  # noqa: F821 (snakemake is injected)
 with job_log(smk.log[0]):

@@ -1,4 +1,5 @@
-"""The downstream benchmarks by name: index a raw layout into ``manifest.csv`` + a ``manifest.json`` summary.
+"""Benchmark indexing: a raw layout into ``manifest.csv`` + a ``manifest.json`` summary, as an :class:`Indexer`
+says (each benchmark's is declared in :mod:`endofm.tasks.benchmarks`).
 
 Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
@@ -6,79 +7,58 @@ Layer: data and models (docs/architecture.md). May import: foundation and the ot
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from endofm.data import cvc, kumc, polypdiag
-from endofm.data.kumc import to_coco
 from endofm.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-#: Per benchmark: the indexer of its raw layout, and the summary of one split of its manifest.
-BENCHMARKS: dict[str, tuple[Callable[[Path], pd.DataFrame], Callable[[pd.DataFrame], dict[str, Any]]]] = {
-    "polypdiag": (polypdiag.index_polypdiag, polypdiag.summarize_split),
-    "cvc12k": (cvc.index_cvc, cvc.summarize_split),
-    "kumc": (kumc.index_kumc, kumc.summarize_split),
-}
 
-NOTES = {
-    "polypdiag": [
-        "val is the official test split (splits/val.txt); there is no official validation split",
-        "label 1 = abnormal, 0 = normal",
-    ],
-    "cvc12k": [
-        "'CVC-12k' is read as the 612-frame CVC-ClinicDB (Original/ and Ground Truth/ tifs)",
-        "one sample is one whole sequence; masks: 255 -> 1, all else -> 0",
-        "sequences come from videolist.txt if present, else the official hard-coded lists, in which 7 of 9 "
-        "test sequences are also train sequences (see overlaps_other_split)",
-    ],
-    "kumc": [
-        "val (val2019) is the split the paper reports as its test set",
-        "boxes are 0-based continuous [x0, y0, x1, y1]: x0 = VOC xmin - 1, x1 = VOC xmax",
-        "frames without an XML are unannotated; an XML without objects is a polyp-free frame",
-        "coco_{split}.json holds the annotated frames only",
-    ],
-}
+@dataclass(frozen=True)
+class Indexer:
+    """How a benchmark's raw layout becomes its index: ``index`` reads the layout into the manifest rows,
+    ``summarize`` describes one split's rows, ``notes`` go into ``manifest.json``, and ``extra_files``
+    (file name -> function of the manifest) are further files derived from the manifest, e.g. KUMC's COCO
+    annotations."""
+
+    index: Callable[[Path], pd.DataFrame]
+    summarize: Callable[[pd.DataFrame], dict[str, Any]]
+    notes: tuple[str, ...] = ()
+    extra_files: Mapping[str, Callable[[pd.DataFrame], Any]] = field(default_factory=dict)
+
+    def outputs(self) -> list[str]:
+        """The files :func:`build_manifest` writes, ``manifest.json`` (written last) last."""
+        return ["manifest.csv", *self.extra_files, "manifest.json"]
 
 
-def build_manifest(benchmark: str, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Index ``raw_dir`` as ``benchmark`` and write ``out_dir/manifest.csv`` and ``manifest.json``.
+def build_manifest(benchmark: str, indexer: Indexer, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Index ``raw_dir`` as ``benchmark`` with ``indexer`` and write ``indexer.outputs()`` into ``out_dir``.
 
-    For ``kumc`` also ``out_dir/coco_{split}.json`` per split. Every file is written atomically and
-    ``manifest.json`` last, so its presence means the outputs are complete. Returns the summary.
+    Every file is written atomically and ``manifest.json`` last, so its presence means the outputs are
+    complete. Returns the summary.
     """
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {sorted(BENCHMARKS)}")
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: raw {benchmark} folder not found")
-    index, summarize_split = BENCHMARKS[benchmark]
-    manifest = index(raw_dir)
+    manifest = indexer.index(raw_dir)
     summary: dict[str, Any] = {"benchmark": benchmark, "raw_dir": str(raw_dir), "rows": len(manifest)}
-    summary["splits"] = {split: summarize_split(rows) for split, rows in manifest.groupby("split", sort=False)}
-    summary["notes"] = NOTES[benchmark]
-    files = ["manifest.csv"]
+    summary["splits"] = {split: indexer.summarize(rows) for split, rows in manifest.groupby("split", sort=False)}
+    summary["notes"] = list(indexer.notes)
+    files = indexer.outputs()
     (out_dir / "manifest.json").unlink(missing_ok=True)  # no summary may describe a half-updated folder
     write_csv(out_dir / "manifest.csv", manifest)
-    if benchmark == "kumc":
-        for split in manifest["split"].unique():
-            write_json(out_dir / f"coco_{split}.json", to_coco(manifest, split))
-            files.append(f"coco_{split}.json")
-    summary["files"] = files
+    for name, derive in indexer.extra_files.items():
+        write_json(out_dir / name, derive(manifest))
+    summary["files"] = files[:-1]
     write_json(out_dir / "manifest.json", summary)
     counts = ", ".join(f"{split} {len(rows)}" for split, rows in manifest.groupby("split", sort=False))
     log.info(
-        "%s: indexed %s -> %d rows (%s) in %s: %s",
-        benchmark,
-        raw_dir,
-        len(manifest),
-        counts,
-        out_dir,
-        ", ".join(files + ["manifest.json"]),
+        "%s: indexed %s -> %d rows (%s) in %s: %s", benchmark, raw_dir, len(manifest), counts, out_dir, ", ".join(files)
     )
     return summary
 

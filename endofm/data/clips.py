@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from endofm.config import check_fields, setting
 from endofm.data.layouts import CLIP_PATTERN, CLIPS_MANIFEST, SKIPPED_REPORT, VIDEO_EXTENSIONS
 from endofm.data.video import (
     VideoDecodeError,
@@ -54,23 +55,28 @@ class ClipExtractionError(RuntimeError):
 class ClipConfig:
     """How sources are cut into clips; defaults are the official protocol."""
 
-    clip_length: int = 150
-    fps: int = 30
-    short_side: int = 256
-    on_error: Literal["fail", "skip"] = "fail"  # a bad source fails the job, or is listed in skipped.csv
-    crf: int = 18
+    clip_length: int = setting(
+        150, "Frames per clip; the last clip absorbs the remainder, a shorter video is one clip", minimum=1
+    )
+    fps: int = setting(30, "Frame rate written into the clips (no temporal resampling, as the original)", minimum=1)
+    short_side: int = setting(
+        256,
+        "Resize the short side to this many pixels, keeping the aspect ratio (even: the clips are yuv420p)",
+        minimum=8,
+        multiple_of=2,
+    )
+    on_error: Literal["fail", "skip"] = setting(
+        "fail", "fail: a bad source video fails the job; skip: it is listed in skipped.csv"
+    )
+    crf: int = setting(
+        18,
+        "H.264 constant rate factor of the written clips (lower = better quality; 0 = lossless)",
+        minimum=0,
+        maximum=51,
+    )
 
     def __post_init__(self) -> None:
-        if self.clip_length < 1:
-            raise ValueError(f"clip_length must be >= 1, got {self.clip_length}")
-        if self.fps < 1:
-            raise ValueError(f"fps must be >= 1, got {self.fps}")
-        if self.short_side < 2 or self.short_side % 2:
-            raise ValueError(f"short_side must be a positive even number (yuv420p), got {self.short_side}")
-        if self.on_error not in ("fail", "skip"):
-            raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
-        if not 0 <= self.crf <= 51:
-            raise ValueError(f"crf must be in 0..51, got {self.crf}")
+        check_fields(self)
 
 
 def plan_clips(num_frames: int, clip_length: int) -> list[tuple[int, int]]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from endofm import paths
+from endofm.config import setting
 from endofm.data.layouts import (
     FRAME_GLOB,
     VIDEO_EXTENSIONS,
@@ -28,7 +30,7 @@ from endofm.data.layouts import (
 )
 
 #: Where the workflow keeps raw sources; only used to render messages and the registry table.
-DEFAULT_RAW_ROOT = "resources/raw"
+DEFAULT_RAW_ROOT = paths.RAW
 #: Token standing for a source's raw folder in ``raw_layout`` and ``instructions``.
 RAW_DIR = "<raw_dir>"
 
@@ -42,10 +44,12 @@ CLIP_LAYOUTS: tuple[str, ...] = ("videos", "frames")
 class Download:
     """One file of a source: fetched from ``url`` into ``<downloads>/<source>/<filename>``."""
 
-    url: str
-    filename: str
-    sha256: str | None = None  # None where no checksum is published; the source's notes say so
-    unpack: bool = True  # zip / tar(.gz) archives are unpacked into the raw folder
+    url: str = setting(description="http(s) or file URL of the archive")
+    filename: str = setting(description="File name to store the download under")
+    sha256: str | None = setting(
+        None, "Expected sha256 hex digest (null where none is published; the source's notes say so)"
+    )
+    unpack: bool = setting(True, "Unpack a zip / tar(.gz) archive into the raw folder")
 
 
 @dataclass(frozen=True)

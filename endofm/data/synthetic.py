@@ -24,11 +24,12 @@ import math
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from endofm.config import check_fields, setting
 from endofm.data.layouts import CVCLayout, KUMCLayout, PolypDiagLayout
 from endofm.data.video import write_frame_folder, write_video
 from endofm.io import atomic_path
@@ -48,94 +49,98 @@ _PRETRAIN_FORMAT = {
     "synthetic_gastroscopy": ("gastroscopy", "gastro", ".avi"),
     "synthetic_laparoscopy": ("laparoscopy", "lap", None),
 }
-BENCHMARKS = ("polypdiag", "cvc12k", "kumc")
-SYNTHETIC_NAMES = tuple(PRETRAIN_SOURCES) + BENCHMARKS
+#: The benchmarks the built-in corpus has; each is registered with its generator in endofm.tasks.benchmarks.
+BENCHMARK_SETS = ("polypdiag", "cvc12k", "kumc")
+SYNTHETIC_NAMES = tuple(PRETRAIN_SOURCES) + BENCHMARK_SETS
 
 
 @dataclass
 class SynthConfig:
     """Sizes and difficulty of the synthetic corpus; the defaults are the built-in CPU demo."""
 
-    seed: int = 0
-    height: int = 128  # frame height in pixels (even)
-    width: int = 160  # frame width in pixels (even)
-    fps: int = 30  # frame rate written into the videos
-    pretrain_videos: int = 30  # videos per pretraining source
-    pretrain_frames: tuple[int, int] = (48, 80)  # min, max frames per pretraining video
-    pretrain_polyp_fraction: float = 0.5  # colonoscopy/gastroscopy pretraining videos with polyps
-    polypdiag_videos: dict[str, int] = field(default_factory=lambda: {"train": 32, "val": 16})  # videos per split
-    polypdiag_frames: tuple[int, int] = (40, 64)  # min, max frames per PolypDiag video
-    polypdiag_abnormal_fraction: float = 0.5  # planned share of videos with polyps per split (at least one of each)
-    cvc_sequences: dict[str, int] = field(default_factory=lambda: {"train": 20, "test": 9})  # as the official lists
-    cvc_sequence_frames: tuple[int, int] = (6, 25)  # min, max frames per CVC sequence (as the official lists)
-    kumc_videos: dict[str, int] = field(default_factory=lambda: {"train": 8, "val": 4, "test": 4})  # videos per split
-    kumc_frames: tuple[int, int] = (40, 64)  # min, max frames per KUMC video
-    kumc_unannotated_fraction: float = 0.05  # val/test frames written without an XML (train is flat: all have one)
-    polyp_contrast: tuple[float, float] = (0.3, 0.65)  # colour, texture and relief of polyps (0 = invisible)
-    polyp_radius: tuple[float, float] = (0.06, 0.15)  # polyp radius when placed, as a fraction of min(height, width)
-    cvc_polyp_scale: float = 1.6  # CVC close-ups: polyp radius multiplier
-    distractor_rate: float = 1.0  # scales the expected number of polyp-like distractors per video
-    motion_blur_probability: float = 0.3  # chance that a video has a fast, blurred camera jerk
-    min_visible_light: float = 0.15  # polyp pixels darker than this (deep in the lumen) are not labelled
-    crf: int = 18  # H.264 constant rate factor of the benchmark videos; 0 = lossless
-    pretrain_crf: int = 18  # the same for the pretraining sources' videos
+    seed: int = setting(0, "Base seed; each source/benchmark derives its own from it and its name", minimum=0)
+    height: int = setting(128, "Generated frame height in pixels (even)", minimum=16, multiple_of=2)
+    width: int = setting(160, "Generated frame width in pixels (even)", minimum=16, multiple_of=2)
+    fps: int = setting(30, "Frame rate written into the videos", minimum=1)
+    pretrain_videos: int = setting(30, "Videos per synthetic pretraining source", minimum=1)
+    pretrain_frames: tuple[int, int] = setting((48, 80), "Min, max frames per pretraining video", each=dict(minimum=1))
+    pretrain_polyp_fraction: float = setting(
+        0.5, "Share of colonoscopy/gastroscopy pretraining videos with polyps", minimum=0, maximum=1
+    )
+    polypdiag_videos: dict[str, int] = setting(
+        description="PolypDiag videos per split (at least 2: both labels in every split)",
+        factory=lambda: {"train": 32, "val": 16},
+        keys={"train": "training videos", "val": "videos of the official val split (the test split)"},
+        each=dict(minimum=2),
+    )
+    polypdiag_frames: tuple[int, int] = setting((40, 64), "Min, max frames per PolypDiag video", each=dict(minimum=1))
+    polypdiag_abnormal_fraction: float = setting(
+        0.5, "Planned share of abnormal videos (with polyps) per split, at least one of each", minimum=0, maximum=1
+    )
+    cvc_sequences: dict[str, int] = setting(
+        description="CVC sequences per split (as the official lists: 20 and 9)",
+        factory=lambda: {"train": 20, "test": 9},
+        keys={"train": "training sequences", "test": "test sequences"},
+        each=dict(minimum=1),
+    )
+    cvc_sequence_frames: tuple[int, int] = setting(
+        (6, 25), "Min, max frames per CVC sequence (as the official lists)", each=dict(minimum=1)
+    )
+    kumc_videos: dict[str, int] = setting(
+        description="KUMC videos per split (at least 2: both polyp kinds in every split)",
+        factory=lambda: {"train": 8, "val": 4, "test": 4},
+        keys={"train": "videos in train2019", "val": "videos in val2019", "test": "videos in test2019"},
+        each=dict(minimum=2),
+    )
+    kumc_frames: tuple[int, int] = setting((40, 64), "Min, max frames per KUMC video", each=dict(minimum=1))
+    kumc_unannotated_fraction: float = setting(
+        0.05, "Share of val/test frames written without an XML (train is flat: all have one)", minimum=0, maximum=1
+    )
+    polyp_contrast: tuple[float, float] = setting(
+        (0.3, 0.65),
+        "Min, max polyp contrast (colour, texture, relief; 0 = invisible); the most sensitive difficulty knob",
+        each=dict(minimum=0, maximum=1),
+    )
+    polyp_radius: tuple[float, float] = setting(
+        (0.06, 0.15),
+        "Min, max polyp radius when placed, as a fraction of min(height, width)",
+        each=dict(minimum=0, maximum=0.5),
+    )
+    cvc_polyp_scale: float = setting(1.6, "CVC close-ups: polyp radius multiplier", exclusive_minimum=0)
+    distractor_rate: float = setting(1.0, "Scales the expected number of polyp-like distractors per video", minimum=0)
+    motion_blur_probability: float = setting(
+        0.3, "Chance that a video has a fast, blurred camera jerk", minimum=0, maximum=1
+    )
+    min_visible_light: float = setting(
+        0.15,
+        "Polyp pixels darker than this (deep in the lumen) are not labelled; at most 0.5, where polyps are placed",
+        minimum=0,
+        maximum=0.5,
+    )
+    crf: int = setting(
+        18, "H.264 constant rate factor of the benchmark videos (PolypDiag); 0 = lossless", minimum=0, maximum=51
+    )
+    pretrain_crf: int = setting(18, "The same for the pretraining sources' videos", minimum=0, maximum=51)
 
     def __post_init__(self) -> None:
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value < 16 or value % 2:
-                raise ValueError(f"{name} must be an even number >= 16, got {value}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.fps < 1:
-            raise ValueError(f"fps must be >= 1, got {self.fps}")
-        for name in ("pretrain_frames", "polypdiag_frames", "cvc_sequence_frames", "kumc_frames"):
+        check_fields(self)
+        pairs = (
+            "pretrain_frames",
+            "polypdiag_frames",
+            "cvc_sequence_frames",
+            "kumc_frames",
+            "polyp_contrast",
+            "polyp_radius",
+        )
+        for name in pairs:
             lo, hi = getattr(self, name)
-            if not 1 <= lo <= hi:
-                raise ValueError(f"{name} must be (min, max) with 1 <= min <= max, got {(lo, hi)}")
-        for name, lo_ok, hi_ok in (("polyp_contrast", 0.0, 1.0), ("polyp_radius", 0.0, 0.5)):
-            lo, hi = getattr(self, name)
-            if not lo_ok <= lo <= hi <= hi_ok:
-                raise ValueError(f"{name} must be (min, max) with {lo_ok} <= min <= max <= {hi_ok}, got {(lo, hi)}")
+            if lo > hi:
+                raise ValueError(f"{name} must be (min, max) with min <= max, got {(lo, hi)}")
         if self.polyp_radius[0] * min(self.height, self.width) < 1.0:
             raise ValueError(
                 f"polyp_radius: the smallest polyp ({self.polyp_radius[0]} x {min(self.height, self.width)} px) "
                 "must be at least 1 pixel in radius"
             )
-        for name in (
-            "pretrain_polyp_fraction",
-            "polypdiag_abnormal_fraction",
-            "kumc_unannotated_fraction",
-            "motion_blur_probability",
-            "min_visible_light",
-        ):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.min_visible_light > 0.5:
-            raise ValueError(
-                f"min_visible_light must be <= 0.5 (polyps are placed where light >= 0.5), got {self.min_visible_light}"
-            )
-        for name in ("crf", "pretrain_crf"):
-            if not 0 <= getattr(self, name) <= 51:
-                raise ValueError(f"{name} must be in 0..51, got {getattr(self, name)}")
-        if self.pretrain_videos < 1:
-            raise ValueError(f"pretrain_videos must be >= 1, got {self.pretrain_videos}")
-        if self.cvc_polyp_scale <= 0:
-            raise ValueError(f"cvc_polyp_scale must be > 0, got {self.cvc_polyp_scale}")
-        if self.distractor_rate < 0:
-            raise ValueError(f"distractor_rate must be >= 0, got {self.distractor_rate}")
-        for name, splits, least, why in (
-            ("polypdiag_videos", PolypDiagLayout.SPLITS, 2, "both labels in every split"),
-            ("cvc_sequences", ("train", "test"), 1, "a sequence in every split"),
-            ("kumc_videos", KUMCLayout.SPLITS, 2, "both polyp kinds in every split"),
-        ):
-            counts = getattr(self, name)
-            if sorted(counts) != sorted(splits):
-                raise ValueError(f"{name} must have exactly the keys {list(splits)}, got {sorted(counts)}")
-            for split, n in counts.items():
-                if n < least:
-                    raise ValueError(f"{name}[{split!r}] must be >= {least} ({why}), got {n}")
 
 
 # ----------------------------------------------------------------------------------------------

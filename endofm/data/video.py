@@ -475,11 +475,13 @@ def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
     return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 30, *, crf: int = 18) -> Path:
+def write_video(
+    path: str | Path, frames: Iterable[np.ndarray], fps: int = 30, *, crf: int = 18, gop: int | None = None
+) -> Path:
     """Encode RGB uint8 frames (H, W, 3) to ``path`` atomically; the codec follows the suffix.
 
     Odd sizes are not allowed by yuv420p: frames must have even height and width. A keyframe is
-    written every :data:`GOP` frames so readers can seek.
+    written every ``gop`` frames (default :data:`GOP`) so readers can seek.
 
     x264's macroblock-tree rate control is off (``mbtree=0``): with it, x264 reads heap memory it never
     wrote, so the same frames encoded in two processes came out differently (6 of 8 synthetic videos,
@@ -503,7 +505,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 30, *
                         raise ValueError(f"{path}: frame size {w}x{h} must be even for yuv420p")
                     stream = container.add_stream(codec, rate=fps)
                     stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                    stream.gop_size = GOP
+                    stream.gop_size = GOP if gop is None else gop
                     if codec == "libx264":
                         stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"}
                     else:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from endofm.config import check_fields, setting
 from endofm.models.vit import TimeSformer
 
 
@@ -47,44 +48,33 @@ class DetectionConfig:
     ``max_detections`` is the original's ``TEST.DETECTIONS_PER_IMG`` (300).
     """
 
-    num_classes: int = 2
-    fpn_channels: int = 256
-    num_convs: int = 4
-    prior_prob: float = 0.01
-    center_sampling_radius: float = 1.5
-    size_ranges: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    score_threshold: float = 0.05
-    pre_nms_top_n: int = 1000
-    nms_threshold: float = 0.6
-    max_detections: int = 300
+    num_classes: int = setting(2, "Classes including background", minimum=1)
+    fpn_channels: int = setting(256, "Feature pyramid width", minimum=1)
+    num_convs: int = setting(4, "Convolutions per head tower", minimum=0)
+    prior_prob: float = setting(
+        0.01, "Initial foreground probability of the classifier bias", exclusive_minimum=0, exclusive_maximum=1
+    )
+    center_sampling_radius: float = setting(1.5, "FCOS centre-sampling radius in strides", minimum=0)
+    size_ranges: tuple[float, ...] = setting(
+        (64.0, 128.0, 256.0, 512.0),
+        "Pixel boundaries between the 5 pyramid levels for target assignment (increasing)",
+        min_items=4,
+        max_items=4,
+    )
+    focal_alpha: float = setting(0.25, "Focal loss alpha (< 0 disables it)", maximum=1)
+    focal_gamma: float = setting(2.0, "Focal loss gamma", minimum=0)
+    score_threshold: float = setting(
+        0.05, "Detections below this score are dropped before NMS", minimum=0, exclusive_maximum=1
+    )
+    pre_nms_top_n: int = setting(1000, "Detections kept per level before NMS", minimum=1)
+    nms_threshold: float = setting(0.6, "NMS IoU threshold", minimum=0, maximum=1)
+    max_detections: int = setting(300, "Detections kept per image", minimum=1)
 
     def __post_init__(self) -> None:
-        for f in ("num_classes", "fpn_channels", "pre_nms_top_n", "max_detections"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"DetectionConfig: {f} must be >= 1, got {getattr(self, f)}")
-        if self.num_convs < 0:
-            raise ValueError(f"DetectionConfig: num_convs must be >= 0, got {self.num_convs}")
-        if not 0.0 < self.prior_prob < 1.0:
-            raise ValueError(f"DetectionConfig: prior_prob must be in (0, 1), got {self.prior_prob}")
+        check_fields(self)
         self.size_ranges = tuple(float(s) for s in self.size_ranges)
-        if len(self.size_ranges) != 4 or any(b <= a for a, b in itertools.pairwise(self.size_ranges)):
-            raise ValueError(
-                f"DetectionConfig: size_ranges must be 4 increasing boundaries (5 levels), got {self.size_ranges}"
-            )
-        if self.center_sampling_radius < 0:
-            raise ValueError(f"DetectionConfig: center_sampling_radius must be >= 0, got {self.center_sampling_radius}")
-        if self.focal_gamma < 0 or self.focal_alpha > 1:
-            raise ValueError(
-                f"DetectionConfig: expected focal_gamma >= 0 and focal_alpha <= 1 (< 0 disables it), "
-                f"got {self.focal_gamma} and {self.focal_alpha}"
-            )
-        if not 0.0 <= self.score_threshold < 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
-            raise ValueError(
-                f"DetectionConfig: score_threshold must be in [0, 1) and nms_threshold in [0, 1], "
-                f"got {self.score_threshold} and {self.nms_threshold}"
-            )
+        if any(b <= a for a, b in itertools.pairwise(self.size_ranges)):
+            raise ValueError(f"size_ranges must be increasing boundaries, got {self.size_ranges}")
 
 
 class DetectionOutputs(NamedTuple):

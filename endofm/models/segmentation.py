@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from endofm.config import check_fields, setting
 from endofm.models.vit import BackboneConfig, GridInterp, TimeSformer, build_backbone, check_video, resize_pos_embed
 
 DecoderKind = Literal["transunet", "light"]
@@ -107,38 +108,29 @@ class TransUNetConfig:
     the embeddings (TransUNet's ``transformer.dropout_rate``).
     """
 
-    img_size: int = 224
-    stem_width: int = 64
-    stem_units: tuple[int, int, int] = (3, 4, 9)
-    gn_groups: int = 32
-    head_channels: int = 512
-    decoder_channels: tuple[int, int, int, int] = (256, 128, 64, 16)
-    n_skip: int = 3
-    dropout: float = 0.1
-    pos_interp: GridInterp = "nearest"
+    img_size: int = setting(
+        224,
+        f"Input size the stored position_embeddings grid is sized for (a multiple of {TRANSUNET_STRIDE})",
+        minimum=1,
+        multiple_of=TRANSUNET_STRIDE,
+    )
+    stem_width: int = setting(64, "ResNetV2 stem base width (stages w, 4w, 8w, 16w)", minimum=1)
+    stem_units: tuple[int, int, int] = setting((3, 4, 9), "ResNetV2 units per stage", each=dict(minimum=1))
+    gn_groups: int = setting(32, "GroupNorm groups of the stem (capped to divide the channels)", minimum=1)
+    head_channels: int = setting(512, "Output channels of conv_more", minimum=1)
+    decoder_channels: tuple[int, int, int, int] = setting(
+        (256, 128, 64, 16), "Channels of the four x2 decoder stages", each=dict(minimum=1)
+    )
+    n_skip: int = setting(3, "Stem features concatenated into the decoder (0-3)", minimum=0, maximum=3)
+    dropout: float = setting(0.1, "Dropout on the embeddings", minimum=0, exclusive_maximum=1)
+    pos_interp: GridInterp = setting(
+        "nearest", "How position_embeddings are resized to other input sizes (the original never resizes)"
+    )
 
     def __post_init__(self) -> None:
         self.stem_units = tuple(self.stem_units)
         self.decoder_channels = tuple(self.decoder_channels)
-        for f in ("img_size", "stem_width", "gn_groups", "head_channels"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"TransUNetConfig: {f} must be >= 1, got {getattr(self, f)}")
-        if self.img_size % TRANSUNET_STRIDE:
-            raise ValueError(f"TransUNetConfig: img_size must be a multiple of {TRANSUNET_STRIDE}, got {self.img_size}")
-        if len(self.stem_units) != 3 or min(self.stem_units) < 1:
-            raise ValueError(f"TransUNetConfig: stem_units must be 3 counts >= 1, got {self.stem_units}")
-        if len(self.decoder_channels) != 4 or min(self.decoder_channels) < 1:
-            raise ValueError(
-                f"TransUNetConfig: decoder_channels must be 4 widths >= 1 (four ×2 stages), got {self.decoder_channels}"
-            )
-        if not 0 <= self.n_skip <= 3:
-            raise ValueError(f"TransUNetConfig: n_skip must be in 0..3, got {self.n_skip}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TransUNetConfig: dropout must be in [0, 1), got {self.dropout}")
-        if self.pos_interp not in GridInterp.__args__:
-            raise ValueError(
-                f"TransUNetConfig: pos_interp must be one of {list(GridInterp.__args__)}, got {self.pos_interp!r}"
-            )
+        check_fields(self)
 
     @classmethod
     def tiny(cls, **overrides) -> TransUNetConfig:

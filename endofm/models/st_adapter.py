@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from endofm.config import ConfigError
+from endofm.config import ConfigError, check_fields, setting
 from endofm.models.checkpoint import LoadReport, load_backbone
 from endofm.models.vit import BackboneConfig, TimeSformer
 
@@ -51,17 +51,14 @@ class AdapterConfig:
     """ST-Adapter settings: ``layout`` (where the adapters sit, see the module docstring), the
     ``bottleneck`` width r and the temporal kernel size ``kernel_t`` (odd, so the output keeps T)."""
 
-    layout: AdapterLayout = "12x384"
-    bottleneck: int = 384
-    kernel_t: int = 3
+    layout: AdapterLayout = setting(
+        "12x384", "12x384: one adapter before the MLP of every block; 24x384: before attention and MLP"
+    )
+    bottleneck: int = setting(384, "Adapter width r (384 for ViT-B)", minimum=1)
+    kernel_t: int = setting(3, "Temporal kernel of the depth-wise convolution (odd, so the output keeps T)", minimum=1)
 
     def __post_init__(self) -> None:
-        if self.layout not in PLACEMENTS:
-            raise ConfigError(f"adapter.layout must be one of {list(PLACEMENTS)}, got {self.layout!r}")
-        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1:
-            raise ConfigError(f"adapter.bottleneck must be an integer >= 1, got {self.bottleneck!r}")
-        if isinstance(self.kernel_t, bool) or not isinstance(self.kernel_t, int) or self.kernel_t < 1:
-            raise ConfigError(f"adapter.kernel_t must be an odd integer >= 1, got {self.kernel_t!r}")
+        check_fields(self, "adapter")
         if self.kernel_t % 2 == 0:
             raise ConfigError(f"adapter.kernel_t must be odd (the padding keeps T), got {self.kernel_t}")
 

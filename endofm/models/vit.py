@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from endofm.config import check_fields, setting
 from endofm.models.layers import DropPath, Mlp, QuickGELU, trunc_normal_
 
 AttentionKind = Literal["sdpa", "explicit"]
@@ -119,26 +120,54 @@ class BackboneConfig:
     LayerNorm, ``patch_bias`` of the patch projection.
     """
 
-    name: str = "vit_base_patch16"
-    img_size: int | None = None
-    num_frames: int | None = None
-    patch_size: int | None = None
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
-    drop_path_rate: float | None = None
-    pos_interp: GridInterp = "nearest"
-    time_interp: TimeInterp = "nearest"
-    attention: AttentionKind = "sdpa"
-    grad_checkpointing: bool = False
-    attention_type: AttentionType | None = None
-    pre_norm: bool | None = None
-    act_layer: ActLayer | None = None
-    norm_eps: float | None = None
-    patch_bias: bool | None = None
+    name: str = setting(
+        "vit_base_patch16",
+        f"Preset ({', '.join(PRESETS)}; vit_base_patch16 is the official ViT-B/16), or a name of your own that "
+        "sets every size field",
+    )
+    img_size: int | None = setting(
+        None,
+        "Frame size the stored pos_embed grid is sized for (null: the preset's); other sizes resize it at run time",
+        minimum=1,
+    )
+    num_frames: int | None = setting(
+        None, "Frame count the stored time_embed is sized for (null: the preset's)", minimum=1
+    )
+    patch_size: int | None = setting(None, "Patch side in pixels (null: the preset's)", minimum=1)
+    embed_dim: int | None = setting(None, "Token width (null: the preset's)", minimum=1)
+    depth: int | None = setting(None, "Number of divided space-time blocks (null: the preset's)", minimum=1)
+    num_heads: int | None = setting(None, "Attention heads per block (null: the preset's)", minimum=1)
+    mlp_ratio: float | None = setting(None, "MLP hidden width / embed_dim (null: the preset's)", exclusive_minimum=0)
+    drop_path_rate: float | None = setting(
+        None,
+        "Stochastic depth of the last block, linear from 0 over depth (null: the preset's)",
+        minimum=0,
+        exclusive_maximum=1,
+    )
+    pos_interp: GridInterp = setting(
+        "nearest", "How pos_embed is resized to another patch grid (the original: nearest)"
+    )
+    time_interp: TimeInterp = setting(
+        "nearest", "How time_embed is resized to another frame count (the original: nearest)"
+    )
+    attention: AttentionKind = setting(
+        "sdpa", "sdpa: PyTorch's fused attention; explicit: softmax(q k^T) v as the original (same weights)"
+    )
+    grad_checkpointing: bool = setting(
+        False, "Recompute each block in the backward pass (less memory, ~30% more compute)"
+    )
+    attention_type: AttentionType | None = setting(
+        None, "space_only: a per-frame image ViT (ST-Adapter, CLIP); null: from the preset"
+    )
+    pre_norm: bool | None = setting(None, "LayerNorm norm_pre after the embeddings (CLIP); null: from the preset")
+    act_layer: ActLayer | None = setting(None, "MLP activation (CLIP: quick_gelu); null: from the preset")
+    norm_eps: float | None = setting(
+        None, "LayerNorm eps (TimeSformer 1e-6, CLIP 1e-5); null: from the preset", exclusive_minimum=0
+    )
+    patch_bias: bool | None = setting(None, "Bias of the patch projection (CLIP: false); null: from the preset")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         preset = PRESETS.get(self.name)
         for f, default in _ARCH_DEFAULTS.items():
             if getattr(self, f) is None:
@@ -151,28 +180,10 @@ class BackboneConfig:
             )
         for f in unset:
             setattr(self, f, preset[f])
-        for f in ("img_size", "num_frames", "patch_size", "embed_dim", "depth", "num_heads"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        for f, allowed in (
-            ("pos_interp", GridInterp),
-            ("time_interp", TimeInterp),
-            ("attention", AttentionKind),
-            ("attention_type", AttentionType),
-            ("act_layer", ActLayer),
-        ):
-            if getattr(self, f) not in allowed.__args__:
-                raise ValueError(f"{f} must be one of {list(allowed.__args__)}, got {getattr(self, f)!r}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
 
     @property
     def space_only(self) -> bool:

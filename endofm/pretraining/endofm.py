@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,13 +27,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from endofm.config import ConfigError
+from endofm import paths
+from endofm.config import ConfigError, setting
 from endofm.data.sources import SOURCES, SVT_K400_FILE
 from endofm.engine import cosine_schedule
 from endofm.models.checkpoint import CheckpointError, legacy_to_parametrized, load_backbone, read_checkpoint_file
 from endofm.models.heads import DINOHead
-from endofm.models.vit import BackboneConfig, build_backbone
-from endofm.pretraining.contract import Objective, check_snapshots
+from endofm.models.vit import build_backbone
+from endofm.pretraining.contract import LoopConfig, Objective
 from endofm.pretraining.objective import EndoFMLoss, MultiViewModel, cancel_last_layer_gradients, ema_update
 from endofm.pretraining.views import MultiViewDataset, ViewConfig
 
@@ -41,99 +42,74 @@ log = logging.getLogger(__name__)
 
 #: The original's starting point, SVT's Kinetics-400 self-supervised ViT-B (docs/original.md §2.4, §3.6): where
 #: the default ``init`` expects it (the folder the workflow's ``download_svt_k400`` target fills), and its URL.
-SVT_CHECKPOINT = f"resources/raw/svt_k400/{SVT_K400_FILE}"
+SVT_CHECKPOINT = f"{paths.RAW}/svt_k400/{SVT_K400_FILE}"
 SVT_URL = SOURCES["svt_k400"].downloads[0].url
 
 
 @dataclass
-class PretrainConfig:
-    """Pretraining settings; the defaults are the official recipe (docs/original.md §3.5, §3.6).
+class PretrainConfig(LoopConfig):
+    """Pretraining settings: the loop's (:class:`~endofm.pretraining.contract.LoopConfig`) and Endo-FM's own;
+    the defaults are the official recipe (docs/original.md §3.5, §3.6).
 
     ``init``: the initial student and teacher weights, a checkpoint path (backbone and head, loaded
     strictly; any layout :mod:`endofm.models.checkpoint` reads) or ``random``. The original always starts
     from SVT's Kinetics-400 self-supervised checkpoint, so the default is its path
     (:data:`SVT_CHECKPOINT`) and a run fails at start while the file is missing; random weights must be
     asked for with ``init: random``, which the run's ``config.yaml`` then records.
-
-    ``epochs`` is 30, not the original's default of 100: the authors call 30 epochs "good enough"
-    (Endo-FM issue #16). Every schedule spans ``epochs``, so a 30-epoch run completes its cosine
-    decays (unlike stopping a 100-epoch schedule at epoch 30). ``lr`` is for a total batch of 256
-    and is scaled by ``batch_size_per_gpu × processes / 256``.
     """
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    views: ViewConfig = field(default_factory=ViewConfig)
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    norm_last_layer: bool = True
-    epochs: int = 30
-    batch_size_per_gpu: int = 3
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    clip_grad: float = 3.0  # per parameter tensor; 0 disables
-    freeze_last_layer: int = 1  # epochs with the head's last layer frozen
-    momentum_teacher: float = 0.996  # cosine to 1 over the run
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    # "center": the original's running centre; "sinkhorn": Sinkhorn-Knopp equipartition of the teacher
-    # targets over the batch (DINOv2's option), which keeps small-batch CPU runs from collapsing.
-    centering: Literal["center", "sinkhorn"] = "center"
-    sinkhorn_iterations: int = 3
-    cv_weight: float = 1.0
-    dm_weight: float = 1.0
-    # The original never puts its teacher in eval mode, so stochastic depth is active in it too;
-    # False runs the teacher without it (DINO's intent).
-    teacher_drop_path: bool = True
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    device: str = "auto"
-    num_workers: int = 4
-    seed: int = 0
-    init: str = SVT_CHECKPOINT  # "random" or a checkpoint path (see the docstring)
-    init_head: bool = True  # False: only the backbone comes from init (e.g. a backbone.pt)
-    # Dynamic positional encoding (SVT's): views keep their own frame counts and time_embed is resized
-    # to each; False samples every view at backbone.num_frames frames, so time_embed is used at its
-    # stored length (the "fixed T" ablation; local crops still resize the spatial grid).
-    dynamic_pos_embed: bool = True
-    data_fraction: float = 1.0  # share of each clip manifest used, drawn with `seed`
-    checkpoint_every: int = 5  # numbered copies; 0 keeps only checkpoint.pt
-    max_steps_per_epoch: int | None = None  # cap for tests and demos
-    # Backbone snapshots at these fractions of the run's optimiser steps (0: the initial weights), see
-    # snapshot_path; the workflow derives them from finetune.pretrain_fractions.
-    snapshots: list[float] = field(default_factory=list)
+    views: ViewConfig = setting(description="How a clip becomes views", factory=ViewConfig, after="backbone")
+    out_dim: int = setting(65536, "DINO head output dimension (prototypes)", minimum=1)
+    hidden_dim: int = setting(2048, "DINO head MLP hidden width", minimum=1)
+    bottleneck_dim: int = setting(256, "DINO head bottleneck width before the last layer", minimum=1)
+    norm_last_layer: bool = setting(True, "Weight-normalise the head's last layer with a fixed norm")
+    freeze_last_layer: int = setting(1, "Epochs with the head's last layer frozen", minimum=0, after="clip_grad")
+    momentum_teacher: float = setting(
+        0.996, "Teacher EMA momentum at the start, cosine to 1 over the run", minimum=0, maximum=1
+    )
+    teacher_temp: float = setting(0.04, "Teacher softmax temperature after warm-up", exclusive_minimum=0)
+    warmup_teacher_temp: float = setting(0.04, "Teacher temperature at the start of its warm-up", exclusive_minimum=0)
+    warmup_teacher_temp_epochs: int = setting(
+        0, "Epochs of the teacher-temperature warm-up (0: constant; at most epochs)", minimum=0
+    )
+    student_temp: float = setting(0.1, "Student softmax temperature", exclusive_minimum=0)
+    center_momentum: float = setting(0.9, "Momentum of the teacher centre (centering: center)", minimum=0, maximum=1)
+    centering: Literal["center", "sinkhorn"] = setting(
+        "center",
+        "center: the original's running centre; sinkhorn: Sinkhorn-Knopp equipartition of the teacher targets "
+        "over the batch (DINOv2's option), which keeps small-batch CPU runs from collapsing",
+    )
+    sinkhorn_iterations: int = setting(3, "Sinkhorn-Knopp normalisation rounds (centering: sinkhorn)")
+    cv_weight: float = setting(1.0, "Weight of each L_cv (global -> local) term; 0 drops L_cv")
+    dm_weight: float = setting(1.0, "Weight of each L_dm (global <-> global) term; 0 drops L_dm")
+    teacher_drop_path: bool = setting(
+        True,
+        "Stochastic depth in the teacher too (the original never puts it in eval mode); false: none (DINO's intent)",
+    )
+    init: str = setting(
+        SVT_CHECKPOINT,
+        "Initial student and teacher weights: random, or a checkpoint path (backbone and head, loaded strictly; "
+        "any layout endofm reads). The default is where the download_svt_k400 target puts SVT's Kinetics-400 "
+        "self-supervised checkpoint, the original's start; a missing file fails the run at start",
+        min_length=1,
+        after="seed",
+    )
+    init_head: bool = setting(
+        True,
+        "false: only the backbone comes from init, the DINO head starts random (e.g. another run's backbone.pt)",
+    )
+    dynamic_pos_embed: bool = setting(
+        True,
+        "true: views keep their own frame counts and time_embed is resized to each (SVT's dynamic positional "
+        "encoding); false: every view takes backbone.num_frames frames, time_embed at its stored length (fixed T)",
+    )
 
     def __post_init__(self) -> None:
-        check_snapshots(self.snapshots)
-        positive = ("out_dim", "hidden_dim", "bottleneck_dim", "epochs", "batch_size_per_gpu")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "teacher_temp", "warmup_teacher_temp", "student_temp"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "freeze_last_layer", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "warmup_teacher_temp_epochs"):
-            if not 0 <= getattr(self, name) <= self.epochs:
-                raise ValueError(f"{name} must be in [0, epochs={self.epochs}], got {getattr(self, name)}")
-        for name in ("momentum_teacher", "center_momentum"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0 < self.data_fraction <= 1:
-            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if not self.init:
-            raise ValueError("init must be 'random' or a checkpoint path, got an empty string")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}")
+        super().__post_init__()
+        if self.warmup_teacher_temp_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_teacher_temp_epochs must be in [0, epochs={self.epochs}], got {self.warmup_teacher_temp_epochs}"
+            )
         for name in ("global_size", "local_size"):
             size = getattr(self.views, name)
             if size % self.backbone.patch_size:

@@ -90,7 +90,7 @@ from endofm.engine import (
 from endofm.io import atomic_path, write_json, write_text
 from endofm.models.checkpoint import CHECKPOINT_KEYS, CheckpointError, package_versions, save_checkpoint
 from endofm.pretraining.contract import Objective
-from endofm.pretraining.endofm import SVT_CHECKPOINT, EndoFMObjective  # SVT_CHECKPOINT: its old import path
+from endofm.pretraining.endofm import EndoFMObjective
 from endofm.pretraining.vcl import VCLObjective
 from endofm.pretraining.views import collate_views, load_clip_manifests
 
@@ -554,7 +554,6 @@ __all__ = [
     "OBJECTIVES",
     "RUN_NAME",
     "SNAPSHOTS_DIR",
-    "SVT_CHECKPOINT",
     "count_parameters",
     "export_backbone",
     "objective_of",

@@ -37,10 +37,11 @@ pretraining modules below the loop (``contract``, ``objective``, ``views``), not
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -50,138 +51,95 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from endofm.config import from_dict, merge, to_dict
-from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from endofm.config import from_dict, merge, setting, to_dict
 from endofm.data.video import VideoReader
 from endofm.engine import unwrap
-from endofm.models.vit import BackboneConfig, build_backbone
-from endofm.pretraining.contract import Objective, check_snapshots
+from endofm.models.vit import build_backbone
+from endofm.pretraining.contract import LoopConfig, Objective
 from endofm.pretraining.objective import sinkhorn_knopp
-from endofm.pretraining.views import MultiViewDataset, augment_view
+from endofm.pretraining.views import Augmentation, MultiViewDataset, augment_view
 
 #: Stream order of a sample: RGB 1, RGB 2, static 1, static 2, dynamic 1, dynamic 2.
 STREAMS = ("rgb1", "rgb2", "static1", "static2", "dynamic1", "dynamic2")
 KINDS = ("rgb", "rgb", "static", "static", "dynamic", "dynamic")
 
-#: The settings VCL takes over from Endo-FM's (``pretrain.settings``) in the workflow: same budget.
-SHARED_SETTINGS = (
-    "backbone", "epochs", "batch_size_per_gpu", "lr", "min_lr", "warmup_epochs", "weight_decay",
-    "weight_decay_end", "clip_grad", "precision", "device", "num_workers", "seed", "data_fraction",
-    "checkpoint_every", "max_steps_per_epoch",
-)  # fmt: skip
-
 
 @dataclass
-class VCLViewConfig:
-    """Two consecutive clips per sample and their augmentation (field names as in
-    :class:`~endofm.pretraining.views.ViewConfig`, whose :func:`augment_view` applies them per clip).
-    Augmentation defaults are the original's (colour jitter 0.5, 0.5, 0.5, 0.25 always, grayscale 0.5);
-    the crop scale is Endo-FM's global views', the crop rule the clean one (Endo-FM's quirk is not VCL's)."""
+class VCLViewConfig(Augmentation):
+    """Two consecutive clips per sample and their augmentation (:class:`~endofm.pretraining.views.Augmentation`,
+    applied per clip by :func:`augment_view`). Augmentation defaults are the original's (colour jitter 0.5,
+    0.5, 0.5, 0.25 always, grayscale 0.5); the crop scale is Endo-FM's global views', the crop rule the clean
+    one (Endo-FM's quirk is not VCL's)."""
 
-    frames: int = 8  # per clip; the two clips are consecutive
-    size: int = 224
-    scale: tuple[float, float] = (0.4, 1.0)
-    max_stride: int = 3  # frame stride drawn in [1, min(max_stride, frames of the clip // (2 · frames))]
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    crop_rule: Literal["original", "last_valid"] = "last_valid"  # as ViewConfig.crop_rule
-    hflip: float = 0.5
+    frames: int = setting(8, "Frames per clip; the two clips are consecutive", minimum=1, before="ratio")
+    size: int = setting(224, "Clip side in pixels", minimum=1)
+    scale: tuple[float, float] = setting(
+        (0.4, 1.0), "Crop area as a fraction of the frame (min, max)", each=dict(exclusive_minimum=0)
+    )
+    max_stride: int = setting(
+        3, "Frame stride drawn in [1, min(max_stride, frames of the clip // (2 frames))]", minimum=1
+    )
+    crop_rule: Literal["original", "last_valid"] = setting(
+        "last_valid", "Random resized crop rule, as pretrain.settings.views.crop_rule", after="ratio"
+    )
+    # VCL's defaults of the shared augmentation settings
     color_jitter: float = 1.0
     brightness: float = 0.5
     contrast: float = 0.5
     saturation: float = 0.5
     hue: float = 0.25
     grayscale: float = 0.5
-    gray_weights: tuple[float, float, float] = (0.114, 0.587, 0.299)
-    antialias: bool = True
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        for name in ("frames", "size", "max_stride"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"views.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("scale", "ratio"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi:
-                raise ValueError(f"views.{name} must satisfy 0 < min <= max, got {(lo, hi)}")
-        for name in ("hflip", "color_jitter", "grayscale"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"views.{name} is a probability in [0, 1], got {getattr(self, name)}")
-        if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"views.hue must be in [0, 0.5], got {self.hue}")
+        super().__post_init__()
+        if self.scale[0] > self.scale[1]:
+            raise ValueError(f"views.scale must satisfy 0 < min <= max, got {self.scale}")
 
 
 @dataclass
-class VCLConfig:
-    """VCL pretraining settings. The loop's settings (backbone to ``max_steps_per_epoch``, same names and
-    defaults as :class:`~endofm.pretraining.endofm.PretrainConfig`) are Endo-FM's recipe; the objective's
-    are the original's (docs/original.md §7.1), with 768-d features on the ViT-B."""
+class VCLConfig(LoopConfig):
+    """VCL pretraining settings: the loop's (:class:`~endofm.pretraining.contract.LoopConfig`, Endo-FM's
+    recipe) and the objective's, the original's (docs/original.md §7.1) with 768-d features on the ViT-B."""
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    views: VCLViewConfig = field(default_factory=VCLViewConfig)
-    proj_dim: int = 128  # InfoNCE projector output (hidden width = the backbone's)
-    num_concepts: int = 100  # K static and K dynamic prototypes
-    temperature: float = 0.07  # InfoNCE
-    concept_temp: float = 0.1  # swapped prediction and concept probabilities
-    sinkhorn_eps: float = 0.05
-    sinkhorn_iterations: int = 3
-    queue_length: int = 1024  # earlier scores per stream in the Sinkhorn-Knopp targets; 0: none
-    queue_start_epoch: int = 1
-    freeze_prototypes_epochs: int = 1
-    nce_weight: float = 1.0
-    concept_weight: float = 1.0
-    diversity_weight: float = 0.1
-    fidelity_weight: float = 1.0
-    local_concepts: bool = True
-    local_weight: float = 1.0
-    local_topk: int = 9  # concepts above the (k+1)-th highest score count as present
-    local_margin: float = 1.4
-    local_start_epoch: int = 10
-    epochs: int = 30
-    batch_size_per_gpu: int = 3
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    clip_grad: float = 3.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    num_workers: int = 4
-    seed: int = 0
-    data_fraction: float = 1.0
-    checkpoint_every: int = 5
-    max_steps_per_epoch: int | None = None
-    snapshots: list[float] = field(default_factory=list)  # as PretrainConfig.snapshots
+    views: VCLViewConfig = setting(
+        description="Two consecutive clips per sample and their augmentation", factory=VCLViewConfig, after="backbone"
+    )
+    proj_dim: int = setting(128, "InfoNCE projector output (hidden width = the backbone's)", minimum=1)
+    num_concepts: int = setting(100, "K static and K dynamic prototypes", minimum=1)
+    temperature: float = setting(0.07, "InfoNCE temperature", exclusive_minimum=0)
+    concept_temp: float = setting(
+        0.1, "Temperature of the swapped prediction and concept probabilities", exclusive_minimum=0
+    )
+    sinkhorn_eps: float = setting(0.05, "Sinkhorn-Knopp epsilon", exclusive_minimum=0)
+    sinkhorn_iterations: int = setting(3, "Sinkhorn-Knopp normalisation rounds (the original: 3)", minimum=1)
+    queue_length: int = setting(1024, "Earlier scores per stream in the Sinkhorn-Knopp targets; 0: none", minimum=0)
+    queue_start_epoch: int = setting(1, "First epoch whose targets use the queue", minimum=0)
+    freeze_prototypes_epochs: int = setting(1, "Epochs with the prototypes frozen", minimum=0)
+    nce_weight: float = setting(1.0, "Weight of the InfoNCE terms", minimum=0)
+    concept_weight: float = setting(1.0, "Weight of the swapped concept prediction", minimum=0)
+    diversity_weight: float = setting(0.1, "Weight of the diversity (entropy) term", minimum=0)
+    fidelity_weight: float = setting(1.0, "Weight of the fidelity (reconstruction) term", minimum=0)
+    local_concepts: bool = setting(True, "Local concept contrast over patch tokens")
+    local_weight: float = setting(1.0, "Weight of the local concept contrast (local_concepts)", minimum=0)
+    local_topk: int = setting(
+        9, "Concepts above the (k+1)-th highest score count as present (below 2 num_concepts)", minimum=1
+    )
+    local_margin: float = setting(1.4, "Margin of the negative pairs' distance", exclusive_minimum=0)
+    local_start_epoch: int = setting(10, "First epoch with local concepts", minimum=0)
 
     def __post_init__(self) -> None:
-        check_snapshots(self.snapshots)
-        for name in ("proj_dim", "num_concepts", "sinkhorn_iterations", "local_topk", "epochs", "batch_size_per_gpu"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("temperature", "concept_temp", "sinkhorn_eps", "lr", "local_margin"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        nonneg = (
-            "queue_length", "queue_start_epoch", "freeze_prototypes_epochs", "nce_weight", "concept_weight",
-            "diversity_weight", "fidelity_weight", "local_weight", "local_start_epoch", "min_lr", "weight_decay",
-            "weight_decay_end", "clip_grad", "num_workers", "checkpoint_every",
-        )  # fmt: skip
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        super().__post_init__()
         if self.local_topk >= 2 * self.num_concepts:
             raise ValueError(f"local_topk must be < 2 · num_concepts = {2 * self.num_concepts}, got {self.local_topk}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
-        if not 0 < self.data_fraction <= 1:
-            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}")
         if self.views.size % self.backbone.patch_size:
             raise ValueError(
                 f"views.size {self.views.size} is not a multiple of backbone.patch_size {self.backbone.patch_size}"
             )
+
+
+#: The settings VCL takes over from Endo-FM's (``pretrain.settings``) in the workflow, so that only the objective
+#: differs: the loop's, but for the snapshots, which the workflow sets per pretraining job.
+SHARED_SETTINGS = tuple(f.name for f in dataclasses.fields(LoopConfig) if f.name != "snapshots")
 
 
 def workflow_settings(cfg: Any, variant: str) -> VCLConfig:

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
+from endofm.config import check_fields, setting
 from endofm.data.clips import MANIFEST_COLUMNS
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from endofm.data.video import VideoReader
@@ -67,63 +68,87 @@ CROP_RULES = ("original", "last_valid")
 
 
 @dataclass
-class ViewConfig:
-    """How a clip becomes views; the defaults are the paper's (docs/original.md 3.3, 3.4)."""
+class Augmentation:
+    """The per-view augmentation and normalisation that Endo-FM's views (:class:`ViewConfig`) and VCL's clips
+    (:class:`~endofm.pretraining.vcl.VCLViewConfig`) share, applied by :func:`augment_view`; the defaults are
+    Endo-FM's (docs/original.md 3.4)."""
 
-    global_frames: tuple[int, ...] = (8, 16)  # frames of global 1 and global 2
-    global_size: int = 224
-    global_scale: tuple[float, float] = (0.4, 1.0)  # crop area as a fraction of the frame
-    local_frames: tuple[int, ...] = (2, 2, 4, 4, 8, 8, 16, 16)
-    local_size: int = 96
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio (width / height) range
-    max_window: int = 256  # SAMPLING_RATE 32 x NUM_FRAMES 8: longer clips get a random window of this many frames
-    global_margin: int = 5  # global 1 spans [0, max_len - margin], global 2 [margin, max_len]
-    local_window_divisor: int = 8  # locals span a random window of max_len // divisor frames
-    hflip: float = 0.5  # probabilities of the per-view augmentations
-    color_jitter: float = 0.8
-    brightness: float = 0.4  # jitter strengths: factors drawn from 1 +- strength
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.0  # hue shift in [-hue, hue] turns; not in the original
-    grayscale: float = 0.2
-    gray_weights: tuple[float, float, float] = (0.114, 0.587, 0.299)  # R, G, B; ITU-R 601 is (0.299, 0.587, 0.114)
-    antialias: bool = True
-    # original: offsets of the last valid draw, size of the last draw, cut at the frame edge (the original's
-    # quirk); last_valid: the last valid draw whole
-    crop_rule: Literal["original", "last_valid"] = "original"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    ratio: tuple[float, float] = setting(
+        (3 / 4, 4 / 3), "Crop aspect ratio (width / height) range", each=dict(exclusive_minimum=0)
+    )
+    hflip: float = setting(0.5, "Probability of a horizontal flip per view", minimum=0, maximum=1)
+    color_jitter: float = setting(0.8, "Probability of colour jitter per view", minimum=0, maximum=1)
+    brightness: float = setting(0.4, "Brightness jitter strength: factors drawn from 1 ± strength", minimum=0)
+    contrast: float = setting(0.4, "Contrast jitter strength", minimum=0)
+    saturation: float = setting(0.2, "Saturation jitter strength", minimum=0)
+    hue: float = setting(0.0, "Hue shift in [-hue, hue] turns (none in Endo-FM's original)", minimum=0, maximum=0.5)
+    grayscale: float = setting(0.2, "Probability of grayscale per view", minimum=0, maximum=1)
+    gray_weights: tuple[float, float, float] = setting(
+        (0.114, 0.587, 0.299), "Grey-image weights of R, G, B (the original's; ITU-R 601 is (0.299, 0.587, 0.114))"
+    )
+    antialias: bool = setting(True, "Antialiased resize (the original's bicubic resize aliases)")
+    mean: tuple[float, float, float] = setting(IMAGENET_MEAN, "Normalisation mean per channel (ImageNet's)")
+    std: tuple[float, float, float] = setting(
+        IMAGENET_STD, "Normalisation std per channel (ImageNet's)", each=dict(exclusive_minimum=0)
+    )
 
     def __post_init__(self) -> None:
-        if len(self.global_frames) != 2:
-            raise ValueError(f"global_frames: the protocol has exactly 2 global views, got {len(self.global_frames)}")
-        for name in ("global_frames", "local_frames"):
-            if any(t < 1 for t in getattr(self, name)):
-                raise ValueError(f"{name}: every view needs >= 1 frame, got {getattr(self, name)}")
-        for name in ("global_size", "local_size", "max_window", "local_window_divisor"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.global_margin < 0:
-            raise ValueError(f"global_margin must be >= 0, got {self.global_margin}")
+        check_fields(self)
+        if self.ratio[0] > self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+
+
+@dataclass
+class ViewConfig(Augmentation):
+    """How a clip becomes views; the defaults are the paper's (docs/original.md 3.3, 3.4)."""
+
+    global_frames: tuple[int, ...] = setting(
+        (8, 16),
+        "Frames of global view 1 and global view 2 (the protocol has exactly two)",
+        min_items=2,
+        max_items=2,
+        each=dict(minimum=1),
+        before="ratio",
+    )
+    global_size: int = setting(224, "Side in pixels of the global views", minimum=1)
+    global_scale: tuple[float, float] = setting(
+        (0.4, 1.0),
+        "Crop area of the global views as a fraction of the frame (min, max)",
+        each=dict(exclusive_minimum=0),
+    )
+    local_frames: tuple[int, ...] = setting(
+        (2, 2, 4, 4, 8, 8, 16, 16),
+        "Frames of each local view (their number is the number of local views)",
+        each=dict(minimum=1),
+    )
+    local_size: int = setting(96, "Side in pixels of the local views", minimum=1)
+    local_scale: tuple[float, float] = setting(
+        (0.05, 0.4),
+        "Crop area of the local views as a fraction of the frame (min, max)",
+        each=dict(exclusive_minimum=0),
+    )
+    max_window: int = setting(
+        256,
+        "Longer clips get a random window of this many frames (the original's SAMPLING_RATE 32 x NUM_FRAMES 8)",
+        minimum=1,
+        after="ratio",
+    )
+    global_margin: int = setting(5, "Global 1 spans [0, max_len - margin], global 2 [margin, max_len]", minimum=0)
+    local_window_divisor: int = setting(8, "Local views span a random window of max_len // divisor frames", minimum=1)
+    crop_rule: Literal["original", "last_valid"] = setting(
+        "original",
+        "Random resized crop: original = offsets of the last valid of 10 draws, height and width of the last draw "
+        "(valid or not), cut at the frame edge (the original's quirk, the paper default); last_valid = the last "
+        "valid draw whole",
+        after="antialias",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("global_scale", "local_scale"):
             lo, hi = getattr(self, name)
-            if not 0 < lo <= hi:
+            if lo > hi:
                 raise ValueError(f"{name} must satisfy 0 < min <= max, got {(lo, hi)}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
-        for name in ("hflip", "color_jitter", "grayscale"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
-        for name in ("brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-        if self.crop_rule not in CROP_RULES:
-            raise ValueError(f"crop_rule must be one of {CROP_RULES}, got {self.crop_rule!r}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
 
     @property
     def views(self) -> list[tuple[int, int, tuple[float, float]]]:
@@ -355,7 +380,14 @@ class MultiViewDataset(Dataset):
         index = operator.index(index)
         if not 0 <= index < len(self.paths):
             raise IndexError(f"clip index {index} out of range for {len(self.paths)} clips")
-        rng, path = self.rng(index), self.paths[index]
+        rng = self.rng(index)
+        frames, rows = self.decode(index, rng)
+        return self.make_views(frames, rows, rng)
+
+    def decode(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Step 1 and 2 of item ``index``: draw each view's frame indices from ``rng`` and decode their union
+        with one ``get_frames`` call; returns the decoded frames and, per view, its rows of them."""
+        path = self.paths[index]
         with VideoReader(path) as reader:
             if self.frames is not None and reader.num_frames != self.frames[index]:
                 raise ValueError(
@@ -365,11 +397,15 @@ class MultiViewDataset(Dataset):
             indices = sample_frame_indices(reader.num_frames, self.cfg, rng)
             wanted, inverse = np.unique(np.concatenate(indices), return_inverse=True)
             frames = reader.get_frames(wanted)
-        views = []
         bounds = np.cumsum([0, *(len(idx) for idx in indices)])
-        for (_, size, scale), lo, hi in zip(self.cfg.views, bounds[:-1], bounds[1:], strict=True):
-            views.append(augment_view(frames[inverse[lo:hi]], size, scale, self.cfg, rng))
-        return views
+        return frames, [inverse[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def make_views(self, frames: np.ndarray, rows: list[np.ndarray], rng: np.random.Generator) -> list[torch.Tensor]:
+        """Step 3: the views of :meth:`decode`'s output, their augmentation drawn from ``rng``."""
+        return [
+            augment_view(frames[view_rows], size, scale, self.cfg, rng)
+            for (_, size, scale), view_rows in zip(self.cfg.views, rows, strict=True)
+        ]
 
 
 def collate_views(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
@@ -386,6 +422,7 @@ def collate_views(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
 __all__ = [
     "CROP_ATTEMPTS",
     "CROP_RULES",
+    "Augmentation",
     "MultiViewDataset",
     "ViewConfig",
     "augment_view",

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from endofm.config import ConfigError
+from endofm import paths
+from endofm.config import ConfigError, check_fields, setting
 from endofm.data.benchmarks import read_manifest
 from endofm.io import atomic_path, write_csv, write_text
 from endofm.report.collect import (
@@ -59,6 +60,7 @@ from endofm.report.tables import (
     to_latex,
     to_markdown,
 )
+from endofm.tasks.benchmarks import BENCHMARKS
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +75,31 @@ class ReportConfig:
     ``ablations``: the named ablations whose tables join the main report (their runs become its inputs).
     """
 
-    reference_method: str = "endofm"
-    main_variant: str = "default"
-    test: Literal["ttest", "permutation"] = "ttest"
-    alpha: float = 0.05
-    ablations: list[str] = field(default_factory=list)
+    reference_method: str = setting(
+        "endofm", "Method every other row is compared with (paired by seed); listed first in Table 1"
+    )
+    main_variant: str = setting(
+        "default", "Variant Table 1 shows for a method that ran several (the others belong to ablation tables)"
+    )
+    test: Literal["ttest", "permutation"] = setting(
+        "ttest",
+        "Paired test across seeds: ttest (scipy.stats.ttest_rel) or permutation (exact sign-flip; needs >= 6 seeds "
+        "for p < 0.05)",
+    )
+    alpha: float = setting(
+        0.05,
+        "A difference is marked significant when the test's two-sided p-value is below this",
+        exclusive_minimum=0,
+        exclusive_maximum=1,
+    )
+    ablations: list[str] = setting(
+        description="Named ablations whose tables join the main report (their runs become its inputs, so `report` "
+        "runs them); every ablation also has its own table from `ablation_<name>`",
+        factory=list,
+    )
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
-            raise ConfigError(f"report.alpha must be in (0, 1), got {self.alpha}")
+        check_fields(self, "report")
         if self.test not in TESTS:
             raise ConfigError(f"report.test must be one of {', '.join(TESTS)}, got {self.test!r}")
 
@@ -98,8 +116,8 @@ class ReportInputs:
     paper_results: str | None = None
     benchmarks_dir: str | None = None
     raw_dir: str | None = None
-    metrics_root: str = "results/metrics"
-    runs_root: str = "results/finetune"
+    metrics_root: str = paths.METRICS
+    runs_root: str = paths.FINETUNE
 
 
 @dataclass
@@ -263,22 +281,19 @@ def make_figures(data: Collected, inputs: ReportInputs, cfg: ReportConfig) -> di
         figures.finetuning_curves(histories),
     )
     if inputs.benchmarks_dir and inputs.raw_dir:
-        for bench, draw in (("cvc12k", "segmentation_examples"), ("kumc", "detection_examples")):
-            rec = _example_run(data, cfg, bench)
+        for bench, entry in BENCHMARKS.items():
+            rec = _example_run(data, cfg, bench) if entry.examples else None
             manifest = Path(inputs.benchmarks_dir) / bench / "manifest.csv"
             if rec is None or not manifest.is_file():
                 continue
             run_dir = run_dir_of(rec["path"], inputs.metrics_root, inputs.runs_root)
-            args = [run_dir, read_manifest(manifest), Path(inputs.raw_dir) / bench, rec.get("test_split", "test")]
-            if bench == "kumc":
-                from endofm.tasks.detect import DetectConfig  # here: the report loads torch only for this
-
-                run = run_dir / "run.json"
-                task = json.loads(run.read_text()).get("settings", {}).get("task", {}) if run.is_file() else {}
-                args.append(float(task.get("score_threshold", DetectConfig.score_threshold)))
-            name = f"{bench}_examples"
+            run = run_dir / "run.json"
+            task = json.loads(run.read_text()).get("settings", {}).get("task", {}) if run.is_file() else {}
+            fig = entry.examples(
+                run_dir, read_manifest(manifest), Path(inputs.raw_dir) / bench, rec.get("test_split", "test"), task
+            )
             title = f"{headline(bench).label} test frames of {rec['method']}/{rec['variant']}, {rec['protocol']}, {rec['mode']}, seed {rec['seed']}"
-            out[name] = (title, getattr(figures, draw)(*args))
+            out[f"{bench}_examples"] = (title, fig)
     return {k: (title, figures.png(fig)) for k, (title, fig) in out.items() if fig is not None}
 
 

@@ -20,9 +20,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from endofm import paths
 from endofm.tasks.evaluation import flat_metrics, metric_number
 
-#: The fields that identify a run; every metrics file carries them (endofm.tasks.evaluation.evaluate_run).
+#: The fields that identify a run; every metrics file carries them (endofm.tasks.benchmarks.evaluate_run).
 IDENTITY = ("benchmark", "method", "variant", "protocol", "mode", "seed")
 #: Axes of a summary: a run's identity without the seed, plus the label fraction (1.0 when absent).
 AXES = ("benchmark", "method", "variant", "protocol", "mode", "label_fraction")
@@ -101,7 +102,7 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, l
 
 
 def run_dir_of(
-    metrics_path: str | os.PathLike, metrics_root: str = "results/metrics", runs_root: str = "results/finetune"
+    metrics_path: str | os.PathLike, metrics_root: str = paths.METRICS, runs_root: str = paths.FINETUNE
 ) -> Path:
     """The run folder of a metrics file: ``results/metrics/<run>.json`` -> ``results/finetune/<run>/``."""
     path = Path(metrics_path)

@@ -24,18 +24,31 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
 .banner { background: #fff3cd; border: 2px solid #d39e00; padding: 0.8em 1em; font-size: 1.1em; margin: 1em 0; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
-th, td { padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
-td:first-child, th:first-child { text-align: left; }
-thead th { border-top: 2px solid #333; border-bottom: 1px solid #333; }
-tbody:last-of-type tr:last-child td { border-bottom: 2px solid #333; }
+th, td { padding: 0.25em 0.6em; text-align: right; white-space: nowrap; vertical-align: top; }
+th.label { text-align: left; } tbody th { font-weight: normal; }
+thead th { border-top: 2px solid #333; border-bottom: 1px solid #333; vertical-align: bottom; }
+tbody:last-of-type tr:last-child > * { border-bottom: 2px solid #333; }
 tr.block th { text-align: left; font-style: italic; font-weight: normal; background: #f3f3f3; }
+.sub { display: block; color: #666; font-size: 0.9em; font-weight: normal; }
 .caption { font-size: 0.85em; color: #555; max-width: 1100px; }
 .scroll { overflow-x: auto; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figure { margin: 1em 0; } figure img { max-width: 100%; box-sizing: border-box; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #555; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; font-size: 0.9em; }
-dt { font-weight: bold; } dd { margin: 0; font-family: ui-monospace, monospace; }
+dt { font-weight: bold; } dd { margin: 0; font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
 nav a { margin-right: 1em; }
+@page { size: A4; margin: 12mm; }
+@media print {
+  body { max-width: none; margin: 0; padding: 0; font-size: 9pt; }
+  nav { display: none; }
+  h2 { margin-top: 1.2em; } h2, h3 { break-after: avoid; }
+  .banner, tr.block th { print-color-adjust: exact; -webkit-print-color-adjust: exact; }
+  .scroll { overflow: visible; }
+  table { font-size: 7.5pt; }
+  th, td { white-space: normal; padding: 0.15em 0.4em; }
+  tr, figure, dl > * { break-inside: avoid; }
+  .caption { max-width: none; }
+}
 </style></head>
 <body>
 <h1>endofm report</h1>
@@ -76,5 +89,7 @@ def section(
 
 
 def render(sections: Sequence[Mapping[str, Any]], *, synthetic: bool, summary: str) -> str:
+    """The page; sections with nothing in them (no runs drew an example, say) are left out."""
+    sections = [s for s in sections if s["text"] or s["tables"] or s["figures"] or s["pairs"]]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(TEMPLATE).render(sections=sections, synthetic=synthetic, summary=summary)

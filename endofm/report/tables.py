@@ -4,7 +4,8 @@ paper's layout, secondary metrics, ablations and label efficiency, each rendered
 
 Every number is a mean over the seeds of one cell of the experiment matrix; values are shown ×100 as in
 the paper. A cell with fewer seeds than configured says so (``n=2 of 3``); a difference to the reference
-row is marked only when the paired test over shared seeds (:mod:`endofm.report.stats`) says so.
+row is marked only when the paired test over shared seeds (:mod:`endofm.report.stats`) says so. Tables show
+only what was run: no row, block or column of dashes alone.
 
 Layer: report (docs/architecture.md). May import: every layer below it (tasks included) and the other report modules.
 """
@@ -13,39 +14,20 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 
 from endofm.metrics import mean_std
 from endofm.report.collect import AXES
 from endofm.report.stats import TESTS, compare
+from endofm.tasks.benchmarks import BENCHMARKS, Headline
 from endofm.tasks.evaluation import READOUT_KEYS
 
-
-class Headline(NamedTuple):
-    """A benchmark's Table 1 column: display name, metric key in the metrics files, metric label."""
-
-    label: str
-    metric: str
-    metric_label: str
-
-
-#: The paper's Table 1 metrics (the keys evaluate_run writes; each is its task's selection metric).
-HEADLINE: dict[str, Headline] = {
-    "polypdiag": Headline("PolypDiag", "f1", "F1"),
-    "cvc12k": Headline("CVC-12k", "dice", "Dice"),
-    "kumc": Headline("KUMC", "f1_paper", "F1"),
-}
-#: Secondary metrics shown first, in this order; any other key a metrics file carries follows.
-SECONDARY_ORDER: dict[str, list[str]] = {
-    "polypdiag": ["auroc", "accuracy", "precision", "recall"],
-    "cvc12k": ["frame_dice", "frame_iou"],
-    "kumc": ["f1_iou", "AP", "AP50", "AP75", "precision_paper", "recall_paper", "precision_iou", "recall_iou"],
-}
 PROTOCOL_ORDER = ("paper", "clean")
 MODE_LABELS = {"full": "full fine-tuning", "frozen": "frozen backbone"}
 DASH = "–"
@@ -55,7 +37,8 @@ TAG_LEGEND = "(d): derived from margins the paper states; (u): unverified (secon
 
 
 def headline(benchmark: str) -> Headline:
-    return HEADLINE.get(benchmark, Headline(benchmark, "", ""))
+    """The Table 1 column of ``benchmark`` (its registry entry's; a bare name for one not registered)."""
+    return BENCHMARKS[benchmark].headline if benchmark in BENCHMARKS else Headline(benchmark, "", "")
 
 
 @dataclass
@@ -67,6 +50,27 @@ class Table:
     caption: str
     columns: list[str]
     blocks: list[tuple[str, list[list[str]]]] = field(default_factory=list)
+    #: leading columns that name the row (HTML row headers)
+    labels: int = 1
+    #: HTML only: columns shown as a second line in the cells of the column before them (the paper's numbers)
+    stacked: tuple[int, ...] = ()
+
+
+def is_empty(cells: Sequence[str]) -> bool:
+    return all(c == DASH for c in cells)
+
+
+def drop_empty(
+    blocks: Sequence[tuple[str, list[list[str]]]], columns: Sequence[str], labels: int = 1
+) -> tuple[list[str], list[tuple[str, list[list[str]]]]]:
+    """``columns`` and ``blocks`` without the rows whose cells after the ``labels`` row labels are all dashes,
+    the blocks left without rows and the columns that are dashes in every remaining row."""
+    kept = [(title, [r for r in rows if not is_empty(r[labels:])]) for title, rows in blocks]
+    kept = [(title, rows) for title, rows in kept if rows]
+    rows = [r for _, rows in kept for r in rows]
+    keep = [i for i in range(len(columns)) if i < labels or not is_empty([r[i] for r in rows])]
+    pick = lambda row: [row[i] for i in keep]  # noqa: E731
+    return pick(columns), [(title, [pick(r) for r in rows]) for title, rows in kept]
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -185,7 +189,7 @@ def block_title(protocol: str, mode: str, fraction: float | None = None) -> str:
 
 def benchmarks_of(summary: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(summary["benchmark"]))
-    return [b for b in HEADLINE if b in present] + [b for b in present if b not in HEADLINE]
+    return [b for b in BENCHMARKS if b in present] + [b for b in present if b not in BENCHMARKS]
 
 
 def method_rows(summary: pd.DataFrame, reference: str, main_variant: str) -> list[tuple[str, str]]:
@@ -225,12 +229,21 @@ def table1(
     alpha: float,
 ) -> Table:
     """Methods × benchmarks (PolypDiag F1, CVC-12k Dice, KUMC F1) at the full label fraction, one block per
-    protocol and mode, with each method's pretraining cost and the paper's reported numbers beside ours."""
+    protocol and mode, with each method's pretraining cost and the paper's reported numbers beside ours (in
+    HTML, below ours). A method without runs in a block, and a benchmark without runs, are left out."""
     cells, fraction = Cells(summary), full_fraction(summary)
-    benches = benchmarks_of(summary)
     rows = method_rows(summary, reference, main_variant)
     several = len({m for m, _ in rows}) < len(rows)
     paper_head = "paper (real data)†" if synthetic else "paper†"
+    ours = {
+        (protocol, mode, method, variant, b): fmt_cell(
+            cells.get(b, method, variant, protocol, mode, fraction, headline(b).metric)
+        )
+        for protocol, mode in blocks_of(summary)
+        for method, variant in rows
+        for b in benchmarks_of(summary)
+    }
+    benches = [b for b in benchmarks_of(summary) if not is_empty([v for k, v in ours.items() if k[-1] == b])]
     columns = ["Method", "Pretraining cost"]
     for b in benches:
         columns += [f"{headline(b).label} {headline(b).metric_label}", paper_head]
@@ -238,12 +251,15 @@ def table1(
     for protocol, mode in blocks_of(summary):
         lines = []
         for method, variant in rows:
+            results = [ours[(protocol, mode, method, variant, b)] for b in benches]
+            if is_empty(results):
+                continue
             line = [row_label(method, variant, paper, several), costs.get((method, variant), DASH)]
-            for b in benches:
-                line.append(fmt_cell(cells.get(b, method, variant, protocol, mode, fraction, headline(b).metric)))
-                line.append(paper_cell(paper, method, b))
+            for b, result in zip(benches, results, strict=True):
+                line += [result, paper_cell(paper, method, b)]
             lines.append(line)
-        blocks.append((block_title(protocol, mode), lines))
+        if lines:
+            blocks.append((block_title(protocol, mode), lines))
     ref_label = row_label(reference, main_variant, paper, False)
     caption = (
         f"Mean ± sample std (×100) over fine-tuning seeds, n = seeds; 'n=k of m' marks a cell with fewer seeds than "
@@ -259,7 +275,8 @@ def table1(
         )
     else:
         caption += f" † Numbers reported in the paper (paper protocol, full fine-tuning). {TAG_LEGEND}."
-    return Table("table1", "Table 1: fine-tuning results", caption, columns, blocks)
+    stacked = tuple(range(3, len(columns), 2))
+    return Table("table1", "Table 1: fine-tuning results", caption, columns, blocks, stacked=stacked)
 
 
 def paper_cell(paper: Mapping[str, Any], method: str, benchmark: str) -> str:
@@ -277,7 +294,7 @@ def paper_table(paper: Mapping[str, Any], benches: Sequence[str], synthetic: boo
     methods = paper.get("methods", {})
     if not methods:
         return None
-    benches = [b for b in HEADLINE if b in benches or not benches] or list(HEADLINE)
+    benches = [b for b in BENCHMARKS if b in benches or not benches] or list(BENCHMARKS)
     columns = ["Method", "Pretraining (GPU h)"] + [f"{headline(b).label} {headline(b).metric_label}" for b in benches]
     rows = []
     for name, entry in methods.items():
@@ -296,42 +313,57 @@ def paper_table(paper: Mapping[str, Any], benches: Sequence[str], synthetic: boo
 def secondary_tables(
     summary: pd.DataFrame, *, paper: Mapping[str, Any], test: str, alpha: float, reference_label: str
 ) -> list[Table]:
-    """Per benchmark: every metric the files carry other than the Table 1 one, per method and variant."""
+    """Per benchmark: every metric the files carry other than the Table 1 one, per method and variant; split
+    into tables by the benchmark's ``secondary_groups`` (its registry entry) and one of the frozen read-outs (a row per method and read-out)."""
     cells, fraction = Cells(summary), full_fraction(summary)
+    note = f"* : differs from {reference_label} at p < {alpha:g} ({TESTS[test].description})."
     tables = []
     for b in benchmarks_of(summary):
         sub = summary[(summary["benchmark"] == b) & (summary["label_fraction"] == fraction)]
         present = [m for m in dict.fromkeys(sub["metric"]) if m != headline(b).metric]
-        order = SECONDARY_ORDER.get(b, [])
-        readouts = sorted((m for m in present if "[" in m), key=_readout_order)
+        order = list(BENCHMARKS[b].secondary) if b in BENCHMARKS else []
+        readouts = [m for m in present if "[" in m]
         metrics = [m for m in order if m in present]
-        metrics += sorted(m for m in present if m not in order and m not in readouts) + readouts
-        if not metrics:
-            continue
+        metrics += sorted(m for m in present if m not in order and m not in readouts)
         pairs = list(dict.fromkeys(zip(sub["method"], sub["variant"], strict=True)))
         counts = pd.Series([m for m, _ in pairs]).value_counts()
-        blocks = []
-        for protocol, mode in blocks_of(sub):
-            lines = []
-            for method, variant in pairs:
-                got = [cells.get(b, method, variant, protocol, mode, fraction, m) for m in metrics]
-                if any(g is not None for g in got):
-                    label = row_label(method, variant, paper, counts[method] > 1)
-                    lines.append([label] + [fmt_cell(g) for g in got])
-            blocks.append((block_title(protocol, mode), lines))
-        caption = (
-            f"{headline(b).label}: secondary metrics, mean ± sample std (×100) over seeds with n. "
-            f"* : differs from {reference_label} at p < {alpha:g} ({TESTS[test].description})."
-        )
-        tables.append(
-            Table(f"secondary_{b}", f"{headline(b).label}: secondary metrics", caption, ["Method"] + metrics, blocks)
-        )
+        label = {(m, v): row_label(m, v, paper, counts[m] > 1) for m, v in pairs}
+        groups = [("", metrics)]
+        for suffix, prefix in BENCHMARKS[b].secondary_groups if b in BENCHMARKS else ():
+            split = [m for m in groups[0][1] if m.startswith(prefix)]
+            groups = [("", [m for m in groups[0][1] if m not in split]), *groups[1:], (suffix, split)]
+        for suffix, group in groups:
+            blocks = [
+                (block_title(protocol, mode),
+                 [[label[(method, variant)]] + [fmt_cell(cells.get(b, method, variant, protocol, mode, fraction, m))
+                                              for m in group] for method, variant in pairs])
+                for protocol, mode in blocks_of(sub)
+            ]  # fmt: skip
+            columns, blocks = drop_empty(blocks, ["Method", *group])
+            if len(columns) < 2:
+                continue
+            title = f"{headline(b).label}: {suffix or 'secondary metrics'}"
+            caption = f"{title}, mean ± sample std (×100) over seeds with n. {note}"
+            key = f"secondary_{b}" + (f"_{re.sub(r'[^a-z0-9]+', '_', suffix.lower())}" if suffix else "")
+            tables.append(Table(key, title, caption, columns, blocks))
+        if readouts:
+            names = sorted({m.rstrip("]").split("[", 1)[1] for m in readouts})
+            keys = [k for k in READOUT_KEYS if any(m.startswith(f"{k}[") for m in readouts)]
+            blocks = [
+                (block_title(protocol, mode),
+                 [[label[(method, variant)], name]
+                  + [fmt_cell(cells.get(b, method, variant, protocol, mode, fraction, f"{k}[{name}]")) for k in keys]
+                  for method, variant in pairs for name in names])
+                for protocol, mode in blocks_of(sub)
+            ]  # fmt: skip
+            columns, blocks = drop_empty(blocks, ["Method", "Read-out", *keys], labels=2)
+            caption = (
+                f"{headline(b).label}: the frozen backbone's read-outs, mean ± sample std (×100) over seeds with n. "
+                f"{note}"
+            )
+            title = f"{headline(b).label}: frozen read-outs"
+            tables.append(Table(f"secondary_{b}_readouts", title, caption, columns, blocks, labels=2))
     return tables
-
-
-def _readout_order(metric: str) -> tuple[str, int]:
-    key, name = metric.rstrip("]").split("[", 1)
-    return name, READOUT_KEYS.index(key) if key in READOUT_KEYS else len(READOUT_KEYS)
 
 
 def ablation_tables(
@@ -344,7 +376,7 @@ def ablation_tables(
     reference_label: str,
 ) -> list[Table]:
     """One table per ablation (name -> {variant: row label}): the ``method`` runs of those variants, Table 1
-    metrics, one block per protocol and mode; variants without runs show dashes."""
+    metrics, one block per protocol and mode; the caption names the variants without runs."""
     cells, fraction = Cells(summary), full_fraction(summary)
     benches = benchmarks_of(summary)
     tables = []
@@ -358,18 +390,24 @@ def ablation_tables(
                 for v, label in variants.items()
             ]
             blocks.append((block_title(protocol, mode), lines))
+        shown, blocks = drop_empty(blocks, columns)
+        ran = {r[0] for _, rows in blocks for r in rows}
         caption = (
             f"Ablation '{name}': {method} pretrained with each variant, then fine-tuned; mean ± sample std (×100) "
             f"over seeds with n. * : differs from {reference_label} at p < {alpha:g} ({TESTS[test].description})."
         )
-        tables.append(Table(f"ablation_{name}", f"Ablation: {name}", caption, columns, blocks))
+        missing = [label for label in variants.values() if label not in ran]
+        if missing:
+            caption += f" Not run: {', '.join(missing)}."
+        tables.append(Table(f"ablation_{name}", f"Ablation: {name}", caption, shown, blocks))
     return tables
 
 
 def label_efficiency_table(
     summary: pd.DataFrame, *, paper: Mapping[str, Any], reference: str, main_variant: str
 ) -> Table | None:
-    """Table 1 metric per method versus the fraction of labelled training data (when several were run)."""
+    """Table 1 metric per method versus the fraction of labelled training data: the methods, benchmarks,
+    protocols and modes with runs at several fractions; None when there are none."""
     fractions = sorted(summary["label_fraction"].unique())
     if len(fractions) < 2:
         return None
@@ -378,16 +416,19 @@ def label_efficiency_table(
     blocks = []
     for b in benchmarks_of(summary):
         for protocol, mode in blocks_of(summary[summary["benchmark"] == b]):
-            lines = [
-                [row_label(m, v, paper, False)]
-                + [fmt_cell(cells.get(b, m, v, protocol, mode, f, headline(b).metric)) for f in fractions]
-                for m, v in rows
-            ]
+            lines = []
+            for m, v in rows:
+                line = [fmt_cell(cells.get(b, m, v, protocol, mode, f, headline(b).metric)) for f in fractions]
+                if sum(c != DASH for c in line) >= 2:
+                    lines.append([row_label(m, v, paper, False), *line])
             blocks.append((f"{headline(b).label} {headline(b).metric_label}, {block_title(protocol, mode)}", lines))
+    columns, blocks = drop_empty(blocks, ["Method"] + [f"{f:g}" for f in fractions])
+    if not blocks:
+        return None
     caption = (
         "Table 1 metric (×100, mean ± sample std over seeds with n) versus the fraction of labelled training data."
     )
-    return Table("label_efficiency", "Label efficiency", caption, ["Method"] + [f"{f:g}" for f in fractions], blocks)
+    return Table("label_efficiency", "Label efficiency", caption, columns, blocks)
 
 
 #: Axes of the pretraining-steps summary: a run cell and the share of its pretraining behind the backbone.
@@ -455,11 +496,14 @@ def pretraining_curve_table(
             label = row_label(method, variant, paper, several)
             steps = [pretrain_step(pretraining, method, variant, f) for f in fractions]
             lines.append([label, "pretraining step"] + [DASH if s is None else str(s) for s in steps])
+            start = len(lines)
             for b in benchmarks_of(summary):
                 for metric in curve_metrics(summary, b):
                     row = [cells.get((b, method, variant, protocol, mode, 1.0, f, metric)) for f in fractions]
                     if any(r is not None for r in row):
                         lines.append([label, metric_label(b, metric)] + [fmt_cell(r) for r in row])
+            if len(lines) == start:  # no read-outs: no step numbers either
+                lines.pop()
         blocks.append((block_title(protocol, mode), lines))
     caption = (
         "Read-outs (×100, mean ± sample std over fine-tuning seeds with n) of the backbone after a fraction of its "
@@ -468,8 +512,8 @@ def pretraining_curve_table(
     )
     if synthetic:
         caption += " On the built-in synthetic corpus these numbers test the machinery, not clinical accuracy."
-    columns = ["Method", "Read-out"] + [f"{f:g}" for f in fractions]
-    return Table("pretrain_curve", "Frozen read-out vs pretraining steps", caption, columns, blocks)
+    columns, blocks = drop_empty(blocks, ["Method", "Read-out"] + [f"{f:g}" for f in fractions], labels=2)
+    return Table("pretrain_curve", "Frozen read-out vs pretraining steps", caption, columns, blocks, labels=2)
 
 
 def long_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -541,18 +585,40 @@ def to_latex(tables: Sequence[Table]) -> str:
     return "\n".join(out)
 
 
+#: Spaces inside "mean ± std", "n=k of m" and before the significance mark: a narrow page (print) may wrap
+#: a cell only between its number and its "(n=…)".
+_GLUE = re.compile(r" (?=± )|(?<= ±) |(?<=\d) of (?=\d)| (?=\*$)")
+
+
+def _cell(text: str) -> str:
+    return html.escape(_GLUE.sub(lambda m: m.group(0).replace(" ", "\u00a0"), text))
+
+
 def to_html(table: Table) -> str:
-    """An HTML ``<table>`` (a ``<tbody>`` per block) with its caption."""
+    """An HTML ``<table>`` (a ``<tbody>`` per block, row labels as row headers) with its caption; a
+    :attr:`Table.stacked` column is a second line (``span.sub``) in the cells of the column before it."""
     esc = html.escape
+    shown = [i for i in range(len(table.columns)) if i not in table.stacked]
+    below = {i - 1: i for i in table.stacked}
+
+    def cell(row: Sequence[str], i: int, tag: str, scope: str = "") -> str:
+        text = _cell(row[i]) + (f'<span class="sub">{_cell(row[below[i]])}</span>' if i in below else "")
+        attr = (f' scope="{scope}"' if scope else "") + (' class="label"' if i < table.labels else "")
+        return f"<{tag}{attr}>{text}</{tag}>"
+
     parts = [f'<table id="{esc(table.key)}"><thead><tr>']
-    parts += [f"<th>{esc(c)}</th>" for c in table.columns]
+    parts += [cell(table.columns, i, "th", "col") for i in shown]
     parts.append("</tr></thead>")
     for title, rows in table.blocks:
         parts.append("<tbody>")
         if title:
-            parts.append(f'<tr class="block"><th colspan="{len(table.columns)}">{esc(title)}</th></tr>')
+            parts.append(f'<tr class="block"><th colspan="{len(shown)}">{esc(title)}</th></tr>')
         for r in rows:
-            parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
+            parts.append(
+                "<tr>"
+                + "".join(cell(r, i, "th", "row") if i < table.labels else cell(r, i, "td") for i in shown)
+                + "</tr>"
+            )
         parts.append("</tbody>")
     parts.append(f'</table><p class="caption">{esc(table.caption)}</p>')
     return "".join(parts)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from endofm.config import config_hash
-from endofm.data.polypdiag import SHORT_VIDEO, PolypDiagDataset, ShortVideo
+from endofm.config import check_fields, config_hash, setting
+from endofm.data.polypdiag import PolypDiagDataset, ShortVideo
 from endofm.data.transforms import KINETICS_MEAN, KINETICS_STD, ClipTransform, torch_rng
 from endofm.engine import resolve_device, seed_everything
 from endofm.io import write_csv, write_json
@@ -47,16 +47,20 @@ class ProbeConfig:
     by the task's selection metric, ``train.select_metric``, F1 unless set), and a k-NN vote over the ``knn_k`` most cosine-similar training clips weighted by
     ``exp(similarity / knn_temperature)`` (DINO's)."""
 
-    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    batch_size: int = 8
+    c_grid: list[float] = setting(
+        description="Inverse regularisation strengths of the logistic-regression probe, picked on the selection split",
+        factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0],
+        min_items=1,
+        each=dict(exclusive_minimum=0),
+    )
+    knn_k: int = setting(20, "Neighbours of the k-NN read-out", minimum=1)
+    knn_temperature: float = setting(
+        0.07, "Temperature of the k-NN vote weights exp(similarity / T)", exclusive_minimum=0
+    )
+    batch_size: int = setting(8, "Clips per feature-extraction batch", minimum=1)
 
     def __post_init__(self) -> None:
-        if not self.c_grid or min(self.c_grid) <= 0:
-            raise ValueError(f"c_grid must be positive values, got {self.c_grid}")
-        if self.knn_k < 1 or self.knn_temperature <= 0 or self.batch_size < 1:
-            raise ValueError("knn_k and batch_size must be >= 1 and knn_temperature > 0")
+        check_fields(self)
 
 
 def _official_train() -> TrainConfig:
@@ -78,29 +82,41 @@ class ClassifyConfig:
     index 0); ``test_clips`` > 1 averages the softmax over evenly spaced windows (clean-protocol option).
     """
 
-    num_frames: int = 8
-    window: int = 256
-    window_fps: float | None = 30.0
-    short_video: ShortVideo = "clamp"
-    train_short_side: list[int] = field(default_factory=lambda: [256, 320])
-    crop_size: int = 224
-    test_short_side: int = 224
-    test_crop: Literal["top_left", "center"] = "top_left"
-    test_clips: int = 1
-    hflip: float = 0.5
-    mean: list[float] = field(default_factory=lambda: list(KINETICS_MEAN))
-    std: list[float] = field(default_factory=lambda: list(KINETICS_STD))
-    num_classes: int = 2
-    train: TrainConfig = field(default_factory=_official_train)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    num_frames: int = setting(8, "Frames per clip", minimum=1)
+    window: int = setting(256, "Window length in frames at window_fps (the original: 256 at 30 fps)", minimum=1)
+    window_fps: float | None = setting(
+        30.0,
+        "A video at fps gets a window of window x fps / window_fps of its frames (the original); null: window "
+        "frames at any rate",
+        exclusive_minimum=0,
+    )
+    short_video: ShortVideo = setting(
+        "clamp",
+        "A video shorter than the window: clamp = frames spread over the whole window, indices clamped to the last "
+        "frame, which repeats (the original); spread = frames spread over the video",
+    )
+    train_short_side: list[int] = setting(
+        description="Training short side drawn from [min, max]", factory=lambda: [256, 320]
+    )
+    crop_size: int = setting(224, "Training crop side")
+    test_short_side: int = setting(224, "Test short side")
+    test_crop: Literal["top_left", "center"] = setting(
+        "top_left", "Test crop position (the original: top_left, its spatial index 0)"
+    )
+    test_clips: int = setting(1, "Clips averaged per test video (the original: 1)", minimum=1)
+    hflip: float = setting(0.5, "Probability of a horizontal flip in training")
+    mean: list[float] = setting(
+        description="Normalisation mean per channel (the original's 0.45)", factory=lambda: list(KINETICS_MEAN)
+    )
+    std: list[float] = setting(
+        description="Normalisation std per channel (the original's 0.225)", factory=lambda: list(KINETICS_STD)
+    )
+    num_classes: int = setting(2, "Classes (normal, abnormal)")
+    train: TrainConfig = setting(description="The training loop's settings", factory=_official_train)
+    probe: ProbeConfig = setting(description="The frozen-backbone read-outs", factory=ProbeConfig)
 
     def __post_init__(self) -> None:
-        if self.num_frames < 1 or self.window < 1 or self.test_clips < 1:
-            raise ValueError("num_frames, window and test_clips must be >= 1")
-        if self.window_fps is not None and self.window_fps <= 0:
-            raise ValueError(f"window_fps must be > 0 or null, got {self.window_fps}")
-        if self.short_video not in SHORT_VIDEO:
-            raise ValueError(f"short_video must be one of {SHORT_VIDEO}, got {self.short_video!r}")
+        check_fields(self)
         ClipTransform(self.train_short_side, self.crop_size)  # validates the sizes
         ClipTransform(self.test_short_side, self.crop_size)
         ClassifyTask.selection_key(self.train)

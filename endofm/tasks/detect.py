@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from endofm.config import check_fields, setting
 from endofm.data.kumc import CLASS_IDS, KUMCDataset, to_coco
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor, torch_rng
 from endofm.io import write_json
@@ -94,43 +95,46 @@ class DetectConfig:
     ``iou_threshold`` define ``f1_paper`` / ``f1_iou``.
     """
 
-    resize: ResizeRule = "square"
-    min_size: int = 600
-    max_size: int = 640
-    size_divisibility: int = 32
-    train_ref_range: list[int] | None = field(default_factory=lambda: [1, 9])
-    test_frames: int = 1
-    hflip: float = 0.5
-    normalization: Normalization = "caffe"
-    score_threshold: float = 0.5
-    iou_threshold: float = 0.5
-    head: DetectionConfig = field(default_factory=DetectionConfig)
-    train: TrainConfig = field(default_factory=_official_train)
+    resize: ResizeRule = setting(
+        "square",
+        "square: every frame to max_size x max_size, aspect not kept (the original, 640 x 640); aspect: short side "
+        "min_size, long side at most max_size (maskrcnn-benchmark's rule, not called by the original)",
+    )
+    min_size: int = setting(600, "Short side under resize: aspect (unused by square)", minimum=1)
+    max_size: int = setting(
+        640, "Square side, or the long side's cap under resize: aspect (at least min_size)", minimum=1
+    )
+    size_divisibility: int = setting(32, "Padded input sizes are multiples of this", minimum=1)
+    train_ref_range: list[int] | None = setting(
+        description="[lo, hi]: training reference frames at offsets drawn from [-hi, -lo] and [lo, hi] (T = 3, the "
+        "original); null: the key frame alone (T = 1, as at test)",
+        factory=lambda: [1, 9],
+        min_items=2,
+        max_items=2,
+        each=dict(minimum=1),
+    )
+    test_frames: int = setting(1, "Odd clip length at test (1: the key frame alone, the original)", minimum=1)
+    hflip: float = setting(0.5, "Probability of a horizontal flip in training", minimum=0, maximum=1)
+    normalization: Normalization = setting(
+        "caffe", "caffe: the original's BGR 0-255 minus the Caffe mean; imagenet: RGB ImageNet mean/std"
+    )
+    score_threshold: float = setting(0.5, "Detection score threshold of the F1 metrics", minimum=0, maximum=1)
+    iou_threshold: float = setting(0.5, "IoU a detection needs for the IoU-aware F1", exclusive_minimum=0, maximum=1)
+    head: DetectionConfig = setting(
+        description="The detector's pyramid, head, targets and post-processing", factory=DetectionConfig
+    )
+    train: TrainConfig = setting(description="The training loop's settings", factory=_official_train)
 
     def __post_init__(self) -> None:
-        if self.min_size < 1 or self.max_size < self.min_size:
-            raise ValueError(
-                f"expected 1 <= min_size <= max_size, got min_size {self.min_size}, max_size {self.max_size}"
-            )
-        if self.resize not in RESIZE_RULES:
-            raise ValueError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
-        if self.size_divisibility < 1:
-            raise ValueError(f"size_divisibility must be >= 1, got {self.size_divisibility}")
+        check_fields(self)
+        if self.max_size < self.min_size:
+            raise ValueError(f"expected min_size <= max_size, got min_size {self.min_size}, max_size {self.max_size}")
         refs = self.train_ref_range
-        if refs is not None and (len(refs) != 2 or not 1 <= refs[0] <= refs[1]):
-            raise ValueError(f"train_ref_range must be [lo, hi] with 1 <= lo <= hi, or null, got {refs}")
-        if self.test_frames < 1 or self.test_frames % 2 == 0:
+        if refs is not None and refs[0] > refs[1]:
+            raise ValueError(f"train_ref_range must be [lo, hi] with lo <= hi, or null, got {refs}")
+        if self.test_frames % 2 == 0:
             raise ValueError(
                 f"test_frames must be an odd number >= 1 (key frame in the middle), got {self.test_frames}"
-            )
-        if not 0 <= self.hflip <= 1:
-            raise ValueError(f"hflip must be a probability, got {self.hflip}")
-        if self.normalization not in ("caffe", "imagenet"):
-            raise ValueError(f"normalization must be 'caffe' or 'imagenet', got {self.normalization!r}")
-        if not 0 <= self.score_threshold <= 1 or not 0 < self.iou_threshold <= 1:
-            raise ValueError(
-                f"score_threshold must be in [0, 1] and iou_threshold in (0, 1], "
-                f"got {self.score_threshold} and {self.iou_threshold}"
             )
         if self.head.num_classes != len(CLASS_IDS):
             raise ValueError(f"head.num_classes must be {len(CLASS_IDS)} (KUMC's classes), got {self.head.num_classes}")

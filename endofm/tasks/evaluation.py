@@ -1,7 +1,7 @@
-"""A fine-tuning run's test predictions -> its metrics JSON, for any benchmark; imports neither torch nor a model.
+"""Scoring a fine-tuning run's saved test predictions; imports neither torch nor a model.
 
-:func:`evaluate_run` reads the run record (:func:`read_run`), the manifest rows of the run's test split and
-scores the saved predictions with its benchmark's entry in :data:`EVALUATORS`:
+:func:`endofm.tasks.benchmarks.evaluate_run` reads the run record (:func:`read_run`) and the manifest rows
+of the run's test split and calls its benchmark's evaluator, one of:
 
 - ``polypdiag``: :func:`evaluate_classification` (``predictions.csv``, and a frozen run's other read-outs);
 - ``cvc12k``: :func:`evaluate_segmentation` (``masks.npz`` against the masks under the raw folder);
@@ -18,17 +18,15 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from endofm.data.benchmarks import read_manifest
 from endofm.data.cvc import read_mask
 from endofm.data.kumc import to_coco
-from endofm.io import write_json
 from endofm.metrics import (
     classification_metrics,
     coco_ap,
@@ -223,14 +221,6 @@ def evaluate_detection(
 # ----------------------------------------------------------------------------------------------------
 # A run
 
-#: Per benchmark: the function scoring a run's saved predictions, called as
-#: ``evaluate(run_dir, test_rows, raw_dir=..., benchmark_dir=..., task_settings=...)``.
-EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
-    "polypdiag": evaluate_classification,
-    "cvc12k": evaluate_segmentation,
-    "kumc": evaluate_detection,
-}
-
 
 def metric_number(value: Any) -> float | None:
     """``value`` as a float when it is a number (NaN allowed; None -> NaN), else None."""
@@ -267,40 +257,3 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{run_file}: not a run record (no {', '.join(missing)})")
     return run
-
-
-def evaluate_run(
-    run_dir: str | Path, manifest: str | Path, raw_dir: str | Path, out_path: str | Path, synthetic: bool
-) -> dict[str, Any]:
-    """Metrics of the run in ``run_dir`` on its test split, with the run's identity and provenance,
-    written to ``out_path`` (JSON)."""
-    run_dir, manifest = Path(run_dir), Path(manifest)
-    run = read_run(run_dir)
-    if run["benchmark"] not in EVALUATORS:
-        raise ValueError(f"unknown benchmark {run['benchmark']!r}; known: {', '.join(EVALUATORS)}")
-    rows = read_manifest(manifest)
-    test_rows = rows[rows["split"] == run["test_split"]]
-    if test_rows.empty:
-        raise ValueError(f"{manifest}: no rows for the run's test split {run['test_split']!r}")
-    task_settings = run.get("settings", {}).get("task", {})
-    result = EVALUATORS[run["benchmark"]](
-        run_dir, test_rows, raw_dir=Path(raw_dir), benchmark_dir=manifest.parent, task_settings=task_settings
-    )
-    record = {
-        **{k: run[k] for k in ("benchmark", "method", "variant", "protocol", "mode", "seed")},
-        "label_fraction": run.get("label_fraction", 1.0),
-        "pretrain_fraction": run.get("pretrain_fraction", 1.0),
-        "data": "synthetic" if synthetic else "real",
-        **({"note": SYNTHETIC_NOTE} if synthetic else {}),
-        "test_split": run["test_split"],
-        **result,
-        "selected_epoch": run["selection"]["epoch"],
-        "selection": run["selection"],
-        "splits": run["splits"],
-        "config_hash": run["config_hash"],
-        "versions": run["versions"],
-        "device": run["device"],
-        "wall_seconds": run["wall_seconds"],
-    }
-    write_json(out_path, record)
-    return record

@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from endofm.config import config_hash
+from endofm.config import check_fields, config_hash, setting
 from endofm.engine import (
     MetricsLog,
     Precision,
@@ -80,54 +80,61 @@ _BEST_NAME = "best.pt"
 class OptimConfig:
     """Optimiser and learning-rate schedule (see :func:`endofm.engine.lr_schedule`)."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 1e-3
-    batch_scaled: bool = False  # lr × batch_size / 256, as the original PolypDiag recipe
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    bias_weight_decay: bool = True  # False: biases and norm weights are not decayed
-    schedule: Literal["cosine", "poly", "step", "constant"] = "cosine"
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0  # cosine's final value
-    poly_power: float = 0.9
-    milestones: list[float] = field(default_factory=list)  # step: fractions of the run
-    gamma: float = 0.1  # step: factor at each milestone
-    backbone_lr_scale: float = 1.0  # backbone lr = lr × this (full fine-tuning)
-    clip_grad: float = 0.0  # global gradient norm; 0 disables
+    name: Literal["sgd", "adamw"] = setting("sgd", "Optimiser: sgd or adamw")
+    lr: float = setting(1e-3, "Base learning rate", exclusive_minimum=0)
+    batch_scaled: bool = setting(False, "Multiply lr by batch_size / 256 (the original PolypDiag recipe)")
+    momentum: float = setting(0.9, "SGD momentum (sgd only)", minimum=0)
+    weight_decay: float = setting(0.0, "Weight decay", minimum=0)
+    bias_weight_decay: bool = setting(True, "false: biases and other 1-D parameters (norm weights) are not decayed")
+    schedule: Literal["cosine", "poly", "step", "constant"] = setting(
+        "cosine", "Per-iteration learning-rate schedule after warm-up: cosine, poly, step or constant"
+    )
+    warmup_epochs: float = setting(0.0, "Linear warm-up from 0, in epochs (may be fractional)", minimum=0)
+    min_lr: float = setting(0.0, "Final learning rate of the cosine schedule", minimum=0)
+    poly_power: float = setting(0.9, "Exponent of the poly schedule")
+    milestones: list[float] = setting(
+        description="Step schedule: fractions of the run at which lr is multiplied by gamma", factory=list
+    )
+    gamma: float = setting(0.1, "Step schedule: factor applied at each milestone")
+    backbone_lr_scale: float = setting(1.0, "Backbone learning rate = lr × this (full fine-tuning)", minimum=0)
+    clip_grad: float = setting(0.0, "Clip the global gradient norm to this (0 disables)", minimum=0)
 
     def __post_init__(self) -> None:
-        for name in ("lr", "momentum", "weight_decay", "min_lr", "warmup_epochs", "clip_grad", "backbone_lr_scale"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0")
+        check_fields(self)
 
 
 @dataclass
 class TrainConfig:
     """The loop's settings; each task's config holds one with its recipe's defaults."""
 
-    epochs: int = 20
-    batch_size: int = 4
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval_every: int = 1  # epochs between evaluations on the selection split (the last is always evaluated)
-    val_fraction: float = 0.2  # clean protocol: share of training videos held out for validation
-    num_workers: int = 2
-    device: str = "auto"
-    precision: Precision = "auto"  # auto: bf16 on CUDA, fp16 with loss scaling on GPUs without bf16, fp32 on CPU
-    max_steps_per_epoch: int | None = None  # cap for tests and demos
-    select_metric: str | None = None  # picks the epoch: one of Task.selection_metrics; None: the task's default
+    epochs: int = setting(20, "Training epochs", minimum=1)
+    batch_size: int = setting(4, "Samples per optimiser step", minimum=1)
+    optim: OptimConfig = setting(description="Optimiser and learning-rate schedule", factory=OptimConfig)
+    eval_every: int = setting(
+        1, "Epochs between evaluations on the selection split (the last epoch is always evaluated)", minimum=1
+    )
+    val_fraction: float = setting(
+        0.2,
+        "Clean protocol: share of the training videos held out for validation (by video)",
+        exclusive_minimum=0,
+        exclusive_maximum=1,
+    )
+    num_workers: int = setting(
+        2, "Data-loading worker processes (capped by the job's threads - 1 in the workflow)", minimum=0
+    )
+    device: str = setting("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    precision: Precision = setting(
+        "auto", "auto: bf16 on CUDA, fp16 with loss scaling on GPUs without bf16, fp32 on CPU"
+    )
+    max_steps_per_epoch: int | None = setting(
+        None, "Cap on optimiser steps per epoch (tests and demos; null: the whole split)", minimum=1
+    )
+    select_metric: str | None = setting(
+        None, "The selection-split score that picks the epoch, one of the task's selection metrics; null: its headline"
+    )
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}")
+        check_fields(self)
 
 
 def label_tag(fraction: float) -> str:

@@ -26,17 +26,21 @@ import pandas as pd
 Protocol = Literal["paper", "clean"]
 PROTOCOLS: tuple[str, ...] = ("paper", "clean")
 
-#: Per benchmark: the column naming a video (the unit of a split), and the official split names
-#: used for training and testing under each protocol.
-UNIT_COLUMN = {"polypdiag": "sample_id", "cvc12k": "sequence", "kumc": "video"}
-#: Per-unit column that validation carve-outs and label subsets are stratified by.
-STRATIFY_COLUMN = {"polypdiag": "label"}
-_OFFICIAL = {
-    # benchmark: (train split, paper test split, clean selection split or None = carve, clean test split)
-    "polypdiag": ("train", "val", None, "val"),
-    "cvc12k": ("train", "test", None, "test"),
-    "kumc": ("train", "val", "val", "test"),
-}
+
+@dataclass(frozen=True)
+class OfficialSplits:
+    """A benchmark's official splits as the protocols use them: ``unit`` names the column of a video (the
+    unit of every carve-out), ``stratify`` a per-unit column carve-outs and label subsets keep balanced,
+    ``overlap`` a boolean column marking training units that share frames with the test split (the clean
+    protocol drops them, the paper protocol keeps them and says so)."""
+
+    unit: str
+    train: str
+    paper_test: str
+    clean_test: str
+    clean_select: str | None = None  # None: carve validation from the training units
+    stratify: str | None = None
+    overlap: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,12 @@ class ProtocolSplits:
     select: SplitRows
     test: SplitRows
     notes: tuple[str, ...] = ()
+    unit: str = "video"  # the column naming a video (OfficialSplits.unit)
 
     def units(self, role: str) -> list[str]:
         """The videos (sequences) of ``role``, in manifest order."""
         rows = getattr(self, role).rows
-        return list(dict.fromkeys(rows[UNIT_COLUMN[self.benchmark]].astype(str)))
+        return list(dict.fromkeys(rows[self.unit].astype(str)))
 
     def summary(self) -> dict[str, object]:
         return {
@@ -134,6 +139,7 @@ def label_subset(
 
 def protocol_splits(
     benchmark: str,
+    official: OfficialSplits,
     manifest: pd.DataFrame,
     protocol: str,
     seed: int = 0,
@@ -143,13 +149,15 @@ def protocol_splits(
     """The rows each role uses for ``benchmark`` under ``protocol``; ``seed`` drives the clean carve-out
     and the ``label_fraction`` subset of the training videos (after the carve-out, so validation and
     test do not change with the fraction)."""
-    if benchmark not in _OFFICIAL:
-        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(_OFFICIAL)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    train_split, paper_test, clean_select, clean_test = _OFFICIAL[benchmark]
-    unit = UNIT_COLUMN[benchmark]
-    stratify = STRATIFY_COLUMN.get(benchmark)
+    train_split, paper_test, clean_select, clean_test = (
+        official.train,
+        official.paper_test,
+        official.clean_select,
+        official.clean_test,
+    )
+    unit, stratify = official.unit, official.stratify
     train = _rows(manifest, train_split, benchmark)
 
     def subset(rows: pd.DataFrame) -> pd.DataFrame:
@@ -162,15 +170,15 @@ def protocol_splits(
     if protocol == "paper":
         test = SplitRows(paper_test, _rows(manifest, paper_test, benchmark))
         notes = [f"model selection on the test split ({paper_test}), as the original"]
-        if benchmark == "cvc12k" and train["overlaps_other_split"].astype(bool).any():
-            n = train.loc[train["overlaps_other_split"].astype(bool), unit].nunique()
+        if official.overlap and train[official.overlap].astype(bool).any():
+            n = train.loc[train[official.overlap].astype(bool), unit].nunique()
             notes.append(f"{n} training sequence(s) share frames with test sequences (official overlap kept)")
         train = subset(train)
-        return ProtocolSplits(benchmark, protocol, SplitRows(train_split, train), test, test, tuple(notes))
+        return ProtocolSplits(benchmark, protocol, SplitRows(train_split, train), test, test, tuple(notes), unit)
 
     notes = []
-    if benchmark == "cvc12k":
-        leaks = train["overlaps_other_split"].astype(bool)
+    if official.overlap:
+        leaks = train[official.overlap].astype(bool)
         if leaks.any():
             notes.append(f"dropped {train.loc[leaks, unit].nunique()} training sequence(s) sharing frames with test")
         train = train[~leaks]
@@ -183,4 +191,4 @@ def protocol_splits(
         notes.append(f"validation: the official {clean_select} split")
     train = subset(train)
     test = SplitRows(clean_test, _rows(manifest, clean_test, benchmark))
-    return ProtocolSplits(benchmark, protocol, SplitRows(train_split, train), select, test, tuple(notes))
+    return ProtocolSplits(benchmark, protocol, SplitRows(train_split, train), select, test, tuple(notes), unit)

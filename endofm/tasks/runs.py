@@ -2,7 +2,7 @@
 
 :func:`finetune_benchmark` resolves the protocol's splits, builds the backbone (random init, or from
 a checkpoint) and runs the benchmark's task (full fine-tuning or the frozen-backbone mode);
-:func:`~endofm.tasks.evaluation.evaluate_run` (it lives in the torch-free :mod:`endofm.tasks.evaluation`)
+:func:`~endofm.tasks.benchmarks.evaluate_run` (it lives in the torch-free :mod:`endofm.tasks.benchmarks`)
 turns a run's test predictions into the metrics JSON that tables are built from; :func:`run_or_reuse` does
 both for scripts that sweep runs outside the workflow.
 
@@ -14,48 +14,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from torch import nn
 
+from endofm import paths
 from endofm.config import to_dict
 from endofm.data.benchmarks import read_manifest
 from endofm.methods import task_backbone
 from endofm.models.vit import BackboneConfig
-from endofm.tasks.classify import ClassifyTask, run_probe
-from endofm.tasks.detect import DetectTask
-from endofm.tasks.evaluation import evaluate_run, flat_metrics
-from endofm.tasks.finetune import RunSpec, Task, run_finetune
-from endofm.tasks.protocols import protocol_splits
-from endofm.tasks.segment import SegmentTask
+from endofm.tasks.benchmarks import evaluate_run, get_benchmark
+from endofm.tasks.evaluation import flat_metrics
+from endofm.tasks.finetune import RunSpec, run_finetune
 
 log = logging.getLogger(__name__)
-
-
-class TaskEntry(NamedTuple):
-    """A benchmark's fine-tuning: its :class:`~endofm.tasks.finetune.Task` class and its frozen-mode
-    function (None: the frozen mode is the Task trained with a frozen backbone). Its evaluation function
-    is its entry in :data:`endofm.tasks.evaluation.EVALUATORS`."""
-
-    task: type[Task]
-    frozen: Callable[..., dict[str, Any]] | None
-
-
-TASKS: dict[str, TaskEntry] = {
-    "polypdiag": TaskEntry(ClassifyTask, run_probe),
-    "cvc12k": TaskEntry(SegmentTask, None),
-    "kumc": TaskEntry(DetectTask, None),
-}
-
-
-def task_entry(benchmark: str) -> TaskEntry:
-    """The :class:`TaskEntry` of ``benchmark`` (a ValueError naming the known ones otherwise)."""
-    if benchmark not in TASKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(TASKS)}")
-    return TASKS[benchmark]
 
 
 def build_run_backbone(
@@ -86,9 +61,13 @@ def finetune_benchmark(
     """Run ``spec`` (one cell of the experiment matrix) on the benchmark indexed in ``manifest``, whose
     files sit under ``raw_dir``; outputs in ``out_dir`` (see :mod:`endofm.tasks.finetune`). The backbone
     is built as ``spec.method``'s registry entry says, with ``options`` (:func:`build_run_backbone`)."""
-    rows = read_manifest(manifest)
-    splits = protocol_splits(
-        spec.benchmark, rows, spec.protocol, spec.seed, task_config.train.val_fraction, spec.label_fraction
+    bench = get_benchmark(spec.benchmark)
+    splits = bench.protocol_splits(
+        read_manifest(manifest),
+        spec.protocol,
+        spec.seed,
+        val_fraction=task_config.train.val_fraction,
+        label_fraction=spec.label_fraction,
     )
     settings = {
         "spec": asdict(spec),
@@ -98,7 +77,7 @@ def finetune_benchmark(
         **({"backbone_options": dict(options)} if options else {}),
     }
     model = build_run_backbone(backbone, checkpoint, spec.seed, spec.method, options, spec.mode)
-    entry = task_entry(spec.benchmark)
+    entry = bench.task()
     if spec.mode == "frozen" and entry.frozen is not None:
         return entry.frozen(task_config, splits, raw_dir, spec, model, out_dir, settings)
     task = entry.task(task_config, splits, raw_dir, spec.seed)
@@ -129,7 +108,7 @@ def run_or_reuse(
     return flat_metrics(json.loads(metrics_path.read_text()))
 
 
-def metrics_path(run: Mapping[str, Any], root: str | Path = "results/metrics") -> Path:
+def metrics_path(run: Mapping[str, Any], root: str | Path = paths.METRICS) -> Path:
     """Where the workflow (and so the report) keeps the metrics of run record ``run``: ``<root>/<run path>.json``
     (:attr:`~endofm.tasks.finetune.RunSpec.path`)."""
     fields = ("benchmark", "method", "variant", "protocol", "mode", "seed")

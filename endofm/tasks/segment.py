@@ -12,7 +12,7 @@ Layer: tasks (docs/architecture.md). May import: foundation, data, models, engin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from endofm.config import check_fields, setting
 from endofm.data.cvc import CVCSequenceDataset
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_offsets, torch_rng
 from endofm.io import atomic_path
@@ -75,31 +76,44 @@ class SegmentConfig:
     ``dice_weight``·soft Dice.
     """
 
-    decoder: DecoderKind = "transunet"
-    transunet: TransUNetConfig = field(default_factory=TransUNetConfig)
-    light_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
-    num_classes: int = 2
-    train_size: int = 256
-    crop_size: int = 224
-    hflip: float = 0.5
-    rotation: float = 5.0
-    test_size: int = 224
-    augment: Augment = "per_frame"
-    channels: Channels = "bgr"
-    normalization: Normalization = "minmax"
-    max_train_frames: int | None = None
-    ce_weight: float = 0.5
-    dice_weight: float = 0.5
-    train: TrainConfig = field(default_factory=_official_train)
+    decoder: DecoderKind = setting(
+        "transunet",
+        "transunet (the original's R50 stem + decoder) or light (a small decoder over the backbone's tokens)",
+    )
+    transunet: TransUNetConfig = setting(description="The TransUNet decoder's size", factory=TransUNetConfig)
+    light_channels: list[int] = setting(
+        description="Widths of the light decoder's upsampling stages", factory=lambda: [128, 64, 32]
+    )
+    num_classes: int = setting(2, "Classes (background, polyp)", minimum=2)
+    train_size: int = setting(256, "Training frames are resized to this square size", minimum=1)
+    crop_size: int = setting(224, "Training crop side (at most train_size)", minimum=1)
+    hflip: float = setting(0.5, "Probability of a horizontal flip in training", minimum=0, maximum=1)
+    rotation: float = setting(5.0, "Training rotation range in degrees (±)", minimum=0, exclusive_maximum=180)
+    test_size: int = setting(224, "Test frames are resized to this square size", minimum=1)
+    augment: Augment = setting(
+        "per_frame",
+        "per_frame: crop, flip and rotation drawn independently for every frame of a sequence (the original); "
+        "per_sequence: one draw for all its frames",
+    )
+    channels: Channels = setting(
+        "bgr", "Channel order the network sees: bgr (the original reads frames with OpenCV) or rgb"
+    )
+    normalization: Normalization = setting(
+        "minmax",
+        "minmax: per-frame min-max on the native frame and again after the spatial transforms, then (x - 0.5) / 0.5 "
+        "(the original); minmax_once: without the second min-max; imagenet: /255 and the ImageNet mean/std",
+    )
+    max_train_frames: int | None = setting(
+        None,
+        "Train on a random window of this many consecutive frames (null: whole sequences, the original)",
+        minimum=1,
+    )
+    ce_weight: float = setting(0.5, "Weight of the cross-entropy loss", minimum=0)
+    dice_weight: float = setting(0.5, "Weight of the soft Dice loss (not both 0)", minimum=0)
+    train: TrainConfig = setting(description="The training loop's settings", factory=_official_train)
 
     def __post_init__(self) -> None:
-        if self.decoder not in DecoderKind.__args__:
-            raise ValueError(f"decoder must be one of {list(DecoderKind.__args__)}, got {self.decoder!r}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background and polyp), got {self.num_classes}")
-        for name in ("train_size", "crop_size", "test_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self)
         if self.crop_size > self.train_size:
             raise ValueError(f"crop_size {self.crop_size} must be <= train_size {self.train_size}")
         if self.decoder == "transunet":
@@ -109,22 +123,8 @@ class SegmentConfig:
                         f"{name} must be a multiple of {TRANSUNET_STRIDE} for the transunet decoder, "
                         f"got {getattr(self, name)}"
                     )
-        if not 0 <= self.hflip <= 1:
-            raise ValueError(f"hflip must be a probability, got {self.hflip}")
-        if not 0 <= self.rotation < 180:
-            raise ValueError(f"rotation must be in [0, 180) degrees, got {self.rotation}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.channels not in CHANNELS:
-            raise ValueError(f"channels must be one of {CHANNELS}, got {self.channels!r}")
-        if self.augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
-        if self.max_train_frames is not None and self.max_train_frames < 1:
-            raise ValueError(f"max_train_frames must be >= 1 or null, got {self.max_train_frames}")
-        if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight == 0:
-            raise ValueError(
-                f"ce_weight and dice_weight must be >= 0, not both 0; got {self.ce_weight}, {self.dice_weight}"
-            )
+        if self.ce_weight + self.dice_weight == 0:
+            raise ValueError("ce_weight and dice_weight must not both be 0")
         SegmentTask.selection_key(self.train)
 
 

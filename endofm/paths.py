@@ -1,0 +1,45 @@
+"""Where the workflow keeps what it makes (``results/``) and what it reads (``resources/``), relative to
+the working directory. The rules, the CLI, the settings, the runs and the report all name their files
+through this module, so a layout change is made here once.
+
+Layer: foundation (docs/architecture.md). Imports nothing of endofm.
+"""
+
+from __future__ import annotations
+
+RESULTS = "results"
+#: ``<method>/<variant>/``: pretrain.yaml (the job's settings), backbone.pt, metrics.csv, run.json, snapshots/
+PRETRAIN = f"{RESULTS}/pretrain"
+#: ``<benchmark>/<run path>/``: model.pt, run.json, the benchmark's prediction files, history.csv
+FINETUNE = f"{RESULTS}/finetune"
+#: ``<benchmark>/<run path>.json``: one evaluated run (what the report reads)
+METRICS = f"{RESULTS}/metrics"
+#: ``<stage>/...tsv``: Snakemake's per-job wall and CPU times (the report's cost table)
+TIMINGS = f"{RESULTS}/benchmarks"
+#: ``<stage>/....log``: one log per job
+LOGS = f"{RESULTS}/logs"
+#: index.html, tables.{md,tex,csv}, figures/, ablation_<name>.md
+REPORT = f"{RESULTS}/report"
+
+RESOURCES = "resources"
+#: ``<source>/``: raw sources and benchmarks in their official layouts, and released weights
+RAW = f"{RESOURCES}/raw"
+#: archives of open sources, kept for resumption and checksums
+DOWNLOADS = f"{RESOURCES}/downloads"
+#: the built-in synthetic corpus: ``raw/``, ``clips/``, ``benchmarks/``
+SYNTHETIC = f"{RESOURCES}/synthetic"
+
+
+def pretrain_dir(method: str, variant: str) -> str:
+    """The folder of one pretraining run."""
+    return f"{PRETRAIN}/{method}/{variant}"
+
+
+def finetune_dir(run_path: str) -> str:
+    """The folder of one fine-tuning run (``run_path``: :attr:`endofm.tasks.finetune.RunSpec.path`)."""
+    return f"{FINETUNE}/{run_path}"
+
+
+def metrics_file(run_path: str) -> str:
+    """The metrics JSON of one evaluated run."""
+    return f"{METRICS}/{run_path}.json"
