@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--raw-root",
         type=Path,
-        help="unpack into <raw-root>/<source> (default: data.raw_dir of a real-data config, else resources/raw)",
+        help=f"unpack into <raw-root>/<source> (default: data.raw_dir of a real-data config, else {paths.RAW})",
     )
 
     add("sources", cmd_sources, "List the known pretraining sources and benchmarks with access and licence.")

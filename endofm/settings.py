@@ -46,16 +46,16 @@ class DataConfig:
         "synthetic", "synthetic: generate the built-in corpus; real: use downloaded or hand-placed datasets"
     )
     raw_dir: str = setting(
-        "resources/synthetic/raw", "Folder holding one subfolder per source/benchmark in its official layout"
+        f"{paths.SYNTHETIC}/raw", "Folder holding one subfolder per source/benchmark in its official layout"
     )
     clips_dir: str = setting(
-        "resources/synthetic/clips", "Output folder of clip extraction, one subfolder per pretraining source"
+        f"{paths.SYNTHETIC}/clips", "Output folder of clip extraction, one subfolder per pretraining source"
     )
     benchmarks_dir: str = setting(
-        "resources/synthetic/benchmarks", "Output folder of benchmark indexing, one subfolder per benchmark"
+        f"{paths.SYNTHETIC}/benchmarks", "Output folder of benchmark indexing, one subfolder per benchmark"
     )
     downloads_dir: str = setting(
-        "resources/downloads", "Where archives of open sources are downloaded (checksummed, resumable)"
+        paths.DOWNLOADS, "Where archives of open sources are downloaded (checksummed, resumable)"
     )
     pretrain_sources: list[str] = setting(
         description="Pretraining sources by registry name (`endofm sources`): built-in ones for origin synthetic, "
