@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -10,6 +11,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_host_slurm_controller(tmp_path_factory) -> Iterator[None]:
+    """Local Snakemake runs without the host's Slurm controller. Snakemake's Slurm plugin, on import, asks
+    ``scontrol show config`` for MinJobAge; on a machine with Slurm's client but no running controller
+    (this one after ``make test-slurm``) that call retries for ~9 s in every ``snakemake`` the tests start.
+    A ``scontrol`` that fails at once stands first on PATH; the fake-SLURM tests put their own stubs before
+    it, and ``make test-slurm`` (ENDOFM_REAL_SLURM=1) keeps the real one."""
+    if os.environ.get("ENDOFM_REAL_SLURM") == "1":
+        yield
+        return
+    shims = tmp_path_factory.mktemp("no_slurm_controller")
+    (shims / "scontrol").write_text("#!/bin/sh\necho 'scontrol: no Slurm controller in local tests' >&2\nexit 1\n")
+    (shims / "scontrol").chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{shims}{os.pathsep}{os.environ.get('PATH', '')}")
+        yield
 
 
 @dataclass

@@ -31,6 +31,30 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
+def seen_in_browser(index: Path) -> None:
+    """The report in headless Chromium at 1,280 px, as tests/test_report_browser.py checks its own: Table 1 and
+    the page do not scroll sideways, every image loaded, every in-page link resolves, the synthetic-data
+    banner shows. Without Chromium this part is left out (test_report_browser.py then says why it skips),
+    unless ENDOFM_REQUIRE_CHROMIUM=1 (CI)."""
+    from test_report_browser import PROBE, VIEWPORT, Browser, chromium_binary, overflowing
+
+    binary = chromium_binary()
+    if binary is None:
+        assert os.environ.get("ENDOFM_REQUIRE_CHROMIUM") != "1", "no Chromium (ENDOFM_REQUIRE_CHROMIUM=1)"
+        return
+    browser = Browser(binary)
+    try:
+        browser.open(index, *VIEWPORT)
+        probe = browser.evaluate(PROBE)
+    finally:
+        browser.close()
+    assert probe["page"]["scrollWidth"] <= probe["page"]["clientWidth"], probe["page"]
+    assert not overflowing(probe), overflowing(probe)
+    assert probe["images"] and all(i["complete"] and i["naturalWidth"] > 0 for i in probe["images"]), probe["images"]
+    assert probe["anchors"] and all(a["found"] for a in probe["anchors"]), probe["anchors"]
+    assert probe["banner"] and probe["banner"]["height"] > 0 and probe["banner"]["visibility"] == "visible"
+
+
 def tiny_config(**data_overrides) -> dict:
     config = yaml.safe_load(yaml.safe_dump(TINY))
     config["data"].update(data_overrides)
@@ -197,6 +221,7 @@ def test_whole_workflow_end_to_end(tmp_path):
     assert {"pretraining_curves.png", "seed_bars.png", "finetuning_curves.png", "cvc12k_examples.png",
             "kumc_examples.png"} <= figures, figures  # fmt: skip
     assert page.count("data:image/png;base64,") == len(figures)
+    seen_in_browser(report / "index.html")
 
     rerun = snakemake(workdir, "--cores", "2", "all")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
