@@ -314,6 +314,17 @@ def cmd_sources(args: argparse.Namespace) -> None:
     print(registry_markdown())
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed, an integer >= 0 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from endofm.tasks.benchmarks import BENCHMARKS  # torch-free; the choices of `index` and `finetune`
 
@@ -335,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("synth", cmd_synth, "Generate the built-in synthetic endoscopy corpus in the official layouts.")
     p.add_argument("names", nargs="*", help="sources/benchmarks to generate (default: all)")
     p.add_argument("--out", type=Path, help="root folder; each name is written to <out>/<name> (default: data.raw_dir)")
-    p.add_argument("--seed", type=int, help="override synthetic.seed")
+    p.add_argument("--seed", type=_seed, help="override synthetic.seed")
     p.add_argument("--preview", type=Path, help="instead of writing data, save a PNG of example frames with labels")
 
     p = add(
@@ -462,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: the whole backbone fine-tuned (the paper's); frozen: backbone fixed (linear/k-NN read-outs, "
         "decoder-only fits)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the run (initialisation, data order, clean split)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the run (initialisation, data order, clean split)")
     p.add_argument(
         "--label-fraction", type=float, default=1.0, help="train on this share of the training videos (stratified)"
     )
@@ -522,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("error", exc_info=True)
         print(f"endofm {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        log.debug("interrupted", exc_info=True)
+        print(f"endofm {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
     return 0
 
 

@@ -18,6 +18,7 @@ import difflib
 import functools
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -271,6 +272,16 @@ def check_fields(obj: Any, where: str | None = None) -> None:
         _check_bounds(value, _declaration(cls, f.name), key)
 
 
+def _float_text(text: str) -> str | None:
+    """``text`` as YAML 1.1 would read a float (``1e-3`` -> ``1.0e-3``) when it is a number that YAML read as a
+    string, else None."""
+    match = re.fullmatch(r"\s*([-+]?)(\d+)(?:\.(\d*))?[eE]([-+]?\d+)\s*", text)
+    if not match:
+        return None
+    sign, whole, frac, exponent = match.groups()
+    return f"{sign}{whole}.{frac or '0'}e{exponent if exponent[0] in '+-' else '+' + exponent}"
+
+
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -313,6 +324,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         kt, vt = args if args else (Any, Any)
         return {_check_type(k, kt, where): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _float_text(value):
+            raise ConfigError(
+                f"{where}: expected a number, got the string {value!r}: YAML reads a number with an exponent as "
+                f"a number only with a dot and a signed exponent; write {_float_text(value)}"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -554,8 +570,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        with path.open() as fh:
+        with path.open(encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a YAML text file (byte {exc.start} is not UTF-8)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -581,7 +599,12 @@ def check_schema(data: Any, schema: str | Path, source: str = "config") -> None:
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed), key=str)
         raise ConfigError(unknown_key_message(where, unknown, allowed), key=f"{where}.{unknown[0]}")
-    if error.validator == "type":
+    if error.validator == "type" and isinstance(error.instance, str) and _float_text(error.instance):
+        message = (
+            f"expected {error.validator_value}, got the string {error.instance!r}: YAML reads a number with an "
+            f"exponent as a number only with a dot and a signed exponent; write {_float_text(error.instance)}"
+        )
+    elif error.validator == "type":
         message = f"expected {error.validator_value}, got {error.instance!r:.60}"
     elif error.validator == "enum":
         message = f"expected one of {error.validator_value}, got {error.instance!r:.60}"

@@ -190,8 +190,8 @@ class FinetuneStage:
 
     methods: list[str] = setting(
         description=f"Methods of the matrix: {', '.join(METHODS)} (endofm.methods.METHODS) and names of "
-        "finetune.checkpoints",
-        factory=lambda: list(METHODS),
+        "finetune.checkpoints; by default every method that can run the default CVC-12k decoder",
+        factory=lambda: [m for m in METHODS if SegmentConfig.decoder in task_backbone(m).segmentation_decoders],
     )
     variants: list[str] = setting(
         description="Pretraining variants method endofm is fine-tuned from", factory=lambda: ["default"]
@@ -201,7 +201,7 @@ class FinetuneStage:
         factory=dict,
     )
     seeds: list[int] = setting(
-        description="Seeds of every run (mean ± std over them)", factory=lambda: [0], min_items=1
+        description="Seeds of every run (mean ± std over them)", factory=lambda: [0], min_items=1, each=dict(minimum=0)
     )
     protocols: list[str] = setting(
         description="paper (official splits, test-set model selection) and/or clean (validation carved from training)",

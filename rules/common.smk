@@ -1,6 +1,7 @@
 # Config validation, the experiment matrix, and the path helpers every stage uses.
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -146,9 +147,10 @@ def pretrain_inputs(wildcards):
 def launcher(gpus):
     """The Python launcher of a training job (this interpreter): torchrun (endofm.launch, which exits
     75 when a worker was pre-empted) with one process per GPU when there are several."""
+    python = shlex.quote(sys.executable)
     if gpus > 1:
-        return f"{sys.executable} -m endofm.launch --standalone --nproc-per-node={gpus}"
-    return sys.executable
+        return f"{python} -m endofm.launch --standalone --nproc-per-node={gpus}"
+    return python
 
 
 def finetune_inputs(bench):

@@ -46,9 +46,9 @@ rule pretrain_model:
     shell:
         # Snakemake deletes {log} before every attempt: each attempt writes its own file, {log}.<UTC start>.<SLURM
         # job id>, and {log} links to the latest, so a resumed retry keeps the pre-empted attempt's log
-        'attempt_log="{log}.$(date -u +%Y%m%dT%H%M%SZ).${{SLURM_JOB_ID:-local}}"; ln -sfn "$(basename "$attempt_log")" {log};'
-        " {params.launcher} -m endofm.cli pretrain --config {input.config} --clips {input.clips}"
-        ' --out {params.run_dir} --threads {params.threads} --on-config-change restart > "$attempt_log" 2>&1'
+        'attempt_log={log:q}".$(date -u +%Y%m%dT%H%M%SZ).${{SLURM_JOB_ID:-local}}"; ln -sfn "$(basename "$attempt_log")" {log:q};'
+        " {params.launcher} -m endofm.cli pretrain --config {input.config:q} --clips {input.clips:q}"
+        ' --out {params.run_dir:q} --threads {params.threads} --on-config-change restart > "$attempt_log" 2>&1'
 
 
 # The pretraining axis (finetune.pretrain_fractions): the same job, but its backbone snapshots are outputs too

@@ -213,7 +213,7 @@ def test_ablation_and_label_fraction_tables(fabricated):
     for seed in (0, 1, 2):
         extra.append(write_run(root, "kumc", "endofm", "cv_only", "paper", "full", seed, {"f1_paper": 0.1 * seed}))
         for fraction in (0.25, 0.5):
-            p = root / f"results/metrics/kumc/endofm/default/paper/full/lf{fraction}/seed{seed}.json"
+            p = root / f"results/metrics/kumc/endofm/default/paper/full/seed{seed}-labels{round(100 * fraction)}.json"
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps({"benchmark": "kumc", "method": "endofm", "variant": "default", "protocol": "paper",
                                      "mode": "full", "seed": seed, "label_fraction": fraction,

@@ -413,3 +413,193 @@ def test_every_cited_section_of_the_reference_page_exists():
         for match in re.finditer(r"docs/original\.md,? *(?:table |section )?([§\d][§\d.,\- ]*)", text):
             cited |= set(re.findall(r"\d+(?:\.\d+)?", match.group(1)))
     assert len(cited) > 10 and cited <= headings, sorted(cited - headings)
+
+
+# 9. values that enter a result are checked where they enter (issue 21): each fails on the code before it
+
+
+def test_cvc_masks_in_0_1_are_an_error_not_an_empty_benchmark(tmp_path, capsys):
+    """0/1 masks used to index as "0 polyp frames" and then score Dice 1.0."""
+    root = _cvc(tmp_path / "raw", range(1, 5))
+    (root / "videolist.txt").write_text("a 1 2 train\nb 3 2 test\n")
+    for i in range(1, 5):
+        mask = np.zeros((4, 4), np.uint8)
+        mask[1:3, 1:3] = 1
+        tifffile.imwrite(root / "CVC-ClinicDB/Ground Truth" / f"{i}.tif", mask)
+    out = tmp_path / "index"
+    line = fails(["index", "cvc12k", "--config", str(TINY), "--raw", str(root), "--out", str(out)], capsys)
+    assert f"{root / 'CVC-ClinicDB/Ground Truth/1.tif'}: mask values {{0, 1}} but none is 255" in line
+    assert "scale a 0/1 mask by 255" in line and not (out / "manifest.json").exists()
+    # all-zero masks: no frame of a split has a polyp
+    for i in range(1, 5):
+        tifffile.imwrite(root / "CVC-ClinicDB/Ground Truth" / f"{i}.tif", np.zeros((4, 4), np.uint8))
+    line = fails(["index", "cvc12k", "--config", str(TINY), "--raw", str(root), "--out", str(out)], capsys)
+    assert f"{root}: no train frame has a polyp pixel (255) in its mask" in line
+    assert not (out / "manifest.json").exists()
+
+
+def test_kumc_box_coordinate_nan_is_named(tmp_path, capsys):
+    """``<xmax>nan</xmax>`` used to pass and put NaN into coco_train.json."""
+    from test_kumc import jpeg, voc, xml
+
+    root = tmp_path / "KUMC"
+    for split in ("train2019", "val2019", "test2019"):
+        folder = "" if split == "train2019" else "1/"
+        jpeg(root / split / "Image" / f"{folder}1.jpg", 50)
+        xml(root / split / "Annotation" / f"{folder}1.xml", voc("1", "1.jpg", [("adenomatous", 2, 2, 9, 9)]))
+    bad = root / "train2019/Annotation/1.xml"
+    xml(bad, voc("1", "1.jpg", [("adenomatous", 2, 2, "nan", 9)]))
+    out = tmp_path / "index"
+    line = fails(["index", "kumc", "--config", str(TINY), "--raw", str(root), "--out", str(out)], capsys)
+    assert line.endswith(f"{bad}: <xmax> in <object> 1 must be a finite number, got 'nan'")
+    assert not (out / "manifest.json").exists() and not list(out.glob("coco_*.json"))
+
+
+@pytest.fixture
+def polypdiag_run(tiny_benchmarks, tmp_path, monkeypatch):
+    """A finished PolypDiag run (perfect predictions) and a config whose data folders are the tiny index."""
+    from test_evaluation import _perfect_run
+
+    bench = tiny_benchmarks["polypdiag"]
+    run = tmp_path / "run"
+    _perfect_run("polypdiag", bench.manifest, bench.raw, run)
+    config = {**TINY_DATA, "data": {**TINY_DATA["data"], "raw_dir": str(bench.raw.parent),
+                                    "benchmarks_dir": str(bench.manifest.parent.parent)}}  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    return run, tmp_path / "config.yaml"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda f: f.assign(prob_1=7.5), "probabilities must be numbers in [0, 1]; line 2 "),
+        (lambda f: f.assign(prob_0="abc"), "probabilities must be numbers in [0, 1]; line 2 "),
+        (lambda f: f.rename(columns={"prob_1": "p1"}), "expected the columns sample_id, prob_0, prob_1, got "),
+    ],
+    ids=["out-of-range", "not-a-number", "wrong-columns"],
+)
+def test_bad_predictions_fail_evaluate_and_write_nothing(polypdiag_run, capsys, edit, expected):
+    import pandas as pd
+
+    run, config = polypdiag_run
+    predictions = run / "predictions.csv"
+    edit(pd.read_csv(predictions, dtype={"sample_id": str})).to_csv(predictions, index=False)
+    out = run.parent / "m.json"
+    line = fails(["evaluate", str(run), "--config", str(config), "--out", str(out)], capsys)
+    assert f"{predictions}: {expected}" in line and not out.exists()
+
+
+def _metrics_file(root: Path, **changes) -> Path:
+    path = root / "results/metrics/polypdiag/endofm/default/clean/full/seed0.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": "polypdiag", "method": "endofm", "variant": "default", "protocol": "clean",
+              "mode": "full", "seed": 0, "metrics": {"f1": 0.75, "auroc": 0.8, "n": 16}}  # fmt: skip
+    record.update(changes)
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"metrics": {"f1": 7.5, "n": 16}}, "malformed metrics file: f1 = 7.5; scores are fractions in [0, 1]"),
+        ({"metrics": {"f1": -0.1}}, "malformed metrics file: f1 = -0.1; scores are fractions in [0, 1]"),
+        ({"seed": 3}, "the file's run differs from its path: seed 3 (path: 0)"),
+        ({"method": "vcl"}, "the file's run differs from its path: method 'vcl' (path: 'endofm')"),
+    ],
+    ids=["f1-7.5", "f1-negative", "seed", "method"],
+)
+def test_report_refuses_metrics_out_of_range_or_not_matching_their_path(tmp_path, changes, expected):
+    """A metrics file with f1 7.5 used to show as 750.0; one whose seed or method disagreed with its path was
+    taken or dropped silently."""
+    from endofm.report.collect import ReportError, collect_metrics, read_metrics_file
+
+    path = _metrics_file(tmp_path, **changes)
+    with pytest.raises(ReportError) as err:
+        collect_metrics([path])
+    assert str(err.value) == f"{path}: {expected}"
+    assert read_metrics_file(_metrics_file(tmp_path / "good"))["metrics"]["n"] == 16  # counts are not scores
+
+
+def test_yaml_exponent_without_a_dot_gets_the_fix(tmp_path, capsys):
+    """``lr: 1e-3`` is a string to YAML; the error used to say only "expected a number"."""
+    config = tmp_path / "lr.yaml"
+    config.write_text("pretrain:\n  settings:\n    lr: 1e-3\n")
+    line = fails(["config", "show", "--config", str(config)], capsys)
+    assert f"{config}" in line and "config.pretrain.settings.lr: expected a number, got the string '1e-3'" in line
+    assert line.endswith("write 1.0e-3") and yaml.safe_load("x: 1.0e-3")["x"] == 0.001
+    data = yaml.safe_load(TINY.read_text())
+    data["pretrain"]["settings"]["lr"] = "5e4"  # what the workflow's schema check sees
+    with pytest.raises(ConfigError, match=r"got the string '5e4': .* write 5\.0e\+4$"):
+        check_schema(data, ROOT / "config/schema.yaml")
+
+
+def test_an_empty_config_resolves(tmp_path, capsys):
+    """The built-in defaults used to contradict each other: every method (st_adapter included) with the
+    TransUNet decoder, which st_adapter cannot run."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    assert main(["config", "show", "--config", str(empty)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["finetune"]["methods"] == ["endofm", "scratch", "vcl"]
+    assert shown["finetune"]["cvc12k"]["decoder"] == "transunet"
+
+
+def test_kumc_frame_that_is_not_an_image_is_named(tmp_path, capsys):
+    """A non-JPEG ``1.jpg`` used to end in a PIL.UnidentifiedImageError traceback."""
+    from test_kumc import jpeg, voc, xml
+
+    root = tmp_path / "KUMC"
+    for split in ("train2019", "val2019", "test2019"):
+        folder = "" if split == "train2019" else "1/"
+        jpeg(root / split / "Image" / f"{folder}1.jpg", 50)
+        xml(root / split / "Annotation" / f"{folder}1.xml", voc("1", "1.jpg", [("adenomatous", 2, 2, 9, 9)]))
+    bad = root / "val2019/Image/1/1.jpg"
+    bad.write_text("not a JPEG\n")
+    out = tmp_path / "index"
+    line = fails(["index", "kumc", "--config", str(TINY), "--raw", str(root), "--out", str(out)], capsys)
+    assert f"{bad}: not a readable image (cannot identify image file" in line
+    assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("command", [["finetune", "polypdiag"], ["synth"]])
+def test_negative_seed_names_the_flag(command, capsys):
+    """``--seed -1`` used to fail later with "expected non-negative integer" and no flag."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--seed", "-1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1]
+        == f"endofm {command[0]}: error: argument --seed: expected an integer >= 0, got '-1'"
+    )
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C used to print a KeyboardInterrupt traceback."""
+    import endofm.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(endofm.cli, "cmd_sources", interrupted)
+    assert main(["sources"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["endofm sources: interrupted"]
+
+
+def test_binary_config_is_named(tmp_path, capsys):
+    """A binary file given as config used to fail with a bare UTF-8 decode error."""
+    config = tmp_path / "weights.yaml"
+    config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    line = fails(["config", "show", "--config", str(config)], capsys)
+    assert line.endswith(f"{config}: not a YAML text file (byte 0 is not UTF-8)")
+
+
+def test_negative_seed_in_the_config_fails_at_start(tmp_path, capsys):
+    """``finetune.seeds: [-1]`` used to plan and then fail with a MissingInputException about seed-1.json."""
+    config = tmp_path / "seeds.yaml"
+    config.write_text("finetune:\n  seeds: [-1]\n")
+    line = fails(["config", "show", "--config", str(config)], capsys)
+    assert line.endswith(f"{config}:2: config.finetune.seeds[0] must be >= 0, got -1")

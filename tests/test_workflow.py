@@ -322,3 +322,19 @@ def test_slurm_profile_plans_the_workflow(tmp_path):
     proc = snakemake(make_workdir(tmp_path, tiny_config()), "--profile", str(ROOT / "slurm"), "-n", "all")
     out = proc.stdout + proc.stderr
     assert "pretrain_model" in out and "extract_clips" in out and "finetune_kumc" in out
+
+
+def test_paths_with_spaces_and_non_ascii_letters_are_quoted(tmp_path):
+    """``data.clips_dir: "my data ü/clips"`` used to pass the data stage and then break the pretraining's
+    shell command ("sp: clip manifest not found"): every path in a shell command is quoted."""
+    import shlex
+
+    config = tiny_config(clips_dir="my data ü/clips", raw_dir="raw ü/x y", benchmarks_dir="bench marks")
+    plan = snakemake(make_workdir(tmp_path / "a dir ü", config), "-n", "-p", "--forceall", "pretrain").stdout
+    commands = [line.strip() for line in plan.splitlines() if "-m endofm.cli pretrain" in line]
+    assert commands, plan
+    for command in commands:
+        words = shlex.split(command.split(";", 2)[-1].split(">")[0])
+        clips = words[words.index("--clips") + 1 : words.index("--out")]
+        assert clips and all(c.startswith("my data ü/clips/") and c.endswith("/clips.csv") for c in clips), words
+        assert words[words.index("--config") + 1].endswith("pretrain.yaml")

@@ -154,17 +154,21 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A CVC mask tif as uint8 {0, 1} (H, W): exactly 255 -> 1, anything else -> 0 (the official rule).
-
-    Multi-channel masks use their first channel (the ground truth is grey; RGB copies repeat it).
-    """
+def _raw_mask(path: str | Path) -> np.ndarray:
     mask = _read_tif(path)
     if mask.ndim == 3:
         mask = mask[..., 0]
     if mask.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D mask, got shape {mask.shape}")
-    return (mask == 255).astype(np.uint8)
+    return mask
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A CVC mask tif as uint8 {0, 1} (H, W): exactly 255 -> 1, anything else -> 0 (the official rule).
+
+    Multi-channel masks use their first channel (the ground truth is grey; RGB copies repeat it).
+    """
+    return (_raw_mask(path) == 255).astype(np.uint8)
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
@@ -192,6 +196,7 @@ def index_cvc(root: str | Path) -> pd.DataFrame:
         for number in seq.frames:
             splits_of.setdefault(number, set()).add(seq.split)
     rows: list[dict[str, Any]] = []
+    unscaled: dict[str, tuple[Path, np.ndarray]] = {}  # per split: a mask with values but none at 255
     for seq in sequences:
         for position, number in enumerate(seq.frames):
             image, mask = layout.image(number), layout.mask(number)
@@ -201,9 +206,12 @@ def index_cvc(root: str | Path) -> pd.DataFrame:
                         f"{path}: {kind} of frame {number} of {seq.split} sequence {seq.name!r} not found"
                     )
             height, width = _image_shape(image)
-            mask_array = read_mask(mask)
-            if mask_array.shape != (height, width):
-                raise ValueError(f"{mask}: mask shape {mask_array.shape} differs from image {image} {(height, width)}")
+            raw = _raw_mask(mask)
+            if raw.shape != (height, width):
+                raise ValueError(f"{mask}: mask shape {raw.shape} differs from image {image} {(height, width)}")
+            mask_array = (raw == 255).astype(np.uint8)
+            if not mask_array.any() and raw.any():
+                unscaled.setdefault(seq.split, (mask, np.unique(raw)))
             rows.append(
                 {
                     "split": seq.split,
@@ -218,7 +226,22 @@ def index_cvc(root: str | Path) -> pd.DataFrame:
                     "overlaps_other_split": len(splits_of[number]) > 1,
                 }
             )
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    manifest = pd.DataFrame(rows, columns=list(COLUMNS))
+    for split, part in manifest.groupby("split", sort=False):
+        if (part["polyp_pixels"] > 0).any():
+            continue
+        if split in unscaled:
+            path, values = unscaled[split]
+            shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            raise ValueError(
+                f"{path}: mask values {{{shown}}} but none is 255, and no {split} mask has a 255 pixel; CVC-ClinicDB "
+                "marks the polyp 255 and the background 0 (scale a 0/1 mask by 255)"
+            )
+        raise ValueError(
+            f"{layout.root}: no {split} frame has a polyp pixel (255) in its mask; every CVC-ClinicDB frame "
+            f"shows a polyp, so the masks are not in its 0/255 format (first: {layout.root / part['mask'].iloc[0]})"
+        )
+    return manifest
 
 
 class CVCSequenceDataset:

@@ -13,6 +13,7 @@ Layer: data and models (docs/architecture.md). May import: foundation and the ot
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,9 +40,12 @@ def _text(node: ET.Element, tag: str, path: Path, where: str = "") -> str:
 def _number(node: ET.Element, tag: str, path: Path, where: str = "") -> float:
     text = _text(node, tag, path, where)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"{path}: <{tag}>{where} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{path}: <{tag}>{where} must be a finite number, got {text!r}")
+    return value
 
 
 def parse_voc(xml_path: str | Path) -> dict[str, Any]:
@@ -90,6 +94,24 @@ def parse_voc(xml_path: str | Path) -> dict[str, Any]:
         "height": height,
         "objects": objects,
     }
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the image file ``path``; an unreadable file is a ValueError naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable image ({str(exc).splitlines()[0]})") from None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """The image file ``path`` as uint8 RGB (H, W, 3); an unreadable file is a ValueError naming it."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable image ({str(exc).splitlines()[0]})") from None
 
 
 def voc_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float) -> list[float]:
@@ -167,8 +189,7 @@ def index_kumc(root: str | Path) -> pd.DataFrame:
         for video, frames in sorted(_frames_by_video(layout, split).items(), key=lambda kv: _video_key(kv[0])):
             for order, number in enumerate(sorted(frames), start=1):
                 image = layout.image(split, video, number)
-                with Image.open(image) as im:
-                    width, height = im.size
+                width, height = image_size(image)
                 xml, ann = frames[number] or (None, None)
                 boxes, labels = [], []
                 if ann is not None:
@@ -298,8 +319,7 @@ class KUMCDataset:
         indices = [min(max(key + o, 0), len(images) - 1) for o in offsets]
         frames = []
         for i in indices:
-            with Image.open(self.root / images[i]) as im:
-                frames.append(np.asarray(im.convert("RGB")))
+            frames.append(read_rgb(self.root / images[i]))
         if len({f.shape for f in frames}) != 1:
             raise ValueError(f"video {row['video']!r}: frames {indices} differ in size")
         boxes = np.asarray(json.loads(row["boxes"]), dtype=np.float32).reshape(-1, 4)

@@ -10,8 +10,10 @@ Layer: report (docs/architecture.md). May import: every layer below it (metrics 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -69,12 +71,30 @@ def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
     bad = [k for k, v in metrics.items() if metric_number(v) is None]
     if bad:
         raise _fail(path, f"malformed metrics file: metrics {bad[:3]} are not numbers")
+    scores = flat_metrics(record)  # every score is a fraction; counts are left out
+    outside = {k: v for k, v in scores.items() if not (math.isnan(v) or 0.0 <= v <= 1.0)}
+    if outside:
+        name, value = next(iter(outside.items()))
+        raise _fail(path, f"malformed metrics file: {name} = {value!r}; scores are fractions in [0, 1]")
+    _check_path_identity(path, record)
     return {
         **record,
         "label_fraction": float(fraction),
         "pretrain_fraction": float(pretrain_fraction),
         "path": str(path),
     }
+
+
+def _check_path_identity(path: Path, record: dict[str, Any]) -> None:
+    """A metrics file below a ``<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>...json`` path (the
+    workflow's layout) must say the same run inside; a file elsewhere is not checked."""
+    parts = path.with_suffix("").parts
+    if len(parts) < 6 or not re.fullmatch(r"seed\d+(-pt\d+)?(-labels\d+)?", parts[-1]):
+        return
+    named = dict(zip(IDENTITY[:-1], parts[-6:-1], strict=True)) | {"seed": int(re.match(r"seed(\d+)", parts[-1])[1])}
+    differ = [f"{k} {record[k]!r} (path: {v!r})" for k, v in named.items() if record[k] != v]
+    if differ:
+        raise _fail(path, f"the file's run differs from its path: {', '.join(differ)}")
 
 
 def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:

@@ -57,12 +57,26 @@ SYNTHETIC_NOTE = "built-in synthetic corpus: these numbers test the machinery, n
 
 
 def _read_predictions(path: Path, truth: pd.Series) -> dict[str, float]:
-    frame = pd.read_csv(path, dtype={"sample_id": str})
+    try:
+        frame = pd.read_csv(path, dtype={"sample_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a predictions CSV ({str(exc).splitlines()[0]})") from None
+    need = ["sample_id", "prob_0", "prob_1"]
+    if not set(need) <= set(frame.columns):
+        raise ValueError(f"{path}: expected the columns {', '.join(need)}, got {', '.join(map(str, frame.columns))}")
+    probs = frame[["prob_0", "prob_1"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = ~(np.isfinite(probs) & (probs >= 0) & (probs <= 1))
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise ValueError(
+            f"{path}: probabilities must be numbers in [0, 1]; line {row + 2} ({frame['sample_id'].iloc[row]}) has "
+            f"prob_{col} = {frame.iloc[row][f'prob_{col}']!r}"
+        )
     missing = sorted(set(truth.index) - set(frame["sample_id"]))
     extra = sorted(set(frame["sample_id"]) - set(truth.index))
     if missing or extra:
         raise ValueError(f"{path}: predictions do not match the test split (missing {missing[:5]}, extra {extra[:5]})")
-    return classification_metrics(truth.loc[frame["sample_id"]].to_numpy(), frame[["prob_0", "prob_1"]].to_numpy())
+    return classification_metrics(truth.loc[frame["sample_id"]].to_numpy(), probs)
 
 
 def evaluate_classification(run_dir: str | Path, test_rows: pd.DataFrame, **_: Any) -> dict[str, Any]:
