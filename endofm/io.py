@@ -1,4 +1,5 @@
-"""Atomic file output: nothing half-written may survive an interrupted run.
+"""Safe file output: nothing half-written may survive an interrupted run (:func:`atomic_path`), and no two
+processes write one run folder (:func:`output_lock`).
 
 Layer: foundation (docs/architecture.md). May import: the other foundation modules only.
 """
@@ -6,13 +7,22 @@ Layer: foundation (docs/architecture.md). May import: the other foundation modul
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from endofm.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -76,3 +86,99 @@ def write_csv(path: str | os.PathLike, frame) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return Path(path)
+
+
+LOCK_NAME = ".lock"
+#: The holder refreshes its lock's mtime this often; another host's lock untouched for STALE_AFTER is stale.
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_SECONDS = 120.0
+
+
+class OutputLocked(UserError):
+    """Another live process writes the folder."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(lock: Path, holder: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``lock`` is gone: on this host, by its PID; on another host, by a
+    heartbeat older than :data:`STALE_AFTER_SECONDS`."""
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        return not _alive(holder["pid"])
+    try:
+        age = datetime.datetime.now().timestamp() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    return age > STALE_AFTER_SECONDS
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
+    """Hold ``folder/.lock`` while the block runs, so a second process writing the same run folder fails at
+    once with :class:`OutputLocked`, naming the holder's PID, host, start and command. A lock left by a
+    process that is gone (killed, or a node lost) is taken over with a warning; the holder refreshes the
+    lock's mtime every :data:`HEARTBEAT_SECONDS` so that another host can tell. ``enabled=False`` (the
+    other ranks of one distributed job) does nothing."""
+    if not enabled:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv)[:300],
+    }
+    fd, name = tempfile.mkstemp(prefix=".lock.", dir=folder)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(me, fh)
+    try:
+        for _ in range(2):
+            try:
+                os.link(name, lock)  # atomic: fails when the lock exists
+                break
+            except FileExistsError:
+                try:
+                    holder = json.loads(lock.read_text())
+                except (OSError, ValueError):
+                    holder = {}
+                if not _stale(lock, holder):
+                    raise OutputLocked(
+                        f"{folder}: in use by PID {holder.get('pid', '?')} on {holder.get('host', '?')} since "
+                        f"{holder.get('started', '?')} ({holder.get('command', '?')}); wait for it to finish, or "
+                        f"delete {lock} if that process is gone"
+                    ) from None
+                log.warning("%s: taking over the lock of PID %s on %s, which is gone", folder, holder.get("pid"),
+                            holder.get("host"))  # fmt: skip
+                lock.unlink(missing_ok=True)
+        else:
+            raise OutputLocked(f"{folder}: could not take {lock}; another process took it first")
+    finally:
+        os.unlink(name)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                os.utime(lock)
+
+    beat = threading.Thread(target=heartbeat, name="output-lock-heartbeat", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(lock.read_text()).get("pid") == me["pid"]:
+                lock.unlink()

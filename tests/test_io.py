@@ -1,4 +1,6 @@
+import json
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -50,3 +52,41 @@ def test_write_helpers(tmp_path):
     assert (tmp_path / "x.json").read_text().strip() == '{\n  "a": 1\n}'
     write_csv(tmp_path / "x.csv", pd.DataFrame({"a": [1, 2]}))
     assert pd.read_csv(tmp_path / "x.csv")["a"].tolist() == [1, 2]
+
+
+def test_output_lock_refuses_a_live_holder_and_takes_over_a_gone_one(tmp_path, caplog):
+    import socket
+    import subprocess
+
+    from endofm.io import LOCK_NAME, OutputLocked, output_lock
+
+    folder, host = tmp_path / "run", socket.gethostname()
+    lock = folder / LOCK_NAME
+    with output_lock(folder):
+        holder = json.loads(lock.read_text())
+        assert (holder["pid"], holder["host"]) == (os.getpid(), host)
+        with pytest.raises(
+            OutputLocked, match=rf"^{re.escape(str(folder))}: in use by PID {os.getpid()} on {host} since "
+        ):
+            with output_lock(folder):
+                pass
+        assert json.loads(lock.read_text()) == holder  # the refused one leaves the holder's lock alone
+    assert not lock.exists()
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock.write_text(json.dumps({"pid": gone.pid, "host": host, "started": "x", "command": "y"}))
+    with output_lock(folder):  # a dead process on this host: taken over
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert "which is gone" in caplog.text
+
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "x", "command": "y"}))
+    with pytest.raises(OutputLocked, match="in use by PID 1 on elsewhere"):  # another host, heartbeat fresh
+        with output_lock(folder):
+            pass
+    old = lock.stat().st_mtime - 600
+    os.utime(lock, (old, old))
+    with output_lock(folder):  # another host, no heartbeat for 10 min: taken over
+        pass
+    with output_lock(folder, enabled=False):  # the other ranks of one job
+        assert not lock.exists()

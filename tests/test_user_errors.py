@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -603,3 +604,20 @@ def test_negative_seed_in_the_config_fails_at_start(tmp_path, capsys):
     config.write_text("finetune:\n  seeds: [-1]\n")
     line = fails(["config", "show", "--config", str(config)], capsys)
     assert line.endswith(f"{config}:2: config.finetune.seeds[0] must be >= 0, got -1")
+
+
+def test_a_second_finetune_on_the_same_folder_fails_at_once(polypdiag_run, capsys):
+    """Two processes with the same --out used to both run and both exit 0."""
+    import socket
+
+    from endofm.io import LOCK_NAME, output_lock
+
+    run, config = polypdiag_run
+    out = run.parent / "busy"
+    with output_lock(out):
+        holder = (out / LOCK_NAME).read_text()
+        line = fails(
+            ["finetune", "polypdiag", "--method", "scratch", "--config", str(config), "--out", str(out)], capsys
+        )
+        assert f"{out}: in use by PID {os.getpid()} on {socket.gethostname()} since " in line
+        assert (out / LOCK_NAME).read_text() == holder and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]

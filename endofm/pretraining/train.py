@@ -87,7 +87,7 @@ from endofm.engine import (
     unwrap,
     wrap_ddp,
 )
-from endofm.io import atomic_path, write_json, write_text
+from endofm.io import atomic_path, output_lock, write_json, write_text
 from endofm.models.checkpoint import CHECKPOINT_KEYS, CheckpointError, package_versions, save_checkpoint
 from endofm.pretraining.contract import Objective
 from endofm.pretraining.endofm import EndoFMObjective
@@ -530,7 +530,8 @@ def pretrain(
     :class:`~endofm.pretraining.vcl.VCLConfig`) as ``cfg`` says on the clips of ``clip_manifests``
     (``clips.csv`` files), recorded as method ``method`` (default: the objective's name); returns
     ``out_dir/checkpoint.pt``. Resumes from that file when present. Under torchrun every process
-    calls this; outside it, one process trains alone. ``workers`` overrides ``cfg.num_workers``.
+    calls this; outside it, one process trains alone. Rank 0 holds ``out_dir/.lock``
+    (:func:`endofm.io.output_lock`): a second job on the same folder fails at once. ``workers`` overrides ``cfg.num_workers``.
     When the checkpoint there cannot be continued (other settings, or written part-way through an
     epoch for other data), ``on_config_change="error"`` raises and ``"restart"`` moves the previous
     run's files into ``out_dir/superseded/`` and starts afresh.
@@ -543,7 +544,7 @@ def pretrain(
     if not isinstance(cfg, objective.config_class):
         raise TypeError(f"method {method!r} takes a {objective.config_class.__name__}, got a {type(cfg).__name__}")
     manifests = [Path(p) for p in clip_manifests]
-    with distributed_session(cfg.device) as info:
+    with distributed_session(cfg.device) as info, output_lock(out_dir, enabled=info.rank == 0):
         return _Pretraining(objective(cfg, info), manifests, Path(out_dir), workers, on_config_change, method).run()
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from endofm import paths
 from endofm.config import to_dict
 from endofm.data.benchmarks import read_manifest
+from endofm.io import output_lock
 from endofm.methods import task_backbone
 from endofm.models.vit import BackboneConfig
 from endofm.tasks.benchmarks import evaluate_run, get_benchmark
@@ -60,7 +61,13 @@ def finetune_benchmark(
 ) -> dict[str, Any]:
     """Run ``spec`` (one cell of the experiment matrix) on the benchmark indexed in ``manifest``, whose
     files sit under ``raw_dir``; outputs in ``out_dir`` (see :mod:`endofm.tasks.finetune`). The backbone
-    is built as ``spec.method``'s registry entry says, with ``options`` (:func:`build_run_backbone`)."""
+    is built as ``spec.method``'s registry entry says, with ``options`` (:func:`build_run_backbone`). The run
+    holds ``out_dir/.lock`` (:func:`endofm.io.output_lock`): a second process on the same folder fails at once."""
+    with output_lock(out_dir):
+        return _finetune_benchmark(spec, task_config, manifest, raw_dir, out_dir, backbone, checkpoint, options)
+
+
+def _finetune_benchmark(spec, task_config, manifest, raw_dir, out_dir, backbone, checkpoint, options):
     bench = get_benchmark(spec.benchmark)
     splits = bench.protocol_splits(
         read_manifest(manifest),
