@@ -120,6 +120,15 @@ def _stale(lock: Path, holder: dict[str, Any]) -> bool:
     return age > STALE_AFTER_SECONDS
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
     """Hold ``folder/.lock`` while the block runs, so a second process writing the same run folder fails at
@@ -131,6 +140,7 @@ def output_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Non
         yield
         return
     folder = Path(folder)
+    created = [d for d in (folder, *folder.parents) if not d.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
     me = {
@@ -163,8 +173,11 @@ def output_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Non
                 lock.unlink(missing_ok=True)
         else:
             raise OutputLocked(f"{folder}: could not take {lock}; another process took it first")
-    finally:
+    except BaseException:
         os.unlink(name)
+        _remove_empty(created)  # nothing partial left: the folders were made for this lock only
+        raise
+    os.unlink(name)
     stop = threading.Event()
 
     def heartbeat() -> None:
@@ -182,3 +195,4 @@ def output_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Non
         with contextlib.suppress(OSError, ValueError):
             if json.loads(lock.read_text()).get("pid") == me["pid"]:
                 lock.unlink()
+        _remove_empty(created)  # only what the run left empty

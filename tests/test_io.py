@@ -60,7 +60,12 @@ def test_output_lock_refuses_a_live_holder_and_takes_over_a_gone_one(tmp_path, c
 
     from endofm.io import LOCK_NAME, OutputLocked, output_lock
 
+    with pytest.raises(RuntimeError), output_lock(tmp_path / "new/run"):
+        raise RuntimeError("the run failed before writing anything")
+    assert not (tmp_path / "new").exists()  # folders made for the lock alone do not outlive it
+
     folder, host = tmp_path / "run", socket.gethostname()
+    folder.mkdir()
     lock = folder / LOCK_NAME
     with output_lock(folder):
         holder = json.loads(lock.read_text())
