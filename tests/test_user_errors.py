@@ -439,17 +439,24 @@ def test_cvc_masks_in_0_1_are_an_error_not_an_empty_benchmark(tmp_path, capsys):
     assert not (out / "manifest.json").exists()
 
 
-def test_kumc_box_coordinate_nan_is_named(tmp_path, capsys):
-    """``<xmax>nan</xmax>`` used to pass and put NaN into coco_train.json."""
+def _kumc(root: Path) -> Path:
+    """The smallest KUMC layout: one annotated frame of video 1 in each split."""
     from test_kumc import jpeg, voc, xml
 
-    root = tmp_path / "KUMC"
     for split in ("train2019", "val2019", "test2019"):
         folder = "" if split == "train2019" else "1/"
         jpeg(root / split / "Image" / f"{folder}1.jpg", 50)
         xml(root / split / "Annotation" / f"{folder}1.xml", voc("1", "1.jpg", [("adenomatous", 2, 2, 9, 9)]))
+    return root
+
+
+def test_kumc_box_coordinate_nan_is_named(tmp_path, capsys):
+    """``<xmax>nan</xmax>`` used to pass and put NaN into coco_train.json."""
+    root = _kumc(tmp_path / "KUMC")
+    from test_kumc import voc
+
     bad = root / "train2019/Annotation/1.xml"
-    xml(bad, voc("1", "1.jpg", [("adenomatous", 2, 2, "nan", 9)]))
+    bad.write_text(voc("1", "1.jpg", [("adenomatous", 2, 2, "nan", 9)]))
     out = tmp_path / "index"
     line = fails(["index", "kumc", "--config", str(TINY), "--raw", str(root), "--out", str(out)], capsys)
     assert line.endswith(f"{bad}: <xmax> in <object> 1 must be a finite number, got 'nan'")
@@ -549,13 +556,7 @@ def test_an_empty_config_resolves(tmp_path, capsys):
 
 def test_kumc_frame_that_is_not_an_image_is_named(tmp_path, capsys):
     """A non-JPEG ``1.jpg`` used to end in a PIL.UnidentifiedImageError traceback."""
-    from test_kumc import jpeg, voc, xml
-
-    root = tmp_path / "KUMC"
-    for split in ("train2019", "val2019", "test2019"):
-        folder = "" if split == "train2019" else "1/"
-        jpeg(root / split / "Image" / f"{folder}1.jpg", 50)
-        xml(root / split / "Annotation" / f"{folder}1.xml", voc("1", "1.jpg", [("adenomatous", 2, 2, 9, 9)]))
+    root = _kumc(tmp_path / "KUMC")
     bad = root / "val2019/Image/1/1.jpg"
     bad.write_text("not a JPEG\n")
     out = tmp_path / "index"
