@@ -408,13 +408,14 @@ def part_pretrain(res: Result, dry: bool, scratch: Path) -> None:
     seconds = timed_steps(run, views, device, 2 if dry else 5)
     h = hours(cfg.epochs, base, seconds)
     res.data["summary"] |= {"s_per_step": seconds, "steps_per_s": 1 / seconds, "hours_paper_batch": h}
-    res.row(
+    step_row(
+        res,
         f"endofm step, batch {base}/GPU ({run.precision})",
-        s_per_step=seconds,
-        items_per_s=base / seconds,
-        **rates(flops, seconds, env),
-        peak_mib=peak_mib(device),
-        steps_per_s=1 / seconds,
+        base,
+        flops,
+        seconds,
+        env,
+        device,
         implied_hours=h,
         note=f"{cfg.epochs} ep x {CORPUS_CLIPS:,} clips, {ORIGINAL_GPUS} GPUs x {base}: {h:.3g} h",
     )
@@ -428,13 +429,14 @@ def part_pretrain(res: Result, dry: bool, scratch: Path) -> None:
         reset_peak(device)
         timed_steps(run, views, device, 1)
         seconds = timed_steps(run, views, device, 2 if dry else 3)
-        res.row(
+        step_row(
+            res,
             case,
-            s_per_step=seconds,
-            items_per_s=base / seconds,
-            **rates(flops, seconds, env),
-            peak_mib=peak_mib(device),
-            steps_per_s=1 / seconds,
+            base,
+            flops,
+            seconds,
+            env,
+            device,
             note=f"loss scale {run.scaler.get_scale():g} after {3 if dry else 4} steps",
         )
     except Exception as exc:
@@ -483,15 +485,29 @@ def part_pretrain(res: Result, dry: bool, scratch: Path) -> None:
         return
     h = hours(cfg.epochs, largest, seconds)
     res.data["summary"] |= {"hours_largest_batch": h}
+    step_row(
+        res,
+        case,
+        largest,
+        flops * largest / base,  # FLOPs grow with the batch
+        seconds,
+        env,
+        device,
+        implied_hours=h,
+        note=f"{ORIGINAL_GPUS} GPUs x {largest} (global {ORIGINAL_GPUS * largest}): {h:.3g} h",
+    )
+
+
+def step_row(res, case: str, items: int, flops: float, seconds: float, env, device, **extra) -> None:
+    """One timed training-step row: s/step, items/s, TFLOP/s and MFU, peak memory, steps/s, and ``extra``."""
     res.row(
         case,
         s_per_step=seconds,
-        items_per_s=largest / seconds,
-        **rates(flops * largest / base, seconds, env),  # FLOPs grow with the batch
+        items_per_s=items / seconds,
+        **rates(flops, seconds, env),
         peak_mib=peak_mib(device),
         steps_per_s=1 / seconds,
-        implied_hours=h,
-        note=f"{ORIGINAL_GPUS} GPUs x {largest} (global {ORIGINAL_GPUS * largest}): {h:.3g} h",
+        **extra,
     )
 
 

@@ -30,6 +30,39 @@ DOWNLOADS = f"{RESOURCES}/downloads"
 SYNTHETIC = f"{RESOURCES}/synthetic"
 
 
+def label_tag(fraction: float) -> str:
+    """The run-path suffix of a label fraction: ``""`` for 1 (every training video), ``"-labels25"``
+    for 0.25."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    return "" if fraction == 1 else f"-labels{fraction * 100:g}"
+
+
+def pretrain_tag(fraction: float) -> str:
+    """The run-path suffix of a pretraining fraction: ``""`` for 1 (the finished pretraining), ``"-pt25"``
+    for the backbone after a quarter of its steps, ``"-pt0"`` for its initial weights."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"pretrain_fraction must be in [0, 1], got {fraction}")
+    return "" if fraction == 1 else f"-pt{fraction * 100:g}"
+
+
+def run_path(
+    benchmark: str,
+    method: str,
+    variant: str,
+    protocol: str,
+    mode: str,
+    seed: int,
+    label_fraction: float = 1.0,
+    pretrain_fraction: float = 1.0,
+) -> str:
+    """A fine-tuning run's place under :data:`FINETUNE` (a folder) and :data:`METRICS` (+ ``.json``):
+    ``<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>``, then ``-pt<percent>`` when it starts from a
+    pretraining snapshot, then ``-labels<percent>`` when it trains on a fraction of the videos."""
+    tag = pretrain_tag(pretrain_fraction) + label_tag(label_fraction)
+    return f"{benchmark}/{method}/{variant}/{protocol}/{mode}/seed{seed}{tag}"
+
+
 def pretrain_dir(method: str, variant: str) -> str:
     """The folder of one pretraining run."""
     return f"{PRETRAIN}/{method}/{variant}"

@@ -21,7 +21,6 @@ from endofm.settings import (
 )
 from endofm.pretraining.train import snapshot_path
 from endofm.tasks.benchmarks import get_benchmark
-from endofm.tasks.finetune import label_tag, pretrain_tag
 
 # The schema, then the typed config (it fills the defaults of keys left out and checks what the schema
 # cannot express); a problem stops the run with one line naming the file and the dotted key.
@@ -40,6 +39,8 @@ PRETRAIN_SOURCES = DATA.pretrain_sources
 BENCHMARKS = DATA.benchmarks
 SYNTHETIC = DATA.origin == "synthetic"
 LOGS = paths.LOGS
+#: The folder of a pretraining job, with its wildcards (the rules' outputs).
+PRETRAIN_DIR = paths.pretrain_dir("{method}", "{variant}")
 
 
 PRETRAIN_RUNS = pretrain_runs(CFG)  # (method, variant) of every pretraining job
@@ -48,10 +49,10 @@ FINETUNE_RUNS = finetune_runs(CFG)
 ABLATIONS = {name: CFG.ablation_variants(name) for name in CFG.ablations}
 ABLATION_RUNS = {name: ablation_runs(CFG, name) for name in CFG.ablations}
 # Run-path suffix of each label fraction ("" for 1, "-labels25" for 0.25) -> the fraction.
-LABEL_FRACTIONS = {label_tag(f): f for f in {1.0, *CFG.finetune.label_fractions}}  # 1: the ablations' runs
+LABEL_FRACTIONS = {paths.label_tag(f): f for f in {1.0, *CFG.finetune.label_fractions}}  # 1: the ablations' runs
 # Run-path suffix of each pretraining fraction ("" for 1, "-pt25" for the snapshot after a quarter of the
 # steps) -> the fraction; the pretraining jobs (method, variant) that write those snapshots.
-PRETRAIN_FRACTIONS = {pretrain_tag(f): f for f in {1.0, *CFG.finetune.pretrain_fractions}}
+PRETRAIN_FRACTIONS = {paths.pretrain_tag(f): f for f in {1.0, *CFG.finetune.pretrain_fractions}}
 SNAPSHOT_RUNS = [(m, v) for m, v in PRETRAIN_RUNS if CFG.pretrain_snapshots(m, v)]
 
 
@@ -125,7 +126,7 @@ def clip_source_input(wildcards):
 
 def pretrain_outputs():
     """The backbone of every pretraining job (endofm.methods.METHODS: method and variant)."""
-    return [f"{paths.PRETRAIN}/{method}/{variant}/backbone.pt" for method, variant in PRETRAIN_RUNS]
+    return [f"{paths.pretrain_dir(method, variant)}/backbone.pt" for method, variant in PRETRAIN_RUNS]
 
 
 def pretrain_settings(wildcards):
@@ -138,7 +139,7 @@ def pretrain_inputs(wildcards):
     (made by the workflow, e.g. another variant's backbone.pt, or a file that must exist)."""
     init = getattr(CFG.method_settings(wildcards.method, wildcards.variant), "init", "random")
     files = {
-        "config": f"{paths.PRETRAIN}/{wildcards.method}/{wildcards.variant}/pretrain.yaml",
+        "config": f"{paths.pretrain_dir(wildcards.method, wildcards.variant)}/pretrain.yaml",
         "clips": expand(f"{CLIPS}/{{source}}/clips.csv", source=PRETRAIN_SOURCES),
     }
     return files | ({"init": init} if init != "random" else {})
@@ -194,23 +195,23 @@ def snapshot_outputs(run_dir):
 
 def finetune_outputs():
     """The run record of every run in the matrix."""
-    return [f"{paths.FINETUNE}/{run.path}/run.json" for run in FINETUNE_RUNS]
+    return [f"{paths.finetune_dir(run.path)}/run.json" for run in FINETUNE_RUNS]
 
 
 def metrics_outputs(benchmark=None):
     """The metrics file of every run in the matrix (of one benchmark)."""
-    return [f"{paths.METRICS}/{run.path}.json" for run in FINETUNE_RUNS if benchmark in (None, run.benchmark)]
+    return [paths.metrics_file(run.path) for run in FINETUNE_RUNS if benchmark in (None, run.benchmark)]
 
 
 def ablation_metrics(name=None):
     """The metrics file of every fine-tuning run of ablation ``name`` (None: of every ablation)."""
     names = list(ABLATIONS) if name is None else [name]
-    return list(dict.fromkeys(f"{paths.METRICS}/{run.path}.json" for n in names for run in ABLATION_RUNS[n]))
+    return list(dict.fromkeys(paths.metrics_file(run.path) for n in names for run in ABLATION_RUNS[n]))
 
 
 def ablation_pretrain_outputs(name):
     """The metrics.csv of each pretraining variant of ablation ``name`` (row order)."""
-    return [f"{paths.PRETRAIN}/endofm/{variant}/metrics.csv" for variant in ABLATIONS[name]]
+    return [f"{paths.pretrain_dir('endofm', variant)}/metrics.csv" for variant in ABLATIONS[name]]
 
 
 def report_ablations():

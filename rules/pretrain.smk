@@ -6,7 +6,7 @@
 
 rule pretrain_config:
     output:
-        f"{paths.PRETRAIN}/{{method}}/{{variant}}/pretrain.yaml",
+        f"{PRETRAIN_DIR}/pretrain.yaml",
     log:
         f"{LOGS}/pretrain_config/{{method}}/{{variant}}.log",
     priority: 10  # the pretraining waits for it (see pretrain_model)
@@ -24,9 +24,9 @@ rule pretrain_model:
     input:
         unpack(pretrain_inputs),
     output:
-        backbone=f"{paths.PRETRAIN}/{{method}}/{{variant}}/backbone.pt",
-        metrics=f"{paths.PRETRAIN}/{{method}}/{{variant}}/metrics.csv",
-        run=f"{paths.PRETRAIN}/{{method}}/{{variant}}/run.json",
+        backbone=f"{PRETRAIN_DIR}/backbone.pt",
+        metrics=f"{PRETRAIN_DIR}/metrics.csv",
+        run=f"{PRETRAIN_DIR}/run.json",
     log:
         f"{LOGS}/pretrain/{{method}}/{{variant}}.log",
     benchmark:
@@ -57,10 +57,10 @@ if SNAPSHOT_RUNS:
 
     use rule pretrain_model as pretrain_model_snapshots with:
         output:
-            backbone=f"{paths.PRETRAIN}/{{method}}/{{variant}}/backbone.pt",
-            metrics=f"{paths.PRETRAIN}/{{method}}/{{variant}}/metrics.csv",
-            run=f"{paths.PRETRAIN}/{{method}}/{{variant}}/run.json",
-            snapshots=snapshot_outputs(f"{paths.PRETRAIN}/{{method}}/{{variant}}"),
+            backbone=f"{PRETRAIN_DIR}/backbone.pt",
+            metrics=f"{PRETRAIN_DIR}/metrics.csv",
+            run=f"{PRETRAIN_DIR}/run.json",
+            snapshots=snapshot_outputs(PRETRAIN_DIR),
         wildcard_constraints:
             method="|".join(sorted({m for m, _ in SNAPSHOT_RUNS})),
             variant="|".join(sorted({v for _, v in SNAPSHOT_RUNS})),

@@ -9,11 +9,11 @@ Layer: report (docs/architecture.md). May import: every layer below it (metrics 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import platform
-import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,25 +76,27 @@ def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
     if outside:
         name, value = next(iter(outside.items()))
         raise _fail(path, f"malformed metrics file: {name} = {value!r}; scores are fractions in [0, 1]")
+    record = {**record, "label_fraction": float(fraction), "pretrain_fraction": float(pretrain_fraction)}
     _check_path_identity(path, record)
-    return {
-        **record,
-        "label_fraction": float(fraction),
-        "pretrain_fraction": float(pretrain_fraction),
-        "path": str(path),
-    }
+    return {**record, "path": str(path)}
 
 
 def _check_path_identity(path: Path, record: dict[str, Any]) -> None:
-    """A metrics file below a ``<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>...json`` path (the
-    workflow's layout) must say the same run inside; a file elsewhere is not checked."""
-    parts = path.with_suffix("").parts
-    if len(parts) < 6 or not re.fullmatch(r"seed\d+(-pt\d+)?(-labels\d+)?", parts[-1]):
+    """A metrics file in the workflow's layout (its name starts ``seed``) must say the same run inside as its
+    path (:func:`endofm.paths.run_path`); a file elsewhere is not checked."""
+    if not path.name.startswith("seed"):
         return
-    named = dict(zip(IDENTITY[:-1], parts[-6:-1], strict=True)) | {"seed": int(re.match(r"seed(\d+)", parts[-1])[1])}
-    differ = [f"{k} {record[k]!r} (path: {v!r})" for k, v in named.items() if record[k] != v]
-    if differ:
-        raise _fail(path, f"the file's run differs from its path: {', '.join(differ)}")
+    said = paths.run_path(*(record[k] for k in IDENTITY), record["label_fraction"], record["pretrain_fraction"])
+    named = path.with_suffix("").parts[-6:]
+    if "/".join(named) == said:
+        return
+    differ = [f"{k} {record[k]!r} (path: {v!r})" for k, v in zip(IDENTITY[:-1], named, strict=False) if record[k] != v]
+    digits = "".join(itertools.takewhile(str.isdigit, named[-1][len("seed") :]))
+    if digits and int(digits) != record["seed"]:
+        differ.append(f"seed {record['seed']} (path: {int(digits)})")
+    elif not differ:
+        differ.append(f"label/pretrain fraction {said.rsplit('/', 1)[-1]!r} (path: {named[-1]!r})")
+    raise _fail(path, f"the file's run differs from its path: {', '.join(differ)}")
 
 
 def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from endofm import paths
 from endofm.config import check_fields, config_hash, setting
 from endofm.engine import (
     MetricsLog,
@@ -137,22 +138,6 @@ class TrainConfig:
         check_fields(self)
 
 
-def label_tag(fraction: float) -> str:
-    """The run-path suffix of a label fraction: ``""`` for 1 (every training video), ``"-labels25"``
-    for 0.25."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
-    return "" if fraction == 1 else f"-labels{fraction * 100:g}"
-
-
-def pretrain_tag(fraction: float) -> str:
-    """The run-path suffix of a pretraining fraction: ``""`` for 1 (the finished pretraining), ``"-pt25"``
-    for the backbone after a quarter of its steps, ``"-pt0"`` for its initial weights."""
-    if not 0 <= fraction <= 1:
-        raise ValueError(f"pretrain_fraction must be in [0, 1], got {fraction}")
-    return "" if fraction == 1 else f"-pt{fraction * 100:g}"
-
-
 @dataclass(frozen=True)
 class RunSpec:
     """Which run this is: one cell of the experiment matrix. ``label_fraction`` is the share of the
@@ -171,8 +156,8 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        label_tag(self.label_fraction)
-        pretrain_tag(self.pretrain_fraction)
+        paths.label_tag(self.label_fraction)
+        paths.pretrain_tag(self.pretrain_fraction)
 
     @property
     def path(self) -> str:
@@ -180,8 +165,10 @@ class RunSpec:
         ``<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>``, with ``-labels<percent>`` appended
         when the run trains on a fraction of the videos, after ``-pt<percent>`` when it starts from a
         pretraining snapshot."""
-        tag = pretrain_tag(self.pretrain_fraction) + label_tag(self.label_fraction)
-        return f"{self.benchmark}/{self.method}/{self.variant}/{self.protocol}/{self.mode}/seed{self.seed}{tag}"
+        return paths.run_path(
+            self.benchmark, self.method, self.variant, self.protocol, self.mode, self.seed,
+            self.label_fraction, self.pretrain_fraction,
+        )  # fmt: skip
 
 
 class Task(abc.ABC):

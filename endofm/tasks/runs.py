@@ -117,11 +117,7 @@ def run_or_reuse(
 
 def metrics_path(run: Mapping[str, Any], root: str | Path = paths.METRICS) -> Path:
     """Where the workflow (and so the report) keeps the metrics of run record ``run``: ``<root>/<run path>.json``
-    (:attr:`~endofm.tasks.finetune.RunSpec.path`)."""
+    (:func:`endofm.paths.run_path`)."""
     fields = ("benchmark", "method", "variant", "protocol", "mode", "seed")
-    spec = RunSpec(
-        *(run[k] for k in fields),
-        label_fraction=run.get("label_fraction", 1.0),
-        pretrain_fraction=run.get("pretrain_fraction", 1.0),
-    )
-    return Path(root) / f"{spec.path}.json"
+    path = paths.run_path(*(run[k] for k in fields), run.get("label_fraction", 1.0), run.get("pretrain_fraction", 1.0))
+    return Path(root) / f"{path}.json"
