@@ -16,7 +16,7 @@ from pathlib import Path
 
 from endofm import paths
 from endofm.config import from_dict, to_dict
-from endofm.errors import USER_ERRORS, UserError, error_line
+from endofm.errors import UserError, error_line, is_user_error
 
 log = logging.getLogger("endofm")
 
@@ -529,14 +529,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
-    except USER_ERRORS as exc:
-        log.debug("error", exc_info=True)
-        print(f"endofm {args.command}: error: {error_line(exc)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         log.debug("interrupted", exc_info=True)
         print(f"endofm {args.command}: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        log.debug("error", exc_info=True)
+        print(f"endofm {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

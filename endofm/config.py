@@ -228,13 +228,12 @@ def _check_bounds(value: Any, declaration: dict[str, Any], key: str) -> None:
     its field's ``declaration``; None passes (an optional setting left unset)."""
     if value is None or not declaration:
         return
-    file_key = key.split("[")[0]  # config_file_of finds mapping keys, not list items
     rule = _rule(value, declaration.get("bounds", {}))
     if rule:
-        raise ConfigError(f"{key} must {rule}, got {value!r}", key=file_key)
+        raise ConfigError(f"{key} must {rule}, got {value!r}", key=key)
     keys = declaration.get("keys")
     if keys is not None and isinstance(value, dict) and sorted(value) != sorted(keys):
-        raise ConfigError(f"{key} must have exactly the keys {list(keys)}, got {sorted(value)}", key=file_key)
+        raise ConfigError(f"{key} must have exactly the keys {list(keys)}, got {sorted(value)}", key=key)
     each = declaration.get("each")
     if each and isinstance(value, (list, tuple, dict)):
         items = value.items() if isinstance(value, dict) else enumerate(value)
@@ -614,7 +613,8 @@ def check_schema(data: Any, schema: str | Path, source: str = "config") -> None:
 
 
 def _key_lines(path: Path) -> dict[tuple[str, ...], int]:
-    """The line of every mapping key in YAML file ``path``, by its key path; {} for an unreadable file."""
+    """The line of every mapping key and list item (its index as a string) in YAML file ``path``, by its key
+    path; {} for an unreadable file."""
     try:
         root: Any = yaml.compose(path.read_text())
     except (OSError, yaml.YAMLError):
@@ -626,20 +626,70 @@ def _key_lines(path: Path) -> dict[tuple[str, ...], int]:
             for k, v in node.value:
                 lines[(*prefix, str(k.value))] = k.start_mark.line + 1
                 walk(v, (*prefix, str(k.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*prefix, str(i))] = item.start_mark.line + 1
+                walk(item, (*prefix, str(i)))
 
     walk(root, ())
     return lines
 
 
-def config_file_of(key: str | None, files: list[str | Path]) -> str:
-    """``file:line`` of dotted ``key`` (its first part, ``config``, is the root) in the last of the merged
-    config ``files`` (later ones override) that sets it, else all the files."""
-    parts = tuple((key or "").split(".")[1:])
+#: How Snakemake's ``--config`` sets a nested key (its values are YAML).
+COMMAND_LINE_FORM = "--config takes top-level keys with YAML values, e.g. --config 'finetune={seeds: [0, 1]}'"
+
+
+def _sets(data: Any, parts: tuple[str, ...]) -> bool:
+    """Whether nested ``data`` holds the key path ``parts`` (list items by index) or a value above it."""
+    for i, part in enumerate(parts):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return i > 0 and not isinstance(data, (dict, list))
+    return bool(parts)
+
+
+def command_line_values(overrides: Any) -> Any:
+    """Snakemake's ``--config`` values as YAML reads them: it parses a nested value with YAML's base loader,
+    which keeps every scalar a string (``seeds=[0, 1]`` gives ``['0', '1']``); top-level scalars it has
+    already typed."""
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: typed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [typed(v) for v in value]
+        if isinstance(value, str):
+            try:
+                return yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError:
+                return value
+        return value
+
+    return {k: typed(v) if isinstance(v, (dict, list)) else v for k, v in dict(overrides or {}).items()}
+
+
+def config_file_of(key: str | None, files: list[str | Path], command_line: Any = None) -> str:
+    """``file:line`` of dotted ``key`` (its first part, ``config``, is the root; ``.<i>`` or ``[i]`` a list item)
+    in the last of the merged config ``files`` (later ones override) that sets it, or ``--config`` when the
+    command line's ``command_line`` values set it (they override every file), else all the files."""
+    parts = tuple(re.sub(r"\[(\d+)\]", r".\1", key or "").split(".")[1:])
+    if command_line and _sets(command_line, parts):
+        return f"--config {parts[0]}"
     for path in reversed([Path(f) for f in files]):
         line = _key_lines(path).get(parts) if parts else None
         if line is not None:
             return f"{path}:{line}"
     return ", ".join(map(str, files)) or "config"
+
+
+def config_error_line(exc: ConfigError, files: list[str | Path], command_line: Any = None) -> str:
+    """The one line the workflow reports for ``exc``: where the bad value was set (:func:`config_file_of`), the
+    error, and for a ``--config`` value the form it takes."""
+    where = config_file_of(exc.key, files, command_line)
+    return f"{where}: {exc}" + (f"; {COMMAND_LINE_FORM}" if where.startswith("--config") else "")
 
 
 def _leaves(data: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

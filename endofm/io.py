@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -76,9 +77,23 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf; NumPy's too) replaced by None: JSON has no NaN, and
+    readers take null as "undefined" (an AUROC of a one-class split, a loss that diverged)."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if type(obj).__module__ == "numpy" and getattr(obj, "ndim", None) == 0:  # NumPy scalars and 0-d arrays
+        return finite_json(obj.item())
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented, valid JSON to ``path`` atomically (non-finite floats as null)."""
+    return write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, frame) -> Path:

@@ -27,11 +27,11 @@ def job_log(path: str | os.PathLike) -> Iterator[Path]:
     """Send everything the job prints to ``path``: Python logging, print, tqdm and C libraries.
 
     File descriptors 1 and 2 are redirected (not just ``sys.stdout``) so FFmpeg or decord messages
-    land in the job's log too. A user error (:data:`~endofm.errors.USER_ERRORS`: bad input, a missing
+    land in the job's log too. A user error (:func:`~endofm.errors.is_user_error`: bad input, a missing
     file) is logged as one ``error:`` line, repeated on the real stderr, and ends the job with exit
     status 1; any other failure logs its traceback and propagates.
     """
-    from endofm.errors import USER_ERRORS, error_line
+    from endofm.errors import error_line, is_user_error
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,12 +45,12 @@ def job_log(path: str | os.PathLike) -> Iterator[Path]:
         setup_logging()
         try:
             yield path
-        except USER_ERRORS as exc:
+        except BaseException as exc:
+            if not is_user_error(exc):
+                logging.getLogger("endofm").exception("job failed")
+                raise
             failure = error_line(exc)
             logging.getLogger("endofm").error("error: %s", failure)
-        except BaseException:
-            logging.getLogger("endofm").exception("job failed")
-            raise
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -6,9 +6,18 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import update_config
 
 from endofm import paths
-from endofm.config import ConfigError, annotated_yaml, check_schema, config_file_of, config_hash, to_dict
+from endofm.config import (
+    ConfigError,
+    annotated_yaml,
+    check_schema,
+    command_line_values,
+    config_error_line,
+    config_hash,
+    to_dict,
+)
 from endofm.data.sources import SOURCES, missing_data_message, missing_weights_message
 from endofm.methods import METHODS
 from endofm.settings import (
@@ -25,11 +34,13 @@ from endofm.tasks.benchmarks import get_benchmark
 # The schema, then the typed config (it fills the defaults of keys left out and checks what the schema
 # cannot express); a problem stops the run with one line naming the file and the dotted key.
 # Rules pass resolved sections as params, so any change of a value reruns the jobs it affects.
+COMMAND_LINE = command_line_values(workflow.config_settings.config)  # --config, typed as YAML
+update_config(config, COMMAND_LINE)
 try:
     check_schema(config, Path(workflow.basedir) / "config/schema.yaml")
     CFG = load_workflow_config(config)
 except ConfigError as exc:
-    raise WorkflowError(f"{config_file_of(exc.key, workflow.configfiles)}: {exc}") from None
+    raise WorkflowError(config_error_line(exc, workflow.configfiles, COMMAND_LINE)) from None
 DATA = CFG.data
 RAW = DATA.raw_dir
 CLIPS = DATA.clips_dir
@@ -117,7 +128,7 @@ def config_args():
 def resolved_config_yaml():
     """The resolved settings, each with the file and line (or default) it came from (`show_config`)."""
     files = [os.path.relpath(f) for f in workflow.configfiles]
-    return annotated_yaml(to_dict(CFG), files, workflow.config_settings.config)
+    return annotated_yaml(to_dict(CFG), files, COMMAND_LINE)
 
 
 def clip_source_input(wildcards):
@@ -231,6 +242,7 @@ def report_inputs(wildcards):
         "timings": expand(f"{paths.TIMINGS}/extract_clips/{{source}}.tsv", source=PRETRAIN_SOURCES)
         + [f"{paths.TIMINGS}/pretrain/{d.parent.name}/{d.name}.tsv" for d in pretrained]
         + [f"{paths.TIMINGS}/{stage}/{run.path}.tsv" for stage in ("finetune", "evaluate") for run in FINETUNE_RUNS],
+        "robustness": robustness_outputs(),  # rules/robustness.smk
         "paper_results": str(Path(workflow.basedir) / "config/paper_results.yaml"),
         "manifests": [f"{BENCH}/{bench}/manifest.csv" for bench in BENCHMARKS],
     }

@@ -622,3 +622,109 @@ def test_a_second_finetune_on_the_same_folder_fails_at_once(polypdiag_run, capsy
         )
         assert f"{out}: in use by PID {os.getpid()} on {socket.gethostname()} since " in line
         assert (out / LOCK_NAME).read_text() == holder and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
+def _unprivileged(command: list[str]) -> list[str]:
+    """``command`` run as a user the file system's permissions apply to (root ignores a folder's mode)."""
+    if os.geteuid() != 0:
+        return command
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+
+
+@pytest.fixture
+def readonly_results(tiny_benchmarks):
+    """A finished PolypDiag run and its config in a world-readable folder, and a results folder no one may
+    write into (as another user when the tests run as root)."""
+    import shutil
+    import tempfile
+
+    from test_evaluation import _perfect_run
+
+    base = Path(tempfile.mkdtemp(prefix="endofm-ro-"))
+    base.chmod(0o755)
+    bench = tiny_benchmarks["polypdiag"]
+    shutil.copytree(bench.raw, base / "raw/polypdiag")
+    shutil.copytree(bench.manifest.parent, base / "index/polypdiag")
+    _perfect_run("polypdiag", base / "index/polypdiag/manifest.csv", base / "raw/polypdiag", base / "run")
+    config = {**TINY_DATA, "data": {**TINY_DATA["data"], "raw_dir": str(base / "raw"),
+                                    "benchmarks_dir": str(base / "index")}}  # fmt: skip
+    (base / "config.yaml").write_text(yaml.safe_dump(config))
+    clips = base / "clips.csv"
+    clips.write_text("path,num_frames,source\nclip.mp4,32,synthetic_colonoscopy\n")
+    (base / "results").mkdir()
+    (base / "results").chmod(0o555)
+    for path in base.rglob("*"):
+        if path != base / "results":
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    yield base
+    shutil.rmtree(base)
+
+
+@pytest.mark.parametrize(
+    ("args", "target"),
+    [
+        (["evaluate", "{base}/run", "--config", "{base}/config.yaml", "--out", "{base}/results/m.json"],
+         "{base}/results"),
+        (["finetune", "polypdiag", "--method", "scratch", "--config", "{base}/config.yaml",
+          "--out", "{base}/results/run"], "{base}/results/run"),
+        (["pretrain", "--config", str(TINY), "--clips", "{base}/clips.csv", "--out", "{base}/results/pt"],
+         "{base}/results/pt"),
+    ],  # fmt: skip
+    ids=["evaluate", "finetune", "pretrain"],
+)
+def test_a_read_only_results_folder_is_one_line(readonly_results, args, target):
+    """A read-only results folder used to give OSError tracebacks from finetune, evaluate and pretrain."""
+    base = str(readonly_results)
+    args = [a.replace("{base}", base) for a in args]
+    command = _unprivileged([sys.executable, "-m", "endofm.cli", *args])
+    done = subprocess.run(command, capture_output=True, text=True, cwd=base, timeout=300,
+                          env={**os.environ, "HOME": base, "MPLCONFIGDIR": base})  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"endofm {args[0]}: error: {target.replace('{base}', base)}")
+    assert "permission denied; check the folder's permissions or choose another results folder" in last
+    assert os.listdir(readonly_results / "results") == []
+
+
+def _dry_run(*args: str) -> subprocess.CompletedProcess:
+    snakemake = Path(sys.executable).parent / "snakemake"
+    return subprocess.run([str(snakemake), "all", "-n", "--cores", "1", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+
+
+def _workflow_error(done: subprocess.CompletedProcess) -> str:
+    """The one line a workflow's config error prints after Snakemake's ``WorkflowError in file ...`` line."""
+    assert done.returncode == 1, done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("WorkflowError"))
+    return lines[at + 1]
+
+
+def test_config_errors_name_the_overlay_line_and_the_config_form(tmp_path):
+    """Errors of an overlay's list item named config/config.yaml, or the overlay without a line; `--config
+    seeds=3` failed without the form --config expects, and nested --config values stayed strings."""
+    overlay = tmp_path / "my overlay.yaml"
+    overlay.write_text("finetune:\n  seeds:\n    - 0\n    - -1\n")
+    line = _workflow_error(_dry_run("--configfile", str(overlay)))
+    assert line == f"{overlay}:4: config.finetune.seeds.1: -1 is less than the minimum of 0"
+    line = _workflow_error(_dry_run("--config", "seeds=3"))
+    assert line.startswith("--config seeds: config: unknown key 'seeds' (expected one of ablations, clips, ")
+    assert line.endswith("; --config takes top-level keys with YAML values, e.g. --config 'finetune={seeds: [0, 1]}'")
+    line = _workflow_error(_dry_run("--config", "finetune={seeds: [0, -2]}"))
+    assert line.startswith("--config finetune: config.finetune.seeds.1: -2 is less than the minimum of 0; ")
+
+
+def test_nested_config_values_are_typed_as_yaml():
+    from endofm.config import command_line_values, config_file_of
+
+    typed = command_line_values({"finetune": {"seeds": ["0", "1"], "threads": "2", "gpus": ""}, "x": "a"})
+    assert typed == {"finetune": {"seeds": [0, 1], "threads": 2, "gpus": ""}, "x": "a"}
+    assert config_file_of("config.finetune.seeds[1]", ["a.yaml"], typed) == "--config finetune"
+    assert config_file_of("config.finetune.modes", [ROOT / "config/config.yaml"], typed).startswith(
+        f"{ROOT / 'config/config.yaml'}:"
+    )
