@@ -95,3 +95,19 @@ def test_output_lock_refuses_a_live_holder_and_takes_over_a_gone_one(tmp_path, c
         pass
     with output_lock(folder, enabled=False):  # the other ranks of one job
         assert not lock.exists()
+
+
+def test_json_is_written_valid_with_undefined_values_as_null(tmp_path):
+    """NaN used to be written as the bare word NaN (coco_train.json, metrics): not JSON, refused by strict readers."""
+    import json as strict_json
+
+    import numpy as np
+
+    from endofm.io import write_json
+
+    path = write_json(tmp_path / "m.json", {"auroc": float("nan"), "f1": np.float32(0.5), "loss": [1.0, float("inf")],
+                                            "n": np.int64(3), "ok": True})  # fmt: skip
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    record = strict_json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+    assert record == {"auroc": None, "f1": 0.5, "loss": [1.0, None], "n": 3, "ok": True}
