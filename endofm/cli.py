@@ -222,7 +222,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     )
     spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed, args.label_fraction)
     out = args.out or Path(paths.finetune_dir(spec.path))
-    task = cfg.finetune.task(bench)
+    task = cfg.finetune.task(bench, method)
     if args.device:
         task.train.device = args.device
     record = finetune_benchmark(
@@ -525,8 +525,11 @@ def main(argv: list[str] | None = None) -> int:
     (``-v`` adds the traceback)."""
     from endofm.logs import setup_logging
 
+    from endofm.jobsignals import end_with_workflow
+
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    end_with_workflow()  # run as a workflow's job (pretraining): end once its Snakemake has gone
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -32,6 +32,9 @@ def job_log(path: str | os.PathLike) -> Iterator[Path]:
     status 1; any other failure logs its traceback and propagates.
     """
     from endofm.errors import error_line, is_user_error
+    from endofm.jobsignals import end_with_workflow
+
+    end_with_workflow()  # a job whose Snakemake has gone ends itself
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,3 +34,9 @@ onstart:
 
 if workflow.remote_exec and jobsignals.in_slurm_job_step():
     jobsignals.forward_in_this_process()
+
+
+# Local runs: a SIGINT or SIGTERM sent to Snakemake alone reaches its jobs as SIGTERM (training checkpoints
+# and exits), and every job ends itself if this process has gone (see endofm/jobsignals.py).
+if workflow.is_main_process:
+    jobsignals.end_jobs_on_interrupt()
