@@ -1,5 +1,6 @@
 # Evaluation: a run's test predictions -> results/metrics/<benchmark>/<run>.json (metrics, the run's
-# identity, protocol, selected epoch, settings hash, versions, wall time).
+# identity, protocol, selected epoch, settings hash, versions, wall time). update(): a failed re-evaluation
+# restores the previous metrics file instead of deleting it.
 
 
 rule evaluate_run:
@@ -7,7 +8,7 @@ rule evaluate_run:
         run=f"{paths.FINETUNE}/{{benchmark}}/{RUN_PATH}/run.json",
         manifest=f"{BENCH}/{{benchmark}}/manifest.csv",
     output:
-        f"{paths.METRICS}/{{benchmark}}/{RUN_PATH}.json",
+        update(f"{paths.METRICS}/{{benchmark}}/{RUN_PATH}.json"),
     log:
         f"{LOGS}/evaluate/{{benchmark}}/{RUN_PATH}.log",
     benchmark:

@@ -1,14 +1,16 @@
 # Report: every metrics file, pretraining curve and benchmark file -> results/report/ (tables.md, .tex,
 # .csv; index.html with embedded figures, figures/*.png). Local rules: they only read and plot.
+# update(): Snakemake keeps the previous report while a job rebuilds it and restores it if the job fails
+# (a bad metrics file must not cost the last good report); the scripts write each file atomically.
 
 
 rule report_tables:
     input:
         unpack(report_inputs),
     output:
-        md=report(f"{paths.REPORT}/tables.md", category="Report", caption="../report/tables.rst"),
-        tex=f"{paths.REPORT}/tables.tex",
-        csv=report(f"{paths.REPORT}/tables.csv", category="Report", caption="../report/tables_csv.rst"),
+        md=update(report(f"{paths.REPORT}/tables.md", category="Report", caption="../report/tables.rst")),
+        tex=update(f"{paths.REPORT}/tables.tex"),
+        csv=update(report(f"{paths.REPORT}/tables.csv", category="Report", caption="../report/tables_csv.rst")),
     log:
         f"{LOGS}/report/tables.log",
     localrule: True
@@ -25,12 +27,14 @@ rule report_html:
     input:
         unpack(report_inputs),
     output:
-        html=report(f"{paths.REPORT}/index.html", category="Report", caption="../report/index.rst"),
-        figures=report(
-            directory(f"{paths.REPORT}/figures"),
-            patterns=["{name}.png"],
-            category="Figures",
-            caption="../report/figures.rst",
+        html=update(report(f"{paths.REPORT}/index.html", category="Report", caption="../report/index.rst")),
+        figures=update(
+            report(
+                directory(f"{paths.REPORT}/figures"),
+                patterns=["{name}.png"],
+                category="Figures",
+                caption="../report/figures.rst",
+            )
         ),
     log:
         f"{LOGS}/report/html.log",
@@ -48,7 +52,7 @@ rule report_ablation:
     input:
         metrics=lambda w: ablation_metrics(w.ablation),
     output:
-        report(f"{paths.REPORT}/ablation_{{ablation}}.md", category="Ablations", caption="../report/tables.rst"),
+        update(report(f"{paths.REPORT}/ablation_{{ablation}}.md", category="Ablations", caption="../report/tables.rst")),
     log:
         f"{LOGS}/report/ablation_{{ablation}}.log",
     localrule: True

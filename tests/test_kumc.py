@@ -78,11 +78,27 @@ def test_parse_voc_and_box_convention(tmp_path: Path) -> None:
         "width": W,
         "height": H,
         "objects": [("adenomatous", 11, 6, 20, 15), ("hyperplastic", 1, 1, 32, 24)],
+        "clipped": 0,
     }
     assert voc_to_xyxy(11, 6, 20, 15) == [10.0, 5.0, 20.0, 15.0]
     assert voc_to_xyxy(1, 1, 32, 24) == [0.0, 0.0, 32.0, 24.0]
     xml(path, voc("v", "4.jpg", []))
     assert parse_voc(path)["objects"] == []
+
+
+def test_boxes_past_the_image_are_clipped_and_counted(tmp_path: Path, kumc: Path, caplog) -> None:
+    path = tmp_path / "a.xml"
+    xml(path, voc("v", "1.jpg", [("adenomatous", 0, 1, 33, 24), ("hyperplastic", 2, 3, 4, 5)]))
+    parsed = parse_voc(path)
+    assert parsed["objects"] == [("adenomatous", 1.0, 1.0, 32.0, 24.0), ("hyperplastic", 2.0, 3.0, 4.0, 5.0)]
+    assert parsed["clipped"] == 1
+    first = kumc / "train2019/Annotation/1.xml"  # video '12', frame 1
+    xml(first, voc("12", "1.jpg", [("adenomatous", 1, 1, 35, 24)]))  # 3 px past the 32 px wide image
+    with caplog.at_level("WARNING", logger="endofm.data.kumc"):
+        rows = index_kumc(kumc)
+    assert f"KUMC: 1 box(es) in 1 annotation file(s) extended past their image and were clipped to it (first: {first})" in caplog.text
+    row = rows[rows["annotation"] == first.relative_to(kumc).as_posix()].iloc[0]
+    assert json.loads(row["boxes"]) == [[0.0, 0.0, 32.0, 24.0]]
 
 
 @pytest.mark.parametrize(
@@ -95,8 +111,8 @@ def test_parse_voc_and_box_convention(tmp_path: Path) -> None:
         (voc("", "1.jpg"), r"a.xml: missing or empty <folder>"),
         (voc("v", "1.jpg", [("polyp", 1, 1, 2, 2)]), r"a.xml: unknown class 'polyp' in <object> 1"),
         (voc("v", "1.jpg", [ADENOMA, ("adenomatous", 5, 1, 4, 2)]), r"a.xml: inverted box in <object> 2"),
-        (voc("v", "1.jpg", [("adenomatous", 1, 1, 33, 2)]), r"a.xml: box in <object> 1 .* outside the 32x24 image"),
-        (voc("v", "1.jpg", [("adenomatous", 0, 1, 3, 2)]), r"a.xml: box in <object> 1 .* outside"),
+        (voc("v", "1.jpg", [("adenomatous", 33, 1, 40, 2)]), r"a.xml: box in <object> 1 .* lies outside the 32x24 image"),
+        (voc("v", "1.jpg", [("adenomatous", -5, 1, 0, 2)]), r"a.xml: box in <object> 1 .* lies outside"),
         (voc("v", "1.jpg", [("adenomatous", "x", 1, 3, 2)]), r"a.xml: <xmin> in <object> 1 must be a number"),
     ],
 )

@@ -13,6 +13,7 @@ Layer: data and models (docs/architecture.md). May import: foundation and the ot
 from __future__ import annotations
 
 import json
+import logging
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from PIL import Image
 from endofm.data.layouts import KUMCLayout
 
 COLUMNS = ("split", "video", "frame", "image", "annotation", "annotated", "boxes", "labels", "width", "height")
+log = logging.getLogger(__name__)
 #: Class name -> id (0 is background).
 CLASS_IDS = {name: i for i, name in enumerate(KUMCLayout.CLASSES, start=1)}
 
@@ -52,8 +54,9 @@ def parse_voc(xml_path: str | Path) -> dict[str, Any]:
     """Read one Pascal-VOC annotation: ``dict(folder, filename, width, height, objects)``.
 
     ``objects`` is a list of ``(name, xmin, ymin, xmax, ymax)`` in VOC (1-based inclusive)
-    coordinates. Malformed XML, missing fields, unknown classes and boxes that are inverted or
-    leave the image raise ``ValueError`` naming the file.
+    coordinates; a box that extends past the image is clipped to it (``clipped`` counts them; annotation
+    tools often write 0 or the width plus one). Malformed XML, missing fields, unknown classes, non-finite
+    coordinates and boxes that are inverted or lie wholly outside the image raise ``ValueError`` naming the file.
     """
     path = Path(xml_path)
     try:
@@ -69,7 +72,7 @@ def parse_voc(xml_path: str | Path) -> dict[str, Any]:
     if width < 1 or height < 1 or width != int(width) or height != int(height):
         raise ValueError(f"{path}: image size must be positive integers, got {width}x{height}")
     width, height = int(width), int(height)
-    objects = []
+    objects, clipped = [], 0
     for k, obj in enumerate(root.findall("object"), start=1):
         where = f" in <object> {k}"
         name = _text(obj, "name", path, where)
@@ -81,18 +84,21 @@ def parse_voc(xml_path: str | Path) -> dict[str, Any]:
         xmin, ymin, xmax, ymax = (_number(box, t, path, where) for t in ("xmin", "ymin", "xmax", "ymax"))
         if xmin > xmax or ymin > ymax:
             raise ValueError(f"{path}: inverted box{where}: xmin={xmin} xmax={xmax} ymin={ymin} ymax={ymax}")
-        if xmin < 1 or ymin < 1 or xmax > width or ymax > height:
+        inside = (max(xmin, 1.0), max(ymin, 1.0), min(xmax, float(width)), min(ymax, float(height)))
+        if inside[0] > inside[2] or inside[1] > inside[3]:
             raise ValueError(
-                f"{path}: box{where} ({xmin}, {ymin}, {xmax}, {ymax}) outside the {width}x{height} image "
+                f"{path}: box{where} ({xmin}, {ymin}, {xmax}, {ymax}) lies outside the {width}x{height} image "
                 "(VOC coordinates are 1-based inclusive)"
             )
-        objects.append((name, xmin, ymin, xmax, ymax))
+        clipped += inside != (xmin, ymin, xmax, ymax)
+        objects.append((name, *inside))
     return {
         "folder": _text(root, "folder", path),
         "filename": _text(root, "filename", path),
         "width": width,
         "height": height,
         "objects": objects,
+        "clipped": clipped,
     }
 
 
@@ -183,6 +189,7 @@ def index_kumc(root: str | Path) -> pd.DataFrame:
     """
     layout = KUMCLayout(Path(root))
     rows: list[dict[str, Any]] = []
+    clipped: list[tuple[Path, int]] = []
     for split in layout.SPLITS:
         if not layout.split_dir(split).is_dir():
             raise FileNotFoundError(f"{layout.split_dir(split)}: KUMC split folder not found")
@@ -198,6 +205,8 @@ def index_kumc(root: str | Path) -> pd.DataFrame:
                             f"{xml}: <size> {ann['width']}x{ann['height']} differs from the image {image} {width}x{height}"
                         )
                     boxes = [voc_to_xyxy(*obj[1:]) for obj in ann["objects"]]
+                    if ann["clipped"]:
+                        clipped.append((xml, ann["clipped"]))
                     labels = [CLASS_IDS[obj[0]] for obj in ann["objects"]]
                 rows.append(
                     {
@@ -213,6 +222,13 @@ def index_kumc(root: str | Path) -> pd.DataFrame:
                         "height": height,
                     }
                 )
+    if clipped:
+        log.warning(
+            "KUMC: %d box(es) in %d annotation file(s) extended past their image and were clipped to it (first: %s)",
+            sum(n for _, n in clipped),
+            len(clipped),
+            clipped[0][0],
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
