@@ -20,6 +20,7 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
+include: "rules/robustness.smk"
 include: "rules/report.smk"
 
 
@@ -29,6 +30,7 @@ rule all:
         data_outputs(),
         pretrain_outputs(),
         metrics_outputs(),
+        robustness_outputs(),
         rules.report_tables.output,
         rules.report_html.output.html,
     localrule: True
@@ -55,6 +57,13 @@ rule finetune:
 rule evaluate:
     input:
         metrics_outputs(),
+    localrule: True
+
+
+rule robustness:
+    # evaluate.corruptions: the matrix's runs scored on corrupted test inputs (the report shows them)
+    input:
+        robustness_outputs(),
     localrule: True
 
 

@@ -99,7 +99,8 @@ def cmd_index(args: argparse.Namespace) -> None:
     cfg = _workflow_config(args.config)
     raw = Path(args.raw or Path(cfg.data.raw_dir) / args.benchmark)
     out = Path(args.out or Path(cfg.data.benchmarks_dir) / args.benchmark)
-    summary = get_benchmark(args.benchmark).index(raw, out)
+    benchmark = get_benchmark(args.benchmark)
+    summary = benchmark.index(raw, out, benchmark.indexer.options(cfg.data))
     print(json.dumps(summary, indent=1))
 
 
@@ -255,11 +256,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from endofm.config import config_hash
     from endofm.report import ReportInputs, build_report
-    from endofm.settings import finetune_runs
+    from endofm.settings import finetune_runs, robustness_runs
 
     cfg = _workflow_config(args.config)
+    robustness = [
+        paths.robustness_file(run.path, name, severity)
+        for run in robustness_runs(cfg)
+        for name, severities in cfg.evaluate.corruptions.items()
+        for severity in severities
+    ]
     inputs = ReportInputs(
         metrics=[paths.metrics_file(run.path) for run in finetune_runs(cfg)],
+        robustness=[f for f in robustness if Path(f).is_file()],  # those of finished robustness jobs
         pretrain=sorted(str(p) for p in Path(paths.PRETRAIN).glob("*/*/metrics.csv")),
         timings_dir=paths.TIMINGS,
         paper_results=args.paper_results if args.paper_results.is_file() else None,

@@ -2,7 +2,8 @@
 
 - **Processes**: :func:`init_distributed`/:func:`distributed_session` read torchrun's ``RANK``,
   ``WORLD_SIZE`` and ``LOCAL_RANK`` (gloo on CPU, NCCL on CUDA); without them the run is one plain
-  process. :func:`wrap_ddp`/:func:`unwrap`, :func:`barrier`, :func:`reduce_mean`, :func:`any_rank`.
+  process. :func:`wrap_ddp`/:func:`unwrap`, :func:`barrier`, :func:`reduce_mean`, :func:`any_rank`,
+  :func:`all_gather_cat`.
 - **Numerics**: :func:`resolve_precision`, :func:`autocast`, :func:`grad_scaler` (bf16 autocast on
   CUDA by default, fp16 + GradScaler on request, fp32 on CPU); :func:`seed_everything`;
   :func:`cosine_schedule` (DINO's per-iteration schedule) and :func:`lr_schedule` (fine-tuning's).
@@ -196,6 +197,17 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+@torch.no_grad()
+def all_gather_cat(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``x`` (same shape on every rank) concatenated along ``dim`` in rank order, without
+    gradient; ``x`` itself (detached) outside a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.detach()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts, dim=dim)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ PRETRAIN = f"{RESULTS}/pretrain"
 FINETUNE = f"{RESULTS}/finetune"
 #: ``<benchmark>/<run path>.json``: one evaluated run (what the report reads)
 METRICS = f"{RESULTS}/metrics"
+#: ``<benchmark>/<run path>/<corruption>-s<severity>.json``: one run evaluated under one corruption
+ROBUSTNESS = f"{METRICS}/robustness"
 #: ``<stage>/...tsv``: Snakemake's per-job wall and CPU times (the report's cost table)
 TIMINGS = f"{RESULTS}/benchmarks"
 #: ``<stage>/....log``: one log per job
@@ -76,3 +78,8 @@ def finetune_dir(run_path: str) -> str:
 def metrics_file(run_path: str) -> str:
     """The metrics JSON of one evaluated run."""
     return f"{METRICS}/{run_path}.json"
+
+
+def robustness_file(run_path: str, corruption: str, severity: int) -> str:
+    """The metrics JSON of one run evaluated under ``corruption`` at ``severity``."""
+    return f"{ROBUSTNESS}/{run_path}/{corruption}-s{severity}.json"

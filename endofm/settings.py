@@ -21,10 +21,12 @@ from typing import Any, Literal
 from endofm import paths
 from endofm.config import ConfigError, check_fields, config_file_of, from_dict, load_yaml, merge, setting, to_dict
 from endofm.data.clips import ClipConfig
+from endofm.data.corruptions import CORRUPTIONS, SEVERITIES
 from endofm.data.sources import SOURCES, Download
 from endofm.data.synthetic import PRETRAIN_SOURCES, SynthConfig
-from endofm.methods import METHODS, get_method, load_pretrain_config, pretrain_method, task_backbone
-from endofm.models.st_adapter import AdapterConfig
+from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from endofm.methods import METHODS, get_method, load_pretrain_config, merge_settings, pretrain_method, task_backbone
+from endofm.models.st_adapter import AdapterConfig, Normalization
 from endofm.models.vit import BackboneConfig
 from endofm.pretraining.endofm import PretrainConfig
 from endofm.pretraining.train import snapshot_path
@@ -33,7 +35,7 @@ from endofm.report import ReportConfig
 from endofm.tasks.benchmarks import BENCHMARKS
 from endofm.tasks.classify import ClassifyConfig
 from endofm.tasks.detect import DetectConfig
-from endofm.tasks.finetune import MODES, RunSpec
+from endofm.tasks.finetune import MODES, OptimConfig, RunSpec
 from endofm.tasks.protocols import PROTOCOLS
 from endofm.tasks.segment import SegmentConfig
 
@@ -71,6 +73,12 @@ class DataConfig:
     download_overrides: dict[str, list[Download]] = setting(
         description="Per source, a list of mirrors replacing the registry's archive URLs", factory=dict
     )
+    cvc12k_polyp_value: int = setting(
+        255,
+        "The value that marks a polyp pixel in the CVC-12k masks: 255 (CVC-ClinicDB's 0/255 masks) or 1 (masks saved "
+        "as 0/1); a mask holding another value is an error naming it",
+        choices=[255, 1],
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
@@ -92,11 +100,19 @@ class DataConfig:
 class STAdapterSettings:
     """ST-Adapter's frozen image ViT and adapters (:class:`endofm.methods.STAdapter`)."""
 
-    checkpoint: str | None = setting(
-        None,
-        "A file of image ViT weights (CLIP ViT-B/16, timm's vit_base_patch16_clip_224.openai layout) used instead "
-        "of pretraining the image ViT; null pretrains it with the Endo-FM objective on 1-frame views of the same "
+    init: str = setting(
+        "random",
+        "ST-Adapter's start: a file of image ViT weights adapted as it is (the original: CLIP ViT-B/16, timm's "
+        "vit_base_patch16_clip_224.openai or OpenAI's layout; a CLIP file selects CLIP's architecture), or random: "
+        "the image ViT is pretrained from random weights with the Endo-FM objective on 1-frame views of the same "
         "corpus and budget",
+        min_length=1,
+    )
+    normalization: Normalization = setting(
+        "task",
+        "task: the backbone takes each task's input as it is; clip: the tasks feed ImageNet-normalised RGB "
+        "(finetune.per_method.st_adapter) and the backbone turns it into CLIP's normalisation (mean 0.48145466, "
+        "0.4578275, 0.40821073; std 0.26862954, 0.26130258, 0.27577711) when its start is a CLIP file",
     )
     settings: dict[str, Any] = setting(
         description="Overlay on the image ViT's pretraining settings, which are pretrain.settings with every view "
@@ -155,8 +171,11 @@ class PretrainStage:
         return list(self.variants) if get_method(method).has_variants else ["default"]
 
     def external_checkpoint(self, method: str) -> str | None:
-        """A weights file that replaces ``method``'s pretraining (``pretrain.<section>.checkpoint``), or None."""
-        return getattr(getattr(self, get_method(method).config_section or "", None), "checkpoint", None)
+        """A weights file that replaces the main pretraining of ``method`` (a method that adapts its start,
+        ``pretrain.<section>.init``), or None; :meth:`WorkflowConfig.external_weights` for any variant."""
+        m = get_method(method)
+        init = getattr(getattr(self, m.config_section or "", None), "init", "random") if m.adapts_start else "random"
+        return None if init == "random" else init
 
     def variant(self, name: str) -> PretrainConfig:
         """The settings of variant ``name``: the shared settings with its overlay applied."""
@@ -165,8 +184,9 @@ class PretrainStage:
         return self.resolve(self.variants[name], f"pretrain.variants.{name}")
 
     def resolve(self, overlay: dict[str, Any] | None, where: str) -> PretrainConfig:
-        """The shared settings with ``overlay`` applied (``where`` names it in errors)."""
-        return from_dict(PretrainConfig, merge(to_dict(self.settings), overlay or {}), where)
+        """The shared settings with ``overlay`` applied (``where`` names it in errors; an overlay naming another
+        backbone preset takes that preset whole, :func:`endofm.methods.merge_settings`)."""
+        return from_dict(PretrainConfig, merge_settings(to_dict(self.settings), overlay), where)
 
 
 @dataclass
@@ -176,6 +196,25 @@ class ExternalCheckpoint:
 
     path: str = setting(description="Checkpoint file in any layout endofm reads (ours, official, SVT)")
     backbone: BackboneConfig = setting(description="Its backbone's settings", factory=BackboneConfig)
+
+
+@dataclass
+class MethodFinetune:
+    """Fine-tuning settings of one method's runs that differ from the benchmarks' (``finetune.per_method``)."""
+
+    optim: dict[str, Any] = setting(
+        description="Overlay on every benchmark's train.optim for this method (e.g. ST-Adapter's own AdamW recipe)",
+        factory=dict,
+        overlay=OptimConfig,
+    )
+    benchmarks: dict[str, dict[str, Any]] = setting(
+        description="Overlays on a benchmark's settings for this method, by benchmark (applied after optim; e.g. "
+        "cvc12k: {decoder: light})",
+        factory=dict,
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "finetune.per_method")
 
 
 @dataclass
@@ -260,9 +299,25 @@ class FinetuneStage:
     polypdiag: ClassifyConfig = setting(description="PolypDiag's settings", factory=ClassifyConfig)
     cvc12k: SegmentConfig = setting(description="CVC-12k's settings", factory=SegmentConfig)
     kumc: DetectConfig = setting(description="KUMC's settings", factory=DetectConfig)
+    per_method: dict[str, MethodFinetune] = setting(
+        description="Per method, fine-tuning settings that differ from the benchmarks' above (its own optimiser, "
+        "decoder, normalisation), by method name",
+        factory=dict,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "finetune")
+        for method, own in self.per_method.items():
+            if method not in set(METHODS) | set(self.checkpoints):
+                raise ConfigError(f"finetune.per_method: {method!r} is neither a method nor a name in checkpoints")
+            for bench in own.benchmarks:
+                if bench not in BENCHMARKS:
+                    raise ConfigError(
+                        f"finetune.per_method.{method}.benchmarks: unknown benchmark {bench!r}; known: "
+                        f"{', '.join(BENCHMARKS)}"
+                    )
+            for bench in BENCHMARKS:
+                self.task(bench, method)  # fail at start, naming the overlay
         builtin = set(METHODS)
         for name in self.methods:
             if name not in builtin | set(self.checkpoints):
@@ -297,9 +352,17 @@ class FinetuneStage:
         """The pretraining fractions below 1 (each a backbone snapshot of the pretraining runs on the axis)."""
         return sorted(f for f in self.pretrain_fractions if f < 1)
 
-    def task(self, benchmark: str) -> Any:
-        """The settings of ``benchmark``."""
-        return getattr(self, benchmark)
+    def task(self, benchmark: str, method: str | None = None) -> Any:
+        """The settings of ``benchmark``; for ``method``, with its ``per_method`` overlays (``optim`` on
+        ``train.optim``, then its overlay of this benchmark)."""
+        base = getattr(self, benchmark)
+        own = self.per_method.get(method) if method is not None else None
+        if own is None:
+            return base
+        where = f"finetune.per_method.{method}"
+        settings = merge(to_dict(base), {"train": {"optim": own.optim}} if own.optim else {})
+        settings = merge(settings, own.benchmarks.get(benchmark) or {})
+        return from_dict(type(base), settings, f"{where} ({benchmark})")
 
     def run_label_fractions(self, method: str, mode: str, benchmark: str) -> list[float]:
         """The label fractions a run of ``method`` in ``mode`` on ``benchmark`` trains on (1 always; the rest
@@ -330,14 +393,21 @@ _NAME = re.compile(r"[A-Za-z0-9_]+")
 class Ablation:
     """One ablation: named arms, each a pretraining overlay on ``pretrain.settings`` (pretrained as
     variant ``<ablation>-<arm>``) or the name of a variant in ``pretrain.variants`` (reused, not
-    retrained), and the fine-tuning cells (method endofm) that compare them. Cells left null take the
-    main matrix's: ``data.benchmarks``, ``finetune.protocols``, ``finetune.modes``, ``finetune.seeds``."""
+    retrained), the pretrained ``methods`` that run each arm (:mod:`endofm.methods` says how a method
+    takes an overlay), and the fine-tuning cells that compare them. Cells left null take the main
+    matrix's: ``data.benchmarks``, ``finetune.protocols``, ``finetune.modes``, ``finetune.seeds``."""
 
     variants: dict[str, dict[str, Any] | str] = setting(
         description="The arms, {arm: overlay or variant}: an overlay on pretrain.settings (same keys, nested) is "
         "pretrained as variant <ablation>-<arm>; a string names a variant of pretrain.variants, reused, not retrained "
         "(e.g. both: default). The arm names are the table's rows",
         overlay=PretrainConfig,
+        min_items=1,
+    )
+    methods: list[str] = setting(
+        description="Pretrained methods that run every arm (endofm takes an arm whole; vcl its loop settings and "
+        "init; st_adapter its image ViT's pretraining and an init as its start)",
+        factory=lambda: ["endofm"],
         min_items=1,
     )
     benchmarks: list[str] | None = setting(
@@ -358,6 +428,45 @@ class Ablation:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+@dataclass
+class EvaluateStage:
+    """Robustness read-out (`snakemake robustness`): the finished runs of the matrix (full label and
+    pretraining fractions) scored again on corrupted test inputs (:mod:`endofm.data.corruptions`)."""
+
+    corruptions: dict[str, list[int]] = setting(
+        description=f"Corruptions and their severities (1-3), e.g. {{motion_blur: [1, 2, 3]}}; names: "
+        f"{', '.join(CORRUPTIONS)}. Empty: no robustness read-out",
+        factory=dict,
+    )
+    modes: list[str] = setting(
+        description="Modes of the runs scored under the corruptions",
+        factory=lambda: list(MODES),
+        min_items=1,
+        each=dict(choices=MODES),
+    )
+    benchmarks: list[str] | None = setting(
+        None,
+        "Benchmarks whose runs are scored (null: every benchmark of data.benchmarks)",
+        each=dict(choices=BENCHMARKS),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "evaluate")
+        for name, severities in self.corruptions.items():
+            where = f"evaluate.corruptions.{name}"
+            if name not in CORRUPTIONS:
+                raise ConfigError(f"{where}: unknown corruption; known: {', '.join(CORRUPTIONS)}", key=where)
+            if not isinstance(severities, list) or not severities:
+                raise ConfigError(
+                    f"{where}: expected a non-empty list of severities from {list(SEVERITIES)}", key=where
+                )
+            bad = [v for v in severities if isinstance(v, bool) or v not in SEVERITIES]
+            if bad or len(set(severities)) < len(severities):
+                raise ConfigError(
+                    f"{where}: expected distinct severities from {list(SEVERITIES)}, got {severities}", key=where
+                )
 
 
 @dataclass
@@ -388,6 +497,9 @@ class WorkflowConfig:
         factory=dict,
     )
     report: ReportConfig = setting(description="How the report compares methods", factory=ReportConfig)
+    evaluate: EvaluateStage = setting(
+        description="Robustness read-out: finished runs scored on corrupted test inputs", factory=EvaluateStage
+    )
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.finetune.variants if v not in self.pretrain.variants]
@@ -402,28 +514,60 @@ class WorkflowConfig:
             if self.pretrain.external_checkpoint(name) is not None:
                 raise ConfigError(
                     f"finetune.pretrain_fraction_methods: {name!r} takes its weights from a file "
-                    f"(pretrain.{get_method(name).config_section}.checkpoint), not from a pretraining run with snapshots"
+                    f"(pretrain.{get_method(name).config_section}.init), not from a pretraining run with snapshots"
                 )
         for name, method in METHODS.items():
             if method.pretrained and not method.has_variants:
                 self.method_settings(name, "default")  # fail at start, naming the section
-        decoder = self.finetune.cvc12k.decoder
         for method in self.finetune.methods:
+            decoder = self.finetune.task("cvc12k", method).decoder
             if "cvc12k" in self.data.benchmarks and decoder not in task_backbone(method).segmentation_decoders:
+                where = (
+                    f"finetune.per_method.{method}.benchmarks.cvc12k.decoder"
+                    if "decoder" in self._own("cvc12k", method)
+                    else "finetune.cvc12k.decoder"
+                )
                 raise ConfigError(
-                    f"finetune.cvc12k.decoder: {method} cannot run the {decoder} decoder "
-                    f"(it can: {', '.join(task_backbone(method).segmentation_decoders)})",
+                    f"{where}: {method} cannot run the {decoder} decoder "
+                    f"(it can: {', '.join(task_backbone(method).segmentation_decoders)}; "
+                    f"finetune.per_method.{method}.benchmarks.cvc12k.decoder sets it for {method} alone)",
                     key="finetune.cvc12k.decoder",
                 )
+        self._check_normalization()
         missing = [n for n in self.report.ablations if n not in self.ablations]
         if missing:
             raise ConfigError(f"report.ablations: {missing} are not named in ablations ({', '.join(self.ablations)})")
+
+    def _own(self, benchmark: str, method: str) -> dict[str, Any]:
+        own = self.finetune.per_method.get(method)
+        return dict(own.benchmarks.get(benchmark) or {}) if own else {}
+
+    def _check_normalization(self) -> None:
+        """ST-Adapter with ``normalization: clip`` turns ImageNet-normalised RGB into CLIP's: every benchmark
+        must feed it that (its ``per_method`` overlays)."""
+        if self.pretrain.st_adapter.normalization != "clip" or "st_adapter" not in self.finetune.methods:
+            return
+        for bench in self.data.benchmarks:
+            task = self.finetune.task(bench, "st_adapter")
+            if not imagenet_input(task):
+                raise ConfigError(
+                    f"pretrain.st_adapter.normalization is clip, so ST-Adapter's {bench} runs must feed ImageNet-"
+                    f"normalised RGB: set finetune.per_method.st_adapter.benchmarks.{bench} (normalization: imagenet "
+                    "and channels: rgb, or mean/std: ImageNet's)",
+                    key="pretrain.st_adapter.normalization",
+                )
 
     def _check_ablations(self) -> None:
         for name, ablation in self.ablations.items():
             where = f"ablations.{name}"
             if not _NAME.fullmatch(name):
                 raise ConfigError(f"{where}: an ablation name takes letters, digits and _ only")
+            for method in ablation.methods:
+                if method not in METHODS or not METHODS[method].pretrained:
+                    known = ", ".join(n for n, m in METHODS.items() if m.pretrained)
+                    raise ConfigError(
+                        f"{where}.methods: {method!r} is not a pretrained method; expected one of {known}"
+                    )
             for arm, overlay in ablation.variants.items():
                 if not _NAME.fullmatch(arm):
                     raise ConfigError(f"{where}.variants.{arm}: an arm name takes letters, digits and _ only")
@@ -440,6 +584,12 @@ class WorkflowConfig:
             reused = [v for v in ablation.variants.values() if isinstance(v, str)]
             if len(set(reused)) < len(reused):
                 raise ConfigError(f"{where}.variants: two arms reuse the same pretraining variant")
+            for method in ablation.methods:
+                for variant in self.ablation_variants(name):
+                    try:
+                        self.method_settings(method, variant)
+                    except ConfigError as exc:
+                        raise ConfigError(f"{where}.methods: {method}: {exc}") from None
             cells = (
                 ("benchmarks", self.data.benchmarks),
                 ("protocols", self.finetune.protocols),
@@ -476,6 +626,18 @@ class WorkflowConfig:
         if derived:
             settings = dataclasses.replace(settings, snapshots=sorted({*settings.snapshots, *derived}))
         return settings
+
+    def method_start(self, method: str, variant: str = "default") -> str:
+        """The weights ``method``'s ``variant`` starts from (``random`` or a file): its ``init``
+        (:meth:`endofm.methods.Method.start`); ``random`` for scratch."""
+        try:
+            return get_method(method).start(self, variant)
+        except ValueError as exc:
+            raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"pretrain: {method}: {exc}") from exc
+
+    def external_weights(self, method: str, variant: str = "default") -> str | None:
+        """The weights file that replaces ``variant``'s pretraining of ``method`` (ST-Adapter from a file), or None."""
+        return get_method(method).external_weights(self, variant)
 
     def pretrain_snapshots(self, method: str, variant: str) -> list[float]:
         """The snapshots the pretraining axis asks of pretraining job (``method``, ``variant``): every
@@ -528,13 +690,28 @@ def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
     return list(dict.fromkeys(runs + curve))  # the axis' fraction-1 runs are the matrix's own
 
 
+def robustness_runs(cfg: WorkflowConfig) -> list[RunSpec]:
+    """The runs the robustness read-out scores: the matrix's runs at the full label and pretraining fractions
+    in ``evaluate.modes`` on ``evaluate.benchmarks``; none without ``evaluate.corruptions``."""
+    ev = cfg.evaluate
+    if not ev.corruptions:
+        return []
+    return [
+        r
+        for r in finetune_runs(cfg)
+        if r.label_fraction == 1 and r.pretrain_fraction == 1 and r.mode in ev.modes
+        if ev.benchmarks is None or r.benchmark in ev.benchmarks
+    ]
+
+
 def ablation_runs(cfg: WorkflowConfig, name: str) -> list[RunSpec]:
-    """The fine-tuning runs of ablation ``name``: method endofm on each of its variants × its cells."""
+    """The fine-tuning runs of ablation ``name``: each of its methods on each of its variants × its cells."""
     variants = cfg.ablation_variants(name)
     ablation = cfg.ablations[name]
     return [
-        RunSpec(bench, "endofm", variant, protocol, mode, seed)
+        RunSpec(bench, method, variant, protocol, mode, seed)
         for bench in ablation.benchmarks or cfg.data.benchmarks
+        for method in ablation.methods
         for variant in variants
         for protocol in ablation.protocols or cfg.finetune.protocols
         for mode in ablation.modes or cfg.finetune.modes
@@ -571,15 +748,24 @@ def run_backbone(
         if not METHODS[method].pretrained:
             reference = "default" if "default" in cfg.pretrain.variants else next(iter(cfg.pretrain.variants))
             return cfg.pretrain.variant(reference).backbone, None
+        checkpoint = cfg.external_weights(method, variant)
+        if checkpoint:  # its architecture is the file's (a CLIP file selects CLIP's when the run loads it)
+            return BackboneConfig(name="vit_base_patch16_clip"), checkpoint
         settings = cfg.method_settings(method, variant)
-        checkpoint = cfg.pretrain.external_checkpoint(method)
-        if checkpoint:
-            return settings.backbone, checkpoint
         return settings.backbone, snapshot_path(paths.pretrain_dir(method, variant), pretrain_fraction).as_posix()
     if method in cfg.finetune.checkpoints:
         external = cfg.finetune.checkpoints[method]
         return external.backbone, external.path
     raise ConfigError(f"unknown fine-tuning method {method!r}")
+
+
+def imagenet_input(task: Any) -> bool:
+    """Whether a benchmark's settings feed the backbone ImageNet-normalised RGB: ``normalization: imagenet``
+    (with ``channels: rgb`` where it has channels), or ImageNet's ``mean``/``std``."""
+    if hasattr(task, "normalization"):
+        return task.normalization == "imagenet" and getattr(task, "channels", "rgb") == "rgb"
+    close = lambda a, b: len(a) == len(b) and all(abs(x - y) < 1e-9 for x, y in zip(a, b, strict=True))  # noqa: E731
+    return close(getattr(task, "mean", ()), IMAGENET_MEAN) and close(getattr(task, "std", ()), IMAGENET_STD)
 
 
 def load_workflow_config(config: dict[str, Any] | str | Path) -> WorkflowConfig:

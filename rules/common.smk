@@ -183,7 +183,7 @@ def finetune_settings(bench):
     def settings(wildcards):
         backbone, _ = run_backbone(CFG, wildcards.method, wildcards.variant)
         options = run_backbone_options(CFG, wildcards.method)
-        settings = {"task": to_dict(CFG.finetune.task(bench)), "backbone": to_dict(backbone)}
+        settings = {"task": to_dict(CFG.finetune.task(bench, wildcards.method)), "backbone": to_dict(backbone)}
         return settings | ({"backbone_options": options} if options else {})
 
     return settings

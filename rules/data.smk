@@ -102,6 +102,7 @@ for _bench in BENCHMARKS:
             "../envs/endofm.yaml"
         params:
             benchmark=_bench,
+            options=get_benchmark(_bench).indexer.options(DATA),
         script:
             "../workflow_scripts/index_benchmark.py"
 

@@ -47,9 +47,9 @@ def paper_workdir(tmp_path):
     data = PAPER["data"]
     for name in data["pretrain_sources"] + data["benchmarks"]:
         (workdir / data["raw_dir"] / name).mkdir(parents=True)
-    svt = workdir / SVT_CHECKPOINT
-    svt.parent.mkdir(parents=True)
-    svt.touch()
+    for weights in (SVT_CHECKPOINT, PAPER["pretrain"]["st_adapter"]["init"]):
+        (workdir / weights).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / weights).touch()
     return workdir
 
 
@@ -61,21 +61,22 @@ def test_paper_config_job_counts_on_slurm(paper_workdir):
     cfg = load_workflow_config(PAPER)
     ft, benches = PAPER["finetune"], PAPER["data"]["benchmarks"]
     main = finetune_runs(cfg)
-    assert len(main) == len(ft["methods"]) * len(benches) * len(ft["protocols"]) * len(ft["modes"]) * 3 == 108
+    assert len(main) == len(ft["methods"]) * len(benches) * len(ft["protocols"]) * len(ft["modes"]) * 3 == 144
     ablation = {run for name in cfg.ablations for run in ablation_runs(cfg, name)}
     arms = [v for a in PAPER["ablations"].values() for v in a["variants"].values()]
     new = sum(not isinstance(v, str) for v in arms)
-    assert new == 8 and len(ablation) == (new + 1) * len(benches) * 3 == 81  # paper protocol, full, 3 seeds
+    # paper protocol, full, 3 seeds; ablation init also runs vcl and st_adapter on its two arms
+    assert new == 8 and len(ablation) == (new + 1 + 2 * 2) * len(benches) * 3 == 117
     shared = ablation & set(main)
-    assert len(shared) == len(benches) * 3  # endofm/default/paper/full
+    assert len(shared) == 3 * len(benches) * 3  # endofm, vcl and st_adapter default/paper/full
 
     args = (*slurm_profile(paper_workdir), "--configfile", str(ROOT / "config/paper.yaml"), "-n")
     counts = job_counts(snakemake(paper_workdir, *args, "all", "ablations").stdout)
-    pretrained = [m for m in ft["methods"] if m not in ("endofm", "scratch")]  # vcl: one run of its own
-    assert counts["pretrain_model"] == new + 1 + len(pretrained) == counts["pretrain_config"]
+    # vcl: default and init-random; st_adapter adapts CLIP (no job) but pretrains its init-random arm
+    assert counts["pretrain_model"] == new + 1 + 3 == counts["pretrain_config"]
     assert counts["extract_clips"] == len(PAPER["data"]["pretrain_sources"])
-    assert {b: counts[f"finetune_{b}"] for b in benches} == {b: (108 + 81 - 9) // 3 for b in benches}
-    assert counts["evaluate_run"] == 108 + 81 - 9
+    assert {b: counts[f"finetune_{b}"] for b in benches} == {b: (144 + 117 - 27) // 3 for b in benches}
+    assert counts["evaluate_run"] == 144 + 117 - 27
 
 
 def fake_slurm_env(tmp_path: Path) -> tuple[dict[str, str], Path]:

@@ -81,7 +81,7 @@ class Bounded:
         ({"side": 9}, "cfg.side", "cfg.side must be an even number >= 8, got 9"),
         ({"crf": 52}, "cfg.crf", "cfg.crf must be in 0..51, got 52"),
         ({"sizes": [1, 2, 3]}, "cfg.sizes", "cfg.sizes must have exactly 2 items, got (1, 2, 3)"),
-        ({"sizes": [1, 0]}, "cfg.sizes", "cfg.sizes[1] must be >= 1, got 0"),
+        ({"sizes": [1, 0]}, "cfg.sizes[1]", "cfg.sizes[1] must be >= 1, got 0"),
         ({"mode": "c"}, "cfg.mode", "cfg.mode must be one of ['a', 'b'], got 'c'"),
         ({"splits": {"val": 2}}, "cfg.splits", "cfg.splits must have exactly the keys ['train'], got ['val']"),
         ({"splits": {"train": 1}}, "cfg.splits.train", "cfg.splits.train must be >= 2, got 1"),
@@ -89,7 +89,7 @@ class Bounded:
     ],
 )
 def test_from_dict_checks_declared_bounds_naming_the_key(data, key, message):
-    """One line: the dotted key (its ``key`` for file:line, list items left out), the rule and the value."""
+    """One line: the dotted key (its ``key`` for file:line, list items as [i]), the rule and the value."""
     with pytest.raises(ConfigError) as err:
         from_dict(Bounded, data, "cfg")
     assert (str(err.value), err.value.key) == (message, key)
@@ -450,6 +450,6 @@ def test_pretrain_fraction_methods_with_a_weights_file_fail():
     data = _tiny()
     data["finetune"].update(methods=["endofm", "st_adapter"], pretrain_fractions=[0.5, 1.0])
     data["finetune"]["pretrain_fraction_methods"] = ["st_adapter"]
-    data["pretrain"]["st_adapter"]["checkpoint"] = "clip.pth"
+    data["pretrain"]["st_adapter"]["init"] = "clip.pth"
     with pytest.raises(ConfigError, match=r"^finetune\.pretrain_fraction_methods: 'st_adapter' takes its weights"):
         load_workflow_config(data)

@@ -35,17 +35,22 @@ def demo() -> dict:
 
 def test_st_adapter_with_transunet_fails_at_start_naming_the_key():
     data = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
-    data["finetune"]["methods"].append("st_adapter")
+    del data["finetune"]["per_method"]["st_adapter"]["benchmarks"]["cvc12k"]["decoder"]
     with pytest.raises(ConfigError, match=r"^finetune\.cvc12k\.decoder: st_adapter cannot run the transunet decoder"):
+        load_workflow_config(data)
+    data["finetune"]["per_method"]["st_adapter"]["benchmarks"]["cvc12k"]["decoder"] = "transunet"
+    where = r"^finetune\.per_method\.st_adapter\.benchmarks\.cvc12k\.decoder: st_adapter cannot run"
+    with pytest.raises(ConfigError, match=where):
         load_workflow_config(data)
 
 
 def test_every_method_resolves_on_the_shipped_configs():
     for name in ("config.yaml", "paper.yaml"):
         cfg = load_workflow_config(yaml.safe_load((ROOT / "config" / name).read_text()))
-        expected = ["endofm", "scratch", "vcl", "st_adapter"] if name == "config.yaml" else ["endofm", "scratch", "vcl"]
-        assert cfg.finetune.methods == expected  # paper: TransUNet, which ST-Adapter cannot drive (below)
-        for method in ("endofm", "vcl", "st_adapter"):
+        expected = ["endofm", "scratch", "vcl", "st_adapter"]
+        assert cfg.finetune.methods == expected
+        pretrained = ("endofm", "vcl", "st_adapter") if name == "config.yaml" else ("endofm", "vcl")
+        for method in pretrained:  # paper: ST-Adapter adapts CLIP without pretraining (test_start_same.py)
             backbone, checkpoint = run_backbone(cfg, method, "default")
             assert checkpoint == f"results/pretrain/{method}/default/backbone.pt"
             size = ("name", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
@@ -54,7 +59,7 @@ def test_every_method_resolves_on_the_shipped_configs():
         assert run_backbone(cfg, "scratch", "none") == (cfg.pretrain.settings.backbone, None)
         # a pretraining job for every pretrained method of the matrix, none for one outside it
         assert ("vcl", "default") in pretrain_runs(cfg)
-        assert (("st_adapter", "default") in pretrain_runs(cfg)) == ("st_adapter" in expected)
+        assert (("st_adapter", "default") in pretrain_runs(cfg)) == (name == "config.yaml")
         assert run_backbone_options(cfg, "vcl") == {}
         assert run_backbone_options(cfg, "st_adapter")["adapter"]["layout"] == "12x384"
 
@@ -93,7 +98,7 @@ def test_baselines_take_the_endofm_budget():
 
 def test_an_image_checkpoint_replaces_the_st_adapter_pretraining():
     data = demo()
-    data["pretrain"]["st_adapter"]["checkpoint"] = "weights/clip_vitb16.pth"
+    data["pretrain"]["st_adapter"]["init"] = "weights/clip_vitb16.pth"
     cfg = load_workflow_config(data)
     assert run_backbone(cfg, "st_adapter", "default")[1] == "weights/clip_vitb16.pth"
     assert [m for m, _ in pretrain_runs(cfg)] == ["endofm", "vcl"]

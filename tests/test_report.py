@@ -314,3 +314,11 @@ def test_no_pretraining_steps_section_without_snapshot_runs(fabricated):
     report(root, paths)
     assert "pretraining steps" not in (root / "results/report/tables.md").read_text()
     assert not (root / "results/report/figures/pretrain_curve.png").exists()
+
+
+def test_a_start_is_shown_as_random_or_the_files_folder_and_name():
+    from endofm.report.build import _start_label
+
+    assert _start_label("random") == "random"
+    assert _start_label("resources/raw/svt_k400/kinetics400_vitb_ssl.pth") == "svt_k400/kinetics400_vitb_ssl.pth"
+    assert _start_label(None) == "–"  # a pretraining whose config does not record its start

@@ -430,10 +430,29 @@ def test_cvc_masks_in_0_1_are_an_error_not_an_empty_benchmark(tmp_path, capsys):
     out = tmp_path / "index"
     line = fails(["index", "cvc12k", "--config", str(TINY), "--raw", str(root), "--out", str(out)], capsys)
     assert f"{root / 'CVC-ClinicDB/Ground Truth/1.tif'}: mask values {{0, 1}} but none is 255" in line
-    assert "scale a 0/1 mask by 255" in line and not (out / "manifest.json").exists()
+    assert line.endswith("(for masks saved as 0/1 set data.cvc12k_polyp_value: 1)")
+    assert not (out / "manifest.json").exists()
+    # declared 0/1 masks index and score as 0/255 ones; a 255 under that declaration is an error
+    config = tmp_path / "masks01.yaml"
+    config.write_text(yaml.safe_dump({**TINY_DATA, "data": {**TINY_DATA["data"], "cvc12k_polyp_value": 1}}))
+    assert main(["index", "cvc12k", "--config", str(config), "--raw", str(root), "--out", str(out)]) == 0
+    capsys.readouterr()
+    from endofm.data.benchmarks import read_manifest
+    from endofm.data.cvc import CVCSequenceDataset, polyp_values, read_mask
+
+    manifest = read_manifest(out / "manifest.csv")
+    assert manifest["polyp_pixels"].tolist() == [4, 4, 4, 4] and polyp_values(manifest) == [1, 1, 1, 1]
+    item = CVCSequenceDataset(manifest, root, "test")[0]
+    assert item["masks"].sum().item() == 8 and item["masks"].max().item() == 1
+    assert read_mask(root / "CVC-ClinicDB/Ground Truth/3.tif", 1)[1:3, 1:3].all()
+    tifffile.imwrite(root / "CVC-ClinicDB/Ground Truth/2.tif", np.full((4, 4), 255, np.uint8))
+    line = fails(["index", "cvc12k", "--config", str(config), "--raw", str(root), "--out", str(tmp_path / "i2")], capsys)
+    assert line.endswith(f"{root / 'CVC-ClinicDB/Ground Truth/2.tif'}: mask values {{255}} but data.cvc12k_polyp_value "
+                         "is 1 (0/1 masks); for CVC-ClinicDB's 0/255 masks set it to 255")  # fmt: skip
     # all-zero masks: no frame of a split has a polyp
     for i in range(1, 5):
         tifffile.imwrite(root / "CVC-ClinicDB/Ground Truth" / f"{i}.tif", np.zeros((4, 4), np.uint8))
+    out = tmp_path / "index3"
     line = fails(["index", "cvc12k", "--config", str(TINY), "--raw", str(root), "--out", str(out)], capsys)
     assert f"{root}: no train frame has a polyp pixel (255) in its mask" in line
     assert not (out / "manifest.json").exists()

@@ -97,7 +97,7 @@ def job_counts(output: str) -> dict[str, int]:
 def user_checkout(tmp_path_factory) -> Path:
     """A checkout with every real dataset of config/paper.yaml and SVT's weights stood in for."""
     data = PAPER["data"]
-    path = checkout(tmp_path_factory.mktemp("user"), data["pretrain_sources"] + data["benchmarks"] + ["svt_k400"])
+    path = checkout(tmp_path_factory.mktemp("user"), data["pretrain_sources"] + data["benchmarks"] + ["svt_k400", "clip_vitb16"])
     assert (path / SVT_CHECKPOINT).is_file() and SVT_CHECKPOINT.endswith(SVT_K400_FILE)
     return path
 
@@ -129,7 +129,7 @@ def test_readme_snakemake_command_plans(command, planned):
     counts = job_counts(out)
     assert "missing_raw" not in counts and "missing_weights" not in counts, (command, counts)
     # the README's table of what config/paper.yaml submits: pretrainings and fine-tunes (each evaluated)
-    expected = {"all": (2, 108), "ablations": (9, 81)}.get(shlex.split(command)[1])
+    expected = {"all": (2, 144), "ablations": (12, 117)}.get(shlex.split(command)[1])
     if expected and "config/paper.yaml" in command:
         finetunes = sum(v for k, v in counts.items() if k.startswith("finetune_"))
         assert (counts["pretrain_model"], finetunes) == expected == (expected[0], counts["evaluate_run"]), counts
@@ -191,7 +191,7 @@ def test_real_data_one_source_at_a_time(tmp_path):
     counts = job_counts(planned.stdout)
     missing = len(PAPER["data"]["pretrain_sources"]) + len(PAPER["data"]["benchmarks"]) - 1
     assert planned.returncode == 0 and counts["missing_raw"] == missing and counts["index_cvc12k"] == 1, planned.stdout
-    assert counts["missing_weights"] == 1  # SVT's weights, Endo-FM's init
+    assert counts["missing_weights"] == 2  # SVT's weights (Endo-FM's and VCL's init) and CLIP's (ST-Adapter's)
     assert download.returncode == 0 and job_counts(download.stdout) == {"download_hyper_kvasir": 1}
 
     proc = run_jobs(path, "index_polypdiag", "--cores", "1", *paper)

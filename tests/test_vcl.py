@@ -96,7 +96,7 @@ def test_info_nce_equals_a_hand_computation():
 
 def test_static_and_dynamic_views():
     clip = torch.randn(3, 4, 8, 8)
-    static = static_view(clip, 2)
+    static = static_view(clip[:, 2:3], 4)
     assert static.shape == clip.shape
     assert torch.equal(static[:, 0], clip[:, 2]) and torch.equal(static[:, 3], clip[:, 2])
     assert torch.count_nonzero(static[:, 1:] - static[:, :-1]) == 0  # no frame difference
@@ -124,12 +124,13 @@ def test_concept_losses_and_queue():
     model, loss = VCLModel(cfg), VCLLoss(cfg)
     views = [torch.randn(3, 3, 2, 16, 16) for _ in STREAMS]
     out = model(views, local=True)
-    assert out["scores"].shape == (6, 3, 12) and out["local"].shape == (6, 3, 12, 32)
+    assert out["scores"].shape == (6, 3, 12) and out["z"].shape == (5, 2, 3, 8)
+    assert out["local_rgb"].shape == (2, 3, 12, 32) and out["local_static"].shape == (2, 3, 6, 32)
     terms = loss(out, epoch=1, local=True)
     assert all(torch.isfinite(terms[k]) for k in TERMS)
-    # Diversity is minus an entropy of K-way distributions: in [-log K, 0].
-    assert -math.log(6) - 1e-6 <= terms["diversity"].item() <= 0
-    assert -1 <= terms["fidelity"].item() <= 1 and terms["local"].item() > 0
+    # Diversity is minus two entropies of K-way distributions: in [-2 log K, 0]; fidelity minus three cosines.
+    assert -2 * math.log(6) - 1e-6 <= terms["diversity"].item() <= 0
+    assert -3 <= terms["fidelity"].item() <= 3 and terms["local"].item() > 0
     # The queue takes the batch's scores, newest first, and its filled part joins the targets from epoch 1.
     assert int(loss.queue_filled) == 3
     torch.testing.assert_close(loss.queue[:, :3], out["scores"].detach())
@@ -137,12 +138,15 @@ def test_concept_losses_and_queue():
     loss(model(views), epoch=1, local=False)
     assert int(loss.queue_filled) == 4  # capped at queue_length
     terms["loss"].backward()
-    assert model.backbone.cls_token.grad is not None and model.local.query.weight.grad is not None
+    assert all(p.grad is not None for p in model.parameters())  # every head, the local concepts included
 
 
 def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="views.size 20 is not a multiple of backbone.patch_size 8"):
         tiny_config(views={"frames": 2, "size": 20})
+    # The static and dynamic views' local concepts have K = num_concepts scores to rank.
+    with pytest.raises(ConfigError, match="local_topk must be < num_concepts = 6, got 6"):
+        tiny_config(local_topk=6)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"method": "vcl", "pretrain": {**TINY, "temprature": 0.1}}))
     with pytest.raises(ConfigError, match=r"pretrain: unknown key 'temprature' \(did you mean 'temperature'\?\)"):

@@ -283,6 +283,44 @@ def test_colour_jitter_changes_views(fake):
     assert all(changed)
 
 
+def original_colour_jitter(frames: np.ndarray, ops: list[tuple[str, float]]) -> np.ndarray:
+    """Endo-FM's ``datasets/transform.py`` colour jitter written out on ``(T, C, H, W)`` frames in PyAV's RGB
+    order (its grayscale reads channel 2 as red, so R weighs 0.114 and B 0.299): brightness blends with
+    black, contrast with the per-frame mean of the grey image, saturation with the grey image, each grey
+    computed from the frames as they enter that operation."""
+    out = frames.astype(np.float64)
+    for name, alpha in ops:
+        grey = 0.299 * out[:, 2] + 0.587 * out[:, 1] + 0.114 * out[:, 0]  # (T, H, W)
+        grey3 = np.repeat(grey[:, None], 3, axis=1)
+        if name == "brightness":
+            other = np.zeros_like(out)
+        elif name == "contrast":
+            other = np.broadcast_to(grey3.mean(axis=(1, 2, 3), keepdims=True), out.shape)
+        else:
+            other = grey3
+        out = out * alpha + other * (1 - alpha)
+    return out
+
+
+def test_colour_jitter_equals_the_original_formula():
+    """Fixed frames and factors against the original's formula: the grey that contrast and saturation blend
+    with is that of the image before the operation, not of the image already scaled by the factor."""
+    # One pixel by hand: grey(0.2, 0.4, 0.6) = 0.114·0.2 + 0.587·0.4 + 0.299·0.6 = 0.437.
+    pixel = torch.tensor([0.2, 0.4, 0.6]).view(3, 1, 1, 1)
+    got = views.jitter_colours(pixel.clone(), [("contrast", 1.5)], ViewConfig().gray_weights)
+    torch.testing.assert_close(got.flatten(), torch.tensor([0.3, 0.6, 0.9]) - 0.5 * 0.437, rtol=0, atol=1e-6)
+    got = views.jitter_colours(pixel.clone(), [("saturation", 0.5)], ViewConfig().gray_weights)
+    torch.testing.assert_close(got.flatten(), torch.tensor([0.1, 0.2, 0.3]) + 0.5 * 0.437, rtol=0, atol=1e-6)
+    # Two frames of 2 x 3 pixels, every order of the three operations with fixed factors.
+    frames = np.random.default_rng(0).uniform(0, 1, (2, 3, 2, 3))  # (T, C, H, W), the original's layout
+    factors = {"brightness": 1.3, "contrast": 0.6, "saturation": 1.45}
+    for order in ([0, 1, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]):
+        ops = [(list(factors)[i], list(factors.values())[i]) for i in order]
+        x = torch.from_numpy(frames.transpose(1, 0, 2, 3).astype(np.float32)).contiguous()  # (C, T, H, W)
+        got = views.jitter_colours(x, ops, ViewConfig().gray_weights).numpy().transpose(1, 0, 2, 3)
+        np.testing.assert_allclose(got, original_colour_jitter(frames, ops), rtol=0, atol=1e-6)
+
+
 class ScriptedRng:
     """A generator that replays planned draws, to pin the crop-selection rule."""
 

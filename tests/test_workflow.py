@@ -214,6 +214,10 @@ def test_whole_workflow_end_to_end(tmp_path):
         assert row.iloc[0]["mean"] == pytest.approx(value["metrics"][headline[bench]])
     md = (report / "tables.md").read_text()
     assert "## Table 1" in md and "(n=1 of 1)" not in md and "(n=1)" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Method |"))
+    assert header.startswith("| Method | Start | Pretraining cost |")  # each method's start beside its cost
+    endofm_row = next(line for line in md.splitlines() if line.startswith("| Endo-FM"))
+    assert endofm_row.split("|")[2].strip() == "random"  # the tiny config's init
     assert r"\toprule" in (report / "tables.tex").read_text()
     page = (report / "index.html").read_text()
     assert 'id="synthetic-banner"' in page and "https://" not in page and "http://" not in page

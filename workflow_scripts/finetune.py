@@ -20,7 +20,7 @@ with job_log(smk.log[0]):
         smk.params.label_fraction,
         smk.params.pretrain_fraction,
     )
-    task = cfg.finetune.task(spec.benchmark)
+    task = cfg.finetune.task(spec.benchmark, spec.method)
     task.train.num_workers = min(task.train.num_workers, smk.threads - 1)
     set_cpu_threads(smk.threads, task.train.num_workers)  # one thread per loader worker, torch the rest
     backbone, _ = run_backbone(cfg, spec.method, spec.variant, spec.pretrain_fraction)

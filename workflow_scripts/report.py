@@ -16,6 +16,7 @@ with job_log(smk.log[0]):
         paper_results=smk.input.paper_results,
         benchmarks_dir=p.benchmarks_dir,
         raw_dir=p.raw_dir,
+        robustness=list(smk.input.get("robustness", [])),
     )
     build_report(
         inputs,

@@ -24,20 +24,29 @@ class Indexer:
     """How a benchmark's raw layout becomes its index: ``index`` reads the layout into the manifest rows,
     ``summarize`` describes one split's rows, ``notes`` go into ``manifest.json``, and ``extra_files``
     (file name -> function of the manifest) are further files derived from the manifest, e.g. KUMC's COCO
-    annotations."""
+    annotations; ``settings`` names the ``data`` keys ``index`` takes as keyword arguments."""
 
-    index: Callable[[Path], pd.DataFrame]
+    index: Callable[..., pd.DataFrame]
     summarize: Callable[[pd.DataFrame], dict[str, Any]]
     notes: tuple[str, ...] = ()
     extra_files: Mapping[str, Callable[[pd.DataFrame], Any]] = field(default_factory=dict)
+    #: The keyword settings ``index`` takes from the workflow's ``data`` section, as {argument: data key}.
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    def options(self, data: Any) -> dict[str, Any]:
+        """The keyword settings of ``index`` from ``data`` (a :class:`~endofm.settings.DataConfig`; None: defaults)."""
+        return {arg: getattr(data, key) for arg, key in self.settings.items()} if data is not None else {}
 
     def outputs(self) -> list[str]:
         """The files :func:`build_manifest` writes, ``manifest.json`` (written last) last."""
         return ["manifest.csv", *self.extra_files, "manifest.json"]
 
 
-def build_manifest(benchmark: str, indexer: Indexer, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Index ``raw_dir`` as ``benchmark`` with ``indexer`` and write ``indexer.outputs()`` into ``out_dir``.
+def build_manifest(
+    benchmark: str, indexer: Indexer, raw_dir: Path, out_dir: Path, options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Index ``raw_dir`` as ``benchmark`` with ``indexer`` (``options``: its keyword settings,
+    :meth:`Indexer.options`) and write ``indexer.outputs()`` into ``out_dir``.
 
     Every file is written atomically and ``manifest.json`` last, so its presence means the outputs are
     complete. Returns the summary.
@@ -45,7 +54,7 @@ def build_manifest(benchmark: str, indexer: Indexer, raw_dir: Path, out_dir: Pat
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: raw {benchmark} folder not found")
-    manifest = indexer.index(raw_dir)
+    manifest = indexer.index(raw_dir, **dict(options or {}))
     summary: dict[str, Any] = {"benchmark": benchmark, "raw_dir": str(raw_dir), "rows": len(manifest)}
     summary["splits"] = {split: indexer.summarize(rows) for split, rows in manifest.groupby("split", sort=False)}
     summary["notes"] = list(indexer.notes)

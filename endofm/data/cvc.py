@@ -1,8 +1,9 @@
 """CVC ("CVC-12k", really the 612-frame CVC-ClinicDB): sequences of tif frames with polyp masks.
 
 A sequence is a range of frame numbers ``start .. start + length - 1``; one dataset item is one
-whole sequence. Masks follow the official rule: a pixel is polyp iff its value is exactly 255;
-every other value (including the anti-aliased greys at mask borders) is background.
+whole sequence. Masks follow the official rule: a pixel is polyp iff its value is exactly 255 (or 1 where
+``data.cvc12k_polyp_value`` declares masks saved as 0/1); every other value (including the anti-aliased greys
+at mask borders) is background.
 
 Layer: data and models (docs/architecture.md). May import: foundation and the other data modules.
 """
@@ -34,7 +35,10 @@ COLUMNS = (
     "width",
     "polyp_pixels",
     "overlaps_other_split",
+    "polyp_value",
 )
+#: Mask values that may mark a polyp pixel (``data.cvc12k_polyp_value``); the official masks use 255.
+POLYP_VALUES = (255, 1)
 #: Number of leading ``videolist.txt`` lines that are train when the file has no split column.
 OFFICIAL_TRAIN_LINES = 20
 
@@ -163,12 +167,15 @@ def _raw_mask(path: str | Path) -> np.ndarray:
     return mask
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A CVC mask tif as uint8 {0, 1} (H, W): exactly 255 -> 1, anything else -> 0 (the official rule).
+def read_mask(path: str | Path, polyp_value: int = 255) -> np.ndarray:
+    """A CVC mask tif as uint8 {0, 1} (H, W): exactly ``polyp_value`` -> 1, anything else -> 0 (the official rule,
+    with 255). Multi-channel masks use their first channel (the ground truth is grey; RGB copies repeat it)."""
+    return (_raw_mask(path) == polyp_value).astype(np.uint8)
 
-    Multi-channel masks use their first channel (the ground truth is grey; RGB copies repeat it).
-    """
-    return (_raw_mask(path) == 255).astype(np.uint8)
+
+def polyp_values(rows: pd.DataFrame) -> list[int]:
+    """The polyp value of each manifest row (255 for an index written before the column existed)."""
+    return rows["polyp_value"].astype(int).tolist() if "polyp_value" in rows else [255] * len(rows)
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
@@ -180,13 +187,17 @@ def _image_shape(path: Path) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def index_cvc(root: str | Path) -> pd.DataFrame:
+def index_cvc(root: str | Path, polyp_value: int = 255) -> pd.DataFrame:
     """Manifest with one row per (split, sequence, frame) of the sequences from :func:`read_sequences`.
 
     ``frame_index`` is the 0-based position in the sequence, ``frame_number`` the ``i`` of ``{i}.tif``,
-    ``polyp_pixels`` the count of mask pixels equal to 255. ``overlaps_other_split`` marks frames
-    that a sequence of another split also uses (the official lists have 121 such test frames).
+    ``polyp_pixels`` the count of mask pixels equal to ``polyp_value`` (255 in the official masks; 1 for
+    masks saved as 0/1, which must then hold only 0 and 1), recorded in ``polyp_value`` for the readers.
+    ``overlaps_other_split`` marks frames that a sequence of another split also uses (the official lists
+    have 121 such test frames).
     """
+    if polyp_value not in POLYP_VALUES:
+        raise ValueError(f"data.cvc12k_polyp_value: expected one of {list(POLYP_VALUES)}, got {polyp_value!r}")
     layout = CVCLayout(Path(root))
     sequences = read_sequences(root)
     if not layout.sequence_list.is_file():
@@ -209,7 +220,13 @@ def index_cvc(root: str | Path) -> pd.DataFrame:
             raw = _raw_mask(mask)
             if raw.shape != (height, width):
                 raise ValueError(f"{mask}: mask shape {raw.shape} differs from image {image} {(height, width)}")
-            mask_array = (raw == 255).astype(np.uint8)
+            if polyp_value == 1 and raw.max(initial=0) > 1:
+                shown = ", ".join(str(v) for v in np.unique(raw)[:6])
+                raise ValueError(
+                    f"{mask}: mask values {{{shown}}} but data.cvc12k_polyp_value is 1 (0/1 masks); for CVC-ClinicDB's "
+                    "0/255 masks set it to 255"
+                )
+            mask_array = (raw == polyp_value).astype(np.uint8)
             if not mask_array.any() and raw.any():
                 unscaled.setdefault(seq.split, (mask, np.unique(raw)))
             rows.append(
@@ -224,6 +241,7 @@ def index_cvc(root: str | Path) -> pd.DataFrame:
                     "width": width,
                     "polyp_pixels": int(mask_array.sum()),
                     "overlaps_other_split": len(splits_of[number]) > 1,
+                    "polyp_value": polyp_value,
                 }
             )
     manifest = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -235,11 +253,12 @@ def index_cvc(root: str | Path) -> pd.DataFrame:
             shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
             raise ValueError(
                 f"{path}: mask values {{{shown}}} but none is 255, and no {split} mask has a 255 pixel; CVC-ClinicDB "
-                "marks the polyp 255 and the background 0 (scale a 0/1 mask by 255)"
+                "marks the polyp 255 and the background 0 (for masks saved as 0/1 set data.cvc12k_polyp_value: 1)"
             )
         raise ValueError(
-            f"{layout.root}: no {split} frame has a polyp pixel (255) in its mask; every CVC-ClinicDB frame "
-            f"shows a polyp, so the masks are not in its 0/255 format (first: {layout.root / part['mask'].iloc[0]})"
+            f"{layout.root}: no {split} frame has a polyp pixel ({polyp_value}) in its mask; every CVC-ClinicDB frame "
+            "shows a polyp, so the masks are not in the format data.cvc12k_polyp_value declares "
+            f"(first: {layout.root / part['mask'].iloc[0]})"
         )
     return manifest
 
@@ -269,7 +288,7 @@ class CVCSequenceDataset:
 
         name, rows = self.sequences[index]
         frames = [read_image(self.root / p) for p in rows["image"]]
-        masks = [read_mask(self.root / p) for p in rows["mask"]]
+        masks = [read_mask(self.root / p, v) for p, v in zip(rows["mask"], polyp_values(rows), strict=True)]
         shapes = {f.shape[:2] for f in frames} | {m.shape for m in masks}
         if len(shapes) != 1:
             raise ValueError(f"sequence {name!r}: frames and masks differ in size: {sorted(shapes)}")

@@ -10,6 +10,9 @@ Official layouts accepted by :func:`load_backbone_state` (docs/original.md §2):
 - OpenAI / OpenCLIP CLIP weights (``visual.conv1.weight``, ``visual.transformer.resblocks.{i}.*``, ...):
   the image tower renamed to ours (:func:`from_openai_clip`), the projection and text tower set aside.
 
+A CLIP image tower in either layout (a ``norm_pre``) selects CLIP's architecture (:func:`file_backbone`,
+:func:`clip_backbone`): the sizes from the tensors, pre-norm, QuickGELU, LayerNorm eps 1e-5.
+
 Files are torch pickles or ``.safetensors``.
 
 Our own training checkpoint (:func:`save_checkpoint`) is a dict tagged ``format``/``format_version``
@@ -337,6 +340,82 @@ def load_backbone(
         len(head),
     )
     return LoadReport(missing, unexpected, mismatched, resized, head)
+
+
+#: Architecture fields of CLIP's image tower (timm's ``vit_base_patch16_clip_*``, OpenAI's ``visual.*``).
+CLIP_ARCHITECTURE: dict[str, Any] = dict(
+    attention_type="space_only", pre_norm=True, act_layer="quick_gelu", norm_eps=1e-5, num_frames=1, drop_path_rate=0.0
+)
+#: Settings that do not change the weights' shapes or meaning, kept from the configured backbone.
+_RUNTIME_FIELDS = ("pos_interp", "time_interp", "attention", "grad_checkpointing")
+
+
+def is_clip_state(state: Mapping[str, Any]) -> bool:
+    """Whether a backbone state dict with bare keys (:func:`load_backbone_state`) is a CLIP image tower: a
+    pre-norm ``norm_pre`` after the embeddings (timm's CLIP layout, and OpenAI's ``ln_pre`` renamed)."""
+    return "norm_pre.weight" in state
+
+
+def clip_backbone(state: Mapping[str, torch.Tensor], base: BackboneConfig | None = None) -> BackboneConfig:
+    """The :class:`BackboneConfig` of the CLIP image tower in ``state`` (bare keys): preset
+    ``vit_base_patch16_clip``'s architecture (pre-norm, QuickGELU, LayerNorm eps 1e-5, per frame) with the
+    sizes read from the tensors; ``num_heads`` is CLIP's width / 64 (heads leave no trace in the shapes).
+    ``base``'s run-time fields (interpolation, attention kernel, checkpointing) are kept."""
+    missing = [k for k in ("pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight") if k not in state]
+    if missing:
+        raise CheckpointError(f"CLIP state dict lacks {', '.join(missing)}")
+    dim, patch = int(state["pos_embed"].shape[-1]), int(state["patch_embed.proj.weight"].shape[-1])
+    grid = math.isqrt(int(state["pos_embed"].shape[-2]) - 1)
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    runtime = {f: getattr(base, f) for f in _RUNTIME_FIELDS} if base is not None else {}
+    return BackboneConfig(
+        name="vit_base_patch16_clip",
+        img_size=grid * patch,
+        patch_size=patch,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=max(1, dim // 64),
+        mlp_ratio=int(state["blocks.0.mlp.fc1.weight"].shape[0]) / dim,
+        patch_bias="patch_embed.proj.bias" in state,
+        **CLIP_ARCHITECTURE,
+        **runtime,
+    )
+
+
+def file_backbone(
+    path_or_dict: str | os.PathLike | Mapping[str, Any], base: BackboneConfig, *, trusted: bool = False
+) -> BackboneConfig:
+    """The architecture a weights file selects: a CLIP image tower (:func:`is_clip_state`) gives
+    :func:`clip_backbone`, whatever ``base`` says; one of our checkpoints its saved backbone; any other
+    file keeps ``base``."""
+    ckpt, source = _open(path_or_dict, trusted)
+    state = load_backbone_state(ckpt)
+    if is_clip_state(state):
+        return clip_backbone(state, base)
+    return saved_backbone(ckpt, source) or base
+
+
+def check_start(init: str, what: str = "init") -> Path | None:
+    """The file a start setting names (None for ``random``); a missing file is a one-line
+    :class:`CheckpointError` naming ``what`` and the way out."""
+    if init == "random":
+        return None
+    if not Path(init).is_file():
+        raise CheckpointError(f"{what}: {init} not found; put the weights file there, or set {what}: random")
+    return Path(init)
+
+
+def load_start(backbone: nn.Module, init: str, what: str = "init") -> bool:
+    """Load the start ``init`` into ``backbone`` strictly (any layout :func:`load_backbone` reads; a
+    pretraining head in the file is set aside); ``random`` leaves the backbone as drawn. Returns whether
+    weights were loaded."""
+    path = check_start(init, what)
+    if path is None:
+        log.info("%s: random weights", what)
+        return False
+    load_backbone(backbone, path, which="teacher", strict=True)
+    log.info("%s: backbone from %s", what, path)
+    return True
 
 
 def load_pretrained_backbone(

@@ -17,11 +17,17 @@ in all (2·C + k_t + 1)·r + C = 592,512. ViT-B/16 ``12x384``: 12 · 592,512 = 7
 ``24x384``: 14,220,288. The image backbone (86 M) never trains; the task head does.
 
 The image backbone is a :class:`~endofm.models.vit.TimeSformer` with ``attention_type="space_only"``
-(for CLIP weights the preset ``vit_base_patch16_clip``), so the clip's CLS is the final norm of the
+(for CLIP weights the preset ``vit_base_patch16_clip``, which a CLIP file selects:
+:func:`~endofm.models.checkpoint.file_backbone`), so the clip's CLS is the final norm of the
 mean over frames of the per-frame CLS (the original's head input), and the dense tasks get the patch
 grid (B, T, h, w, C) like the TimeSformer's. Differences from the original: the frozen weights stay in
 the model's dtype (the original casts them to fp16), and the backbone's stochastic depth is never
 applied (the original's CLIP blocks have none).
+
+Normalisation: CLIP's weights expect CLIP's pixel normalisation (:data:`CLIP_MEAN`, :data:`CLIP_STD`). With
+``normalization="clip"`` the backbone takes ImageNet-normalised RGB, what every task's ``imagenet`` option
+feeds, and turns it into CLIP's with a fixed per-channel affine (:class:`Renormalize`) before the patch
+embedding, so the tasks need no CLIP option: ``(x·s_in + m_in − m_clip) / s_clip``, exact.
 
 Layer: data and models (docs/architecture.md). May import: foundation and the other models modules.
 """
@@ -37,6 +43,7 @@ import torch
 from torch import nn
 
 from endofm.config import ConfigError, check_fields, setting
+from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from endofm.models.checkpoint import LoadReport, load_backbone
 from endofm.models.vit import BackboneConfig, TimeSformer
 
@@ -44,6 +51,11 @@ AdapterLayout = Literal["12x384", "24x384"]
 #: Layout -> (adapter before attention, adapter before MLP) in every block.
 PLACEMENTS: dict[str, tuple[bool, bool]] = {"12x384": (False, True), "24x384": (True, True)}
 ADAPTER_PREFIX = "adapters."
+#: CLIP's pixel normalisation (OpenAI's ``clip`` preprocessing), which CLIP weights expect.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: ``normalization``: ``task`` takes the task's input as it is; ``clip`` converts ImageNet-normalised RGB to CLIP's.
+Normalization = Literal["task", "clip"]
 
 
 @dataclass
@@ -99,6 +111,21 @@ class Adapter(nn.Module):
         return torch.cat([x[:, :1], x[:, 1:] + self.fc2(y)], dim=1)
 
 
+class Renormalize(nn.Module):
+    """Per-channel affine from one normalisation to another on (B, 3, T, H, W) clips: pixels normalised
+    with (``mean_in``, ``std_in``) become pixels normalised with (``mean_out``, ``std_out``). The buffers
+    are not saved (they are constants of the backbone's construction)."""
+
+    def __init__(self, mean_in, std_in, mean_out, std_out) -> None:
+        super().__init__()
+        m_in, s_in, m_out, s_out = (torch.tensor(v, dtype=torch.float32) for v in (mean_in, std_in, mean_out, std_out))
+        self.register_buffer("scale", (s_in / s_out).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((m_in - m_out) / s_out).view(1, 3, 1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+
 class BlockAdapters(nn.Module):
     """The adapters of one block: ``pre_attn`` and/or ``pre_mlp`` (absent ones are not registered)."""
 
@@ -120,7 +147,11 @@ class STAdapterBackbone(TimeSformer):
     :meth:`freeze_backbone` stops gradients everywhere else.
     """
 
-    def __init__(self, config: BackboneConfig, adapter: AdapterConfig | None = None) -> None:
+    def __init__(
+        self, config: BackboneConfig, adapter: AdapterConfig | None = None, normalization: Normalization = "task"
+    ) -> None:
+        if normalization not in ("task", "clip"):
+            raise ConfigError(f"ST-Adapter normalization must be 'task' or 'clip', got {normalization!r}")
         if not config.space_only:
             raise ConfigError(
                 f"ST-Adapter needs an image ViT: backbone.attention_type must be 'space_only', "
@@ -132,6 +163,13 @@ class STAdapterBackbone(TimeSformer):
             self.adapters = nn.ModuleList(BlockAdapters(config.embed_dim, adapter) for _ in range(config.depth))
         else:
             self.adapters = None
+        self.normalization = normalization
+        self.renormalize = (
+            Renormalize(IMAGENET_MEAN, IMAGENET_STD, CLIP_MEAN, CLIP_STD) if normalization == "clip" else nn.Identity()
+        )
+
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        return super()._tokens(self.renormalize(x))
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -170,10 +208,12 @@ class STAdapterBackbone(TimeSformer):
         return self
 
 
-def build_st_adapter(backbone: BackboneConfig, adapter: AdapterConfig | None = None) -> STAdapterBackbone:
+def build_st_adapter(
+    backbone: BackboneConfig, adapter: AdapterConfig | None = None, normalization: Normalization = "task"
+) -> STAdapterBackbone:
     """An :class:`STAdapterBackbone` on the image ViT ``backbone`` (``attention_type: space_only``), with
-    ``adapter`` (None: no adapters, the frozen mode), its image ViT already frozen."""
-    return STAdapterBackbone(backbone, adapter).freeze_backbone()
+    ``adapter`` (None: no adapters, the frozen mode) and ``normalization``, its image ViT already frozen."""
+    return STAdapterBackbone(backbone, adapter, normalization).freeze_backbone()
 
 
 def load_image_backbone(
@@ -182,6 +222,7 @@ def load_image_backbone(
     *,
     which: str = "teacher",
     trusted: bool = False,
+    source: str | None = None,
 ) -> LoadReport:
     """Load image-ViT weights into ``model``, strictly except for the adapters (which keep their init).
 
@@ -190,4 +231,6 @@ def load_image_backbone(
     bias; its ``head.*`` set aside), or OpenAI/OpenCLIP CLIP weights (``visual.*``, e.g. the
     ``clip_vitb16`` download's ``open_clip_model.safetensors``; the text tower set aside).
     """
-    return load_backbone(model, path_or_dict, which=which, trusted=trusted, skip_missing=(ADAPTER_PREFIX,))
+    return load_backbone(
+        model, path_or_dict, which=which, trusted=trusted, skip_missing=(ADAPTER_PREFIX,), source=source
+    )

@@ -103,9 +103,12 @@ def sinkhorn_knopp(teacher: torch.Tensor, temperature: float, iterations: int = 
     out both collapses, which small-batch runs need (the running centre of the original cannot stop
     a uniform collapse when the batch is tiny)."""
     logits = teacher.float() / temperature
-    q = (logits - logits.max()).exp().t()  # (K, rows); a global shift cancels in the normalisations
-    rows = torch.tensor(q.shape[1], device=q.device, dtype=q.dtype)
     distributed = dist.is_available() and dist.is_initialized()
+    shift = logits.max()
+    if distributed:  # one shift for every rank: the per-prototype sums add the ranks' columns together
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+    q = (logits - shift).exp().t()  # (K, rows); a global shift cancels in the normalisations
+    rows = torch.tensor(q.shape[1], device=q.device, dtype=q.dtype)
     if distributed:
         dist.all_reduce(rows)
     k = q.shape[0]

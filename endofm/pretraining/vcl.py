@@ -6,28 +6,31 @@ epochs, batch and optimiser (AdamW, cosine schedules) as Endo-FM, so a compariso
 objective. The CLS token is the global feature and the patch tokens the feature map.
 
 Per clip, six streams (:class:`VCLDataset`): two consecutive RGB clips of ``T`` frames at one random
-stride, their static views (one random frame repeated over ``T``, :func:`static_view`) and dynamic views
-(differences of consecutive normalised frames, frame 0 minus the last, :func:`dynamic_view`). Losses
-(:class:`VCLLoss`), summed:
+stride, their static views (the frame at one random position of each raw clip, augmented on its own and
+repeated over ``T``, :func:`static_view`) and dynamic views (differences of consecutive normalised frames,
+frame 0 minus the last, :func:`dynamic_view`). Losses (:class:`VCLLoss`), summed as the original's
+``train.py`` (each with its ``*_weight``, the original's 1, 1, 0.1, 1, 1):
 
-1. InfoNCE (``temperature`` 0.07, keys detached, in-batch negatives, one projector per stream type):
-   RGB 1 ↔ RGB 2 (two directions, halved), each RGB clip ↔ the other clip's static view and dynamic view
-   (four directed terms each, halved).
+1. InfoNCE (``temperature`` 0.07, keys detached and all-gathered over processes: every other clip of the
+   global batch is a negative) through the five heads of :data:`HEADS`: RGB 1 ↔ RGB 2 (``fvv``, two
+   directions, halved), each RGB clip (``fvs``) ↔ the other clip's static view (``fsv``) and each RGB clip
+   (``fvd``) ↔ the other clip's dynamic view (``fdv``) (four directed terms each, halved).
 2. Concepts: per stream type an MLP (Linear, BatchNorm, ReLU, Linear), L2-normalised, then prototypes
    (a bias-free Linear to 2K, rows re-normalised every step, frozen for ``freeze_prototypes_epochs``):
    the first K outputs are static concepts, the last K dynamic. Targets are Sinkhorn-Knopp assignments
    (ε ``sinkhorn_eps`` 0.05, 3 iterations) over the batch and a queue of earlier scores (used from epoch
-   ``queue_start_epoch``); swapped prediction at ``concept_temp`` 0.1 among {RGB 1, RGB 2, static 1,
-   static 2} for static concepts and {RGB 1, RGB 2, dynamic 1, dynamic 2} for dynamic ones.
-3. Diversity (``diversity_weight`` 0.1): Σ p log p (minimised, so entropy maximised) of static-concept
-   probabilities on dynamic views and of dynamic-concept probabilities on static views.
-4. Fidelity: per stream type an MLP maps the concept probabilities (RGB: both halves, 2K; static and
-   dynamic: their K) back to the detached backbone feature; loss −cosine.
-5. Local concepts (``local_concepts``, from epoch ``local_start_epoch``): prototypes, projected to the
-   token width, attend once over a view's patch tokens, then a residual MLP, giving one feature per
-   concept; for the two views of each stream type, concepts among the ``local_topk`` highest-scoring in
-   both views of a sample are matched: squared distance for the same sample, ``relu(local_margin − d)²``
-   averaged over the other samples, normalised by the number of active (sample, concept) pairs.
+   ``queue_start_epoch``); swapped prediction at ``concept_temp`` 0.1, the mean over ordered pairs among
+   {RGB 1, RGB 2, static 1, static 2} for static concepts plus that among {RGB 1, RGB 2, dynamic 1,
+   dynamic 2} for dynamic ones.
+3. Diversity: Σ p log p (minimised, so entropy maximised) of static-concept probabilities on the dynamic
+   views plus that of dynamic-concept probabilities on the static views.
+4. Fidelity: per stream type an MLP (Linear, BatchNorm, ReLU, Linear) maps the raw prototype scores (RGB:
+   all 2K; static views the static K, dynamic views the dynamic K) of its two views back to their detached
+   backbone features; minus the mean cosine, summed over the three types.
+5. Local concepts (``local_concepts``, from epoch ``local_start_epoch``): per stream type the matching
+   prototypes (RGB all 2K, static the static K, dynamic the dynamic K) gather each view's patch tokens
+   (:class:`LocalConcepts`, the original's ``LocalfeatureIntegrationTransformer``); the two views' concept
+   features are matched by :func:`local_match` (summed over the three types).
 
 ``backbone.pt`` holds the TimeSformer in the layout of every other pretrained backbone.
 
@@ -38,7 +41,6 @@ pretraining modules below the loop (``contract``, ``objective``, ``views``), not
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,7 +55,8 @@ from torch import nn
 
 from endofm.config import from_dict, merge, setting, to_dict
 from endofm.data.video import VideoReader
-from endofm.engine import unwrap
+from endofm.engine import all_gather_cat, unwrap
+from endofm.models.checkpoint import check_start, load_start
 from endofm.models.vit import build_backbone
 from endofm.pretraining.contract import LoopConfig, Objective
 from endofm.pretraining.objective import sinkhorn_knopp
@@ -115,22 +118,33 @@ class VCLConfig(LoopConfig):
     queue_length: int = setting(1024, "Earlier scores per stream in the Sinkhorn-Knopp targets; 0: none", minimum=0)
     queue_start_epoch: int = setting(1, "First epoch whose targets use the queue", minimum=0)
     freeze_prototypes_epochs: int = setting(1, "Epochs with the prototypes frozen", minimum=0)
-    nce_weight: float = setting(1.0, "Weight of the InfoNCE terms", minimum=0)
-    concept_weight: float = setting(1.0, "Weight of the swapped concept prediction", minimum=0)
-    diversity_weight: float = setting(0.1, "Weight of the diversity (entropy) term", minimum=0)
-    fidelity_weight: float = setting(1.0, "Weight of the fidelity (reconstruction) term", minimum=0)
+    nce_weight: float = setting(1.0, "Weight of the InfoNCE terms (vv + vs + vd)", minimum=0)
+    concept_weight: float = setting(1.0, "Weight of the swapped concept prediction (static + dynamic)", minimum=0)
+    diversity_weight: float = setting(0.1, "Weight of the diversity (entropy) terms (static + dynamic)", minimum=0)
+    fidelity_weight: float = setting(
+        1.0, "Weight of the fidelity (reconstruction) terms (RGB + static + dynamic)", minimum=0
+    )
     local_concepts: bool = setting(True, "Local concept contrast over patch tokens")
-    local_weight: float = setting(1.0, "Weight of the local concept contrast (local_concepts)", minimum=0)
+    local_weight: float = setting(
+        1.0, "Weight of the local concept terms (RGB + static + dynamic; local_concepts)", minimum=0
+    )
     local_topk: int = setting(
-        9, "Concepts above the (k+1)-th highest score count as present (below 2 num_concepts)", minimum=1
+        9, "Concepts above the (k+1)-th highest score count as present (below num_concepts)", minimum=1
     )
     local_margin: float = setting(1.4, "Margin of the negative pairs' distance", exclusive_minimum=0)
     local_start_epoch: int = setting(10, "First epoch with local concepts", minimum=0)
+    init: str = setting(
+        "random",
+        "Initial backbone weights: random, or a weights file (any layout endofm reads, its head set aside); the "
+        "workflow takes pretrain.settings.init, Endo-FM's start, unless pretrain.vcl sets it",
+        min_length=1,
+        after="seed",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.local_topk >= 2 * self.num_concepts:
-            raise ValueError(f"local_topk must be < 2 · num_concepts = {2 * self.num_concepts}, got {self.local_topk}")
+        if self.local_topk >= self.num_concepts:
+            raise ValueError(f"local_topk must be < num_concepts = {self.num_concepts}, got {self.local_topk}")
         if self.views.size % self.backbone.patch_size:
             raise ValueError(
                 f"views.size {self.views.size} is not a multiple of backbone.patch_size {self.backbone.patch_size}"
@@ -167,9 +181,9 @@ def sample_clip_indices(num_frames: int, frames: int, max_stride: int, rng: np.r
     return np.minimum(start + stride * np.arange(2 * frames), num_frames - 1).reshape(2, frames)
 
 
-def static_view(clip: torch.Tensor, index: int) -> torch.Tensor:
-    """Frame ``index`` of a ``(C, T, H, W)`` clip repeated over ``T``."""
-    return clip[:, index : index + 1].expand_as(clip).clone()
+def static_view(frame: torch.Tensor, frames: int) -> torch.Tensor:
+    """A one-frame view ``(C, 1, H, W)`` repeated over ``frames`` frames."""
+    return frame.expand(-1, frames, -1, -1).contiguous()
 
 
 def dynamic_view(clip: torch.Tensor) -> torch.Tensor:
@@ -194,13 +208,30 @@ class VCLDataset(MultiViewDataset):
             indices = sample_clip_indices(reader.num_frames, cfg.frames, cfg.max_stride, rng)
             wanted, inverse = np.unique(indices.ravel(), return_inverse=True)
             frames = reader.get_frames(wanted)[inverse.reshape(indices.shape)]
+        still = int(rng.integers(0, cfg.frames))  # the original's back_idx: one position for both clips
         rgb = [augment_view(frames[k], cfg.size, cfg.scale, cfg, rng) for k in range(2)]
-        static = [static_view(clip, int(rng.integers(0, cfg.frames))) for clip in rgb]
+        # The static views get their own augmentation, as the original transforms the repeated frame on its
+        # own; one frame augmented then repeated equals the repeated frames augmented with one draw.
+        static = [
+            static_view(augment_view(frames[k, still : still + 1], cfg.size, cfg.scale, cfg, rng), cfg.frames)
+            for k in range(2)
+        ]
         return [*rgb, *static, *(dynamic_view(clip) for clip in rgb)]
 
 
 # ----------------------------------------------------------------------------------------------------
 # Model and loss
+
+#: The original's five InfoNCE projection heads (``model.py`` ``MI_estimation``) and the streams each projects:
+#: ``fvv``, ``fvs`` and ``fvd`` the two RGB clips, ``fsv`` the static views, ``fdv`` the dynamic views.
+HEADS = {"fvv": (0, 1), "fvs": (0, 1), "fvd": (0, 1), "fsv": (2, 3), "fdv": (4, 5)}
+#: Per stream type: its two streams and the concepts (prototype rows, score columns) its reconstruction and
+#: local concepts use: RGB all 2K, static views the first (static) K, dynamic views the last (dynamic) K.
+KIND_STREAMS = {"rgb": (0, 1), "static": (2, 3), "dynamic": (4, 5)}
+
+
+def _concepts(kind: str, k: int) -> slice:
+    return {"rgb": slice(0, 2 * k), "static": slice(0, k), "dynamic": slice(k, 2 * k)}[kind]
 
 
 def _mlp(dims: list[int], norm: bool = False) -> nn.Sequential:
@@ -214,57 +245,65 @@ def _mlp(dims: list[int], norm: bool = False) -> nn.Sequential:
 
 
 class LocalConcepts(nn.Module):
-    """One cross-attention step of the prototypes (queries) over a view's tokens, then a residual MLP:
-    ``(B, N, D)`` tokens -> ``(B, 2K, D)`` L2-normalised concept features."""
+    """The original's ``LocalfeatureIntegrationTransformer`` with one iteration: the concepts' prototypes
+    (templates) gather a view's tokens, ``(B, N, D)`` tokens and ``(n, D)`` prototypes -> ``(B, n, D)``
+    L2-normalised concept features.
 
-    def __init__(self, concept_dim: int, dim: int) -> None:
+    Keys and values are bias-free projections of the LayerNormed tokens, queries of the LayerNormed
+    prototypes scaled by ``D^-1/2``; the attention is a softmax over the concepts, plus 1e-8, then
+    L1-normalised over the tokens; the result plus the prototypes (residual), then plus a LayerNorm–MLP
+    (``D -> D/2 -> D``) of itself."""
+
+    def __init__(self, dim: int) -> None:
         super().__init__()
-        self.query = nn.Linear(concept_dim, dim)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
-        self.mlp = _mlp([dim, dim, dim])
-        self.norm = nn.LayerNorm(dim)
+        self.norm_inputs, self.norm_templates, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, dim))
+        self.scale = dim**-0.5
 
     def forward(self, tokens: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-        q = self.query(prototypes)  # (2K, D)
-        attn = torch.einsum("kd,bnd->bkn", q, self.key(tokens)) / math.sqrt(q.shape[-1])
-        c = torch.einsum("bkn,bnd->bkd", attn.softmax(dim=-1), self.value(tokens))
-        c = c + self.mlp(self.norm(c))
+        x = self.norm_inputs(tokens)
+        k, v = self.key(x), self.value(x)  # (B, N, D)
+        q = self.query(self.norm_templates(prototypes)) * self.scale  # (n, D), the same for every sample
+        attn = torch.einsum("nd,bld->bln", q, k).softmax(dim=-1) + 1e-8  # over concepts
+        attn = attn / attn.sum(dim=1, keepdim=True)  # L1 over tokens
+        c = torch.einsum("bld,bln->bnd", v, attn) + prototypes
+        c = c + self.mlp(self.norm_mlp(c))
         return F.normalize(c, dim=-1)
 
 
 class VCLModel(nn.Module):
-    """The TimeSformer and VCL's heads, per stream type: InfoNCE projector, concept MLP + prototypes,
-    reconstruction MLP; and the local-concept attention. ``forward`` runs every parameter it trains."""
+    """The TimeSformer and VCL's heads as the original's ``GreatModel``: the five InfoNCE heads
+    (:data:`HEADS`, Linear–ReLU–Linear); per stream type a concept MLP (Linear–BN–ReLU–Linear), prototypes
+    and a reconstruction MLP (Linear–BN–ReLU–Linear on the raw prototype scores); one local-concept
+    module. ``forward`` runs every parameter it trains."""
 
     def __init__(self, cfg: VCLConfig) -> None:
         super().__init__()
         self.backbone = build_backbone(cfg.backbone)
         d, k = self.backbone.embed_dim, cfg.num_concepts
         self.num_concepts, self.concept_temp = k, cfg.concept_temp
-        kinds = ("rgb", "static", "dynamic")
-        self.projector = nn.ModuleDict({s: _mlp([d, d, cfg.proj_dim]) for s in kinds})
-        self.concept_mlp = nn.ModuleDict({s: _mlp([d, d, d], norm=True) for s in kinds})
-        self.prototypes = nn.ModuleDict({s: nn.Linear(d, 2 * k, bias=False) for s in kinds})
-        self.reconstruct = nn.ModuleDict({s: _mlp([2 * k if s == "rgb" else k, d, d]) for s in kinds})
-        self.local = LocalConcepts(d, d) if cfg.local_concepts else None
+        self.heads = nn.ModuleDict({h: _mlp([d, d, cfg.proj_dim]) for h in HEADS})
+        self.concept_mlp = nn.ModuleDict({s: _mlp([d, d, d], norm=True) for s in KIND_STREAMS})
+        self.prototypes = nn.ModuleDict({s: nn.Linear(d, 2 * k, bias=False) for s in KIND_STREAMS})
+        self.reconstruct = nn.ModuleDict({s: _mlp([2 * k if s == "rgb" else k, d, d], norm=True) for s in KIND_STREAMS})
+        self.local = LocalConcepts(d) if cfg.local_concepts else None
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
         for layer in self.prototypes.values():
             layer.weight.copy_(F.normalize(layer.weight, dim=1))
 
-    def concept_probabilities(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Static and dynamic concept probabilities of ``(..., 2K)`` scores: softmax over each half."""
-        k = self.num_concepts
-        return (scores[..., :k] / self.concept_temp).softmax(-1), (scores[..., k:] / self.concept_temp).softmax(-1)
-
     def forward(self, views: list[torch.Tensor], local: bool = False) -> dict[str, torch.Tensor]:
-        """Per stream (leading dim 6, :data:`STREAMS` order): ``feature`` (B, D), ``z`` (B, P), ``scores``
-        (B, 2K), ``reconstruction`` (B, D) and, with ``local``, ``local`` (B, 2K, D)."""
+        """``feature`` (6, B, D) per stream (:data:`STREAMS` order); ``z`` (5, 2, B, P): each head of
+        :data:`HEADS` on its two streams, L2-normalised; ``scores`` (6, B, 2K): prototype scores (cosines);
+        ``reconstruction`` (6, B, D): each stream's feature rebuilt from its type's scores; with ``local``,
+        ``local_<type>`` (2, B, n, D) per stream type: its two views' concept features (n: 2K, K, K)."""
         if len(views) != len(STREAMS):
             raise ValueError(f"VCLModel: expected {len(STREAMS)} streams ({', '.join(STREAMS)}), got {len(views)}")
-        b = views[0].shape[0]
+        b, k = views[0].shape[0], self.num_concepts
         x = torch.cat(views)
         if local:
             dense = self.backbone.forward_features(x, dense=True)
@@ -272,30 +311,41 @@ class VCLModel(nn.Module):
         else:
             feats, tokens = self.backbone(x), None
         feats = feats.view(len(STREAMS), b, -1)
-        out: dict[str, list[torch.Tensor]] = {"z": [], "scores": [], "reconstruction": [], "local": []}
-        for i, kind in enumerate(KINDS):
-            out["z"].append(F.normalize(self.projector[kind](feats[i]), dim=-1))
-            e = F.normalize(self.concept_mlp[kind](feats[i]), dim=-1)
-            scores = self.prototypes[kind](e)
-            out["scores"].append(scores)
-            p_static, p_dynamic = self.concept_probabilities(scores)
-            p = {"rgb": torch.cat([p_static, p_dynamic], -1), "static": p_static, "dynamic": p_dynamic}[kind]
-            out["reconstruction"].append(self.reconstruct[kind](p))
+        result = {"feature": feats}
+        result["z"] = torch.stack([F.normalize(self.heads[h](feats[list(s)]), dim=-1) for h, s in HEADS.items()])
+        scores = [
+            self.prototypes[kind](F.normalize(self.concept_mlp[kind](feats[i]), dim=-1)) for i, kind in enumerate(KINDS)
+        ]
+        result["scores"] = torch.stack(scores)
+        rebuilt = []
+        for kind, (i, j) in KIND_STREAMS.items():  # both views in one batch: BatchNorm over their 2B rows
+            part = _concepts(kind, k)
+            rebuilt.append(self.reconstruct[kind](torch.cat([scores[i][:, part], scores[j][:, part]])).view(2, b, -1))
             if local:
-                view_tokens = tokens[i * b : (i + 1) * b]
-                out["local"].append(self.local(view_tokens, self.prototypes[kind].weight))
-        result = {k: torch.stack(v) for k, v in out.items() if v}
-        result["feature"] = feats
+                assert self.local is not None and tokens is not None
+                prototypes = self.prototypes[kind].weight[part]
+                concepts = self.local(tokens[i * b : (j + 1) * b], prototypes)  # (2B, n, D)
+                result[f"local_{kind}"] = concepts.view(2, b, *prototypes.shape)
+        result["reconstruction"] = torch.cat(rebuilt)
         if self.local is not None and not local and _distributed():  # DDP needs every parameter in the graph
             result["unused"] = sum(p.sum() for p in self.local.parameters()) * 0.0
         return result
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE of L2-normalised ``(B, P)`` rows: row i of ``key`` (detached) is the positive of row i of
-    ``query``, the other rows the negatives; mean over rows of ``−log softmax(q·k / τ)_ii``."""
-    logits = query @ key.detach().t() / temperature
-    return F.cross_entropy(logits, torch.arange(len(query), device=query.device))
+    """InfoNCE of L2-normalised ``(B, P)`` rows over the global batch: the keys of every process are
+    all-gathered (detached, :func:`~endofm.engine.all_gather_cat`); row i of this process's ``key`` is the
+    positive of row i of ``query``, every other gathered row a negative; mean over this process's rows of
+    ``−log softmax(q·k / τ)_i``. Under DDP the mean over processes is the loss of one process holding the
+    whole batch, and so is the gradient of the queries."""
+    keys = all_gather_cat(key)
+    offset = dist.get_rank() * len(query) if _distributed() else 0
+    logits = query @ keys.t() / temperature
+    return F.cross_entropy(logits, torch.arange(offset, offset + len(query), device=query.device))
 
 
 def _neg_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -303,16 +353,27 @@ def _neg_entropy(p: torch.Tensor) -> torch.Tensor:
     return (p * p.clamp_min(1e-12).log()).sum(-1).mean()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def local_match(local: torch.Tensor, scores: torch.Tensor, topk: int, margin: float) -> torch.Tensor:
+    """The original's ``local_match`` for the two views of one stream type: ``local`` (2, B, n, D)
+    L2-normalised concept features, ``scores`` (2, B, n) their (detached) prototype scores.
 
-
-def _gather(x: torch.Tensor) -> torch.Tensor:
-    if not _distributed():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=1)
+    A concept is present in a view above its ``topk + 1``-th highest score. For each ordered pair of
+    views (query, key), concept c of sample i counts where it is present in both views of i; with the
+    distance ``δ(i, j) = sqrt(2 − 2 q_ic·k_jc + 1e-5)`` (keys detached) it adds ``δ(i, i)²`` and
+    ``Σ_{j≠i} relu(margin − δ(i, j))² / (B − 1)``. The sum over both orders is divided by
+    1 + the number of counted (pair, sample, concept)."""
+    b = local.shape[1]
+    present = scores > scores.topk(topk + 1, dim=-1).values[..., -1:]  # (2, B, n)
+    others = ~torch.eye(b, dtype=torch.bool, device=local.device)
+    total, pairs = local.new_zeros(()), local.new_zeros(())
+    for i, j in ((0, 1), (1, 0)):
+        index = (present[i] & present[j]).to(local.dtype)  # (B, n)
+        delta = (2 - 2 * torch.einsum("bnc,pnc->bpn", local[i], local[j].detach()) + 1e-5).sqrt()  # (B, B, n)
+        positive = delta.diagonal(dim1=0, dim2=1).t().square() * index
+        negative = F.relu(margin - delta).square() * others[:, :, None] * index[:, None, :]
+        total = total + positive.sum() + negative.sum() / max(b - 1, 1)
+        pairs = pairs + index.sum()
+    return total / (pairs + 1)
 
 
 class VCLLoss(nn.Module):
@@ -347,7 +408,7 @@ class VCLLoss(nn.Module):
     def enqueue(self, scores: torch.Tensor) -> None:
         if self.cfg.queue_length == 0:
             return
-        new = _gather(scores.detach().float())[:, : self.cfg.queue_length]
+        new = all_gather_cat(scores.detach().float(), dim=1)[:, : self.cfg.queue_length]
         n = new.shape[1]
         self.queue.copy_(torch.cat([new, self.queue[:, : self.cfg.queue_length - n]], dim=1))
         self.queue_filled.fill_(min(int(self.queue_filled) + n, self.cfg.queue_length))
@@ -358,44 +419,31 @@ class VCLLoss(nn.Module):
         terms = [-(q[i] * log_p[j]).sum(-1).mean() for i in streams for j in streams if i != j]
         return torch.stack(terms).mean()
 
-    def local_loss(self, local: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Local concept matching between the two views of each stream type (module docstring, 5)."""
-        cfg = self.cfg
-        total, active = local.new_zeros(()), local.new_zeros(())
-        b = local.shape[1]
-        for a, c in ((0, 1), (2, 3), (4, 5)):
-            present = []
-            for v in (a, c):
-                kth = scores[v].topk(cfg.local_topk + 1, dim=-1).values[:, -1:]
-                present.append(scores[v] > kth)  # (B, 2K)
-            dist_ = torch.cdist(local[a].transpose(0, 1), local[c].transpose(0, 1))  # (2K, B, B)
-            both = present[0].t()[:, :, None] & present[1].t()[:, None, :]  # concept k in a_i and c_j
-            eye = torch.eye(b, dtype=torch.bool, device=local.device)
-            pos = (dist_.square() * (both & eye)).sum()
-            neg = (F.relu(cfg.local_margin - dist_).square() * (both & ~eye)).sum() / max(b - 1, 1)
-            total = total + pos + neg
-            active = active + (both & eye).sum()
-        return total / active.clamp_min(1)
-
     def forward(self, out: Mapping[str, torch.Tensor], epoch: int, local: bool) -> dict[str, torch.Tensor]:
         cfg, k = self.cfg, self.k
         with torch.autocast(device_type=out["z"].device.type, enabled=False):
             z, scores = out["z"].float(), out["scores"].float()
+            fvv, fvs, fvd, fsv, fdv = z  # (2, B, P) each: the head on its two streams
             t = cfg.temperature
-            nce_vv = (info_nce(z[0], z[1], t) + info_nce(z[1], z[0], t)) / 2
-            nce_vs = (info_nce(z[0], z[3], t) + info_nce(z[3], z[0], t) + info_nce(z[1], z[2], t) + info_nce(z[2], z[1], t)) / 2  # fmt: skip
-            nce_vd = (info_nce(z[0], z[5], t) + info_nce(z[5], z[0], t) + info_nce(z[1], z[4], t) + info_nce(z[4], z[1], t)) / 2  # fmt: skip
+            nce_vv = (info_nce(fvv[0], fvv[1], t) + info_nce(fvv[1], fvv[0], t)) / 2
+            nce_vs = (info_nce(fvs[0], fsv[1], t) + info_nce(fvs[1], fsv[0], t) + info_nce(fsv[0], fvs[1], t) + info_nce(fsv[1], fvs[0], t)) / 2  # fmt: skip
+            nce_vd = (info_nce(fvd[0], fdv[1], t) + info_nce(fvd[1], fdv[0], t) + info_nce(fdv[0], fvd[1], t) + info_nce(fdv[1], fvd[0], t)) / 2  # fmt: skip
             q = self.targets(scores, epoch)
-            concept = (
-                self.swapped(q[..., :k], scores[..., :k], (0, 1, 2, 3))
-                + self.swapped(q[..., k:], scores[..., k:], (0, 1, 4, 5))
-            ) / 2
+            concept = self.swapped(q[..., :k], scores[..., :k], (0, 1, 2, 3)) + self.swapped(
+                q[..., k:], scores[..., k:], (0, 1, 4, 5)
+            )
             p_static = (scores[..., :k] / cfg.concept_temp).softmax(-1)
             p_dynamic = (scores[..., k:] / cfg.concept_temp).softmax(-1)
-            diversity = (_neg_entropy(p_static[4:6]) + _neg_entropy(p_dynamic[2:4])) / 2
-            fidelity = -F.cosine_similarity(out["reconstruction"].float(), out["feature"].detach().float(), dim=-1)
-            fidelity = fidelity.mean()
-            local_term = self.local_loss(out["local"].float(), scores.detach()) if local else z.new_zeros(())
+            diversity = _neg_entropy(p_static[4:6]) + _neg_entropy(p_dynamic[2:4])
+            cosine = F.cosine_similarity(out["reconstruction"].float(), out["feature"].detach().float(), dim=-1)
+            fidelity = -cosine.view(3, -1).mean(1).sum()  # per stream type: minus the mean cosine of its 2B rows
+            local_term = z.new_zeros(())
+            if local:
+                for kind, (i, j) in KIND_STREAMS.items():
+                    part_scores = scores[i : j + 1, :, _concepts(kind, k)].detach()
+                    local_term = local_term + local_match(
+                        out[f"local_{kind}"].float(), part_scores, cfg.local_topk, cfg.local_margin
+                    )
             loss = (
                 cfg.nce_weight * (nce_vv + nce_vs + nce_vd)
                 + cfg.concept_weight * concept
@@ -439,8 +487,13 @@ class VCLObjective(Objective):
     def dataset(self, clips: pd.DataFrame) -> VCLDataset:
         return VCLDataset(clips, self.cfg.views, seed=self.cfg.seed)
 
+    def check(self) -> None:
+        check_start(self.cfg.init, "pretrain init")
+
     def build_model(self) -> VCLModel:
-        return VCLModel(self.cfg)
+        model = VCLModel(self.cfg)
+        load_start(model.backbone, self.cfg.init, "pretrain init")
+        return model
 
     def setup(self, model: nn.Module) -> None:
         self.criterion = VCLLoss(self.cfg).to(self.info.device)
@@ -468,9 +521,12 @@ class VCLObjective(Objective):
 
 
 __all__ = [
+    "HEADS",
     "KINDS",
+    "KIND_STREAMS",
     "SHARED_SETTINGS",
     "STREAMS",
+    "LocalConcepts",
     "VCLConfig",
     "VCLDataset",
     "VCLLoss",
@@ -479,6 +535,7 @@ __all__ = [
     "VCLViewConfig",
     "dynamic_view",
     "info_nce",
+    "local_match",
     "sample_clip_indices",
     "static_view",
     "workflow_settings",

@@ -25,8 +25,8 @@ Faithful to the original's ``datasets/transform.py`` (not torchvision's DINO pip
   the *last* draw (valid or not), the slice cut off at the frame edge. ``crop_rule="last_valid"``
   uses the last valid draw whole (offsets and size), a box that always lies inside the frame;
 - colour jitter applies brightness (``x * a``), contrast (blend with each frame's mean grey) and
-  saturation (blend with the grey image) in a random order drawn per view; factors are
-  ``1 + U(-s, s)``; hue is not part of the original (``hue = 0``) and, if enabled, runs through
+  saturation (blend with the grey image) in a random order drawn per view, each grey taken from the
+  image as it is before that operation (:func:`jitter_colours`); factors are ``1 + U(-s, s)``; hue is not part of the original (``hue = 0``) and, if enabled, runs through
   torchvision's ``adjust_hue`` on values clamped to ``[0, 1]``;
 - values are not clamped after the resize or the jitter, so they may leave ``[0, 1]`` before
   normalisation;
@@ -239,28 +239,46 @@ def _grey(x: torch.Tensor, weights: tuple[float, float, float]) -> torch.Tensor:
     return torch.tensordot(torch.tensor(weights, dtype=x.dtype), x, dims=1)
 
 
-def _color_jitter(x: torch.Tensor, cfg: ViewConfig, rng: np.random.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation (and hue) in a random order, one factor each for all frames.
+#: The colour-jitter operations of :func:`jitter_colours`, in the original's listing order.
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
-    ``x`` is ``(3, T, H, W)`` and is modified in place.
-    """
-    ops = [(name, s) for name in ("brightness", "contrast", "saturation", "hue") if (s := getattr(cfg, name)) > 0]
-    for k in rng.permutation(len(ops)):
-        name, strength = ops[k]
+
+def jitter_colours(
+    x: torch.Tensor, ops: Sequence[tuple[str, float]], gray_weights: tuple[float, float, float]
+) -> torch.Tensor:
+    """Apply ``(operation, factor)`` pairs of :data:`JITTER_OPS` in the given order to ``(3, T, H, W)``
+    frames, in place, as the original's ``datasets/transform.py``: brightness ``a·x``; contrast
+    ``a·x + (1 − a)·m`` with ``m`` the mean grey of each frame of ``x`` before this operation; saturation
+    ``a·x + (1 − a)·g`` with ``g`` the grey image of ``x`` before this operation. Hue (not in the original)
+    shifts by ``factor`` turns with torchvision's ``adjust_hue`` on values clamped to ``[0, 1]``."""
+    for name, a in ops:
         if name == "hue":  # (T, 3, H, W) for torchvision, which needs values in [0, 1]
             import torchvision.transforms.v2.functional as TF  # seconds to import; hue is off by default
 
-            shifted = TF.adjust_hue(x.transpose(0, 1).clamp(0, 1), float(rng.uniform(-strength, strength)))
-            x.copy_(shifted.transpose(0, 1))
-            continue
-        a = float(rng.uniform(max(0.0, 1 - strength), 1 + strength))
-        if name == "brightness":
+            x.copy_(TF.adjust_hue(x.transpose(0, 1).clamp(0, 1), a).transpose(0, 1))
+        elif name == "brightness":
             x.mul_(a)
-        elif name == "contrast":  # each frame blends with its own mean grey, as the original
-            x.mul_(a).add_(_grey(x, cfg.gray_weights).mean(dim=(1, 2), keepdim=True), alpha=1 - a)
+        elif name == "contrast":  # the grey is taken before x is scaled
+            grey = _grey(x, gray_weights).mean(dim=(1, 2), keepdim=True)
+            x.mul_(a).add_(grey, alpha=1 - a)
+        elif name == "saturation":
+            grey = _grey(x, gray_weights)
+            x.mul_(a).add_(grey, alpha=1 - a)
         else:
-            x.mul_(a).add_(_grey(x, cfg.gray_weights), alpha=1 - a)
+            raise ValueError(f"unknown colour-jitter operation {name!r}; expected one of {JITTER_OPS}")
     return x
+
+
+def _color_jitter(x: torch.Tensor, cfg: Augmentation, rng: np.random.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation (and hue) in a random order, one factor each for all frames
+    (``1 + U(−s, s)``, at least 0; hue ``U(−hue, hue)``), by :func:`jitter_colours`; ``x`` is modified in place."""
+    ops = [(name, s) for name in JITTER_OPS if (s := getattr(cfg, name)) > 0]
+    drawn = []
+    for k in rng.permutation(len(ops)):
+        name, strength = ops[k]
+        low = -strength if name == "hue" else max(0.0, 1 - strength)
+        drawn.append((name, float(rng.uniform(low, (0.0 if name == "hue" else 1.0) + strength))))
+    return jitter_colours(x, drawn, cfg.gray_weights)
 
 
 def augment_view(
@@ -422,11 +440,13 @@ def collate_views(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
 __all__ = [
     "CROP_ATTEMPTS",
     "CROP_RULES",
+    "JITTER_OPS",
     "Augmentation",
     "MultiViewDataset",
     "ViewConfig",
     "augment_view",
     "collate_views",
+    "jitter_colours",
     "load_clip_manifests",
     "random_resized_crop_params",
     "sample_frame_indices",

@@ -29,6 +29,7 @@ from endofm.io import atomic_path, write_csv, write_text
 from endofm.report.collect import (
     ReportError,
     collect_metrics,
+    collect_robustness,
     git_commit,
     hardware,
     read_paper_results,
@@ -53,6 +54,7 @@ from endofm.report.tables import (
     paper_table,
     per_seed,
     pretraining_curve_table,
+    robustness_tables,
     row_label,
     secondary_tables,
     summarise,
@@ -107,8 +109,9 @@ class ReportConfig:
 @dataclass
 class ReportInputs:
     """What the report reads: metrics files; pretraining ``metrics.csv`` files; the folder of Snakemake
-    benchmark files; ``config/paper_results.yaml``; the benchmark indexes and raw data (example frames).
-    A run's folder is its metrics path with ``metrics_root`` replaced by ``runs_root``."""
+    benchmark files; ``config/paper_results.yaml``; the benchmark indexes and raw data (example frames);
+    robustness metrics files (:mod:`endofm.tasks.robustness`). A run's folder is its metrics path with
+    ``metrics_root`` replaced by ``runs_root``."""
 
     metrics: Sequence[str]
     pretrain: Sequence[str] = ()
@@ -118,6 +121,7 @@ class ReportInputs:
     raw_dir: str | None = None
     metrics_root: str = paths.METRICS
     runs_root: str = paths.FINETUNE
+    robustness: Sequence[str] = ()
 
 
 @dataclass
@@ -133,6 +137,7 @@ class Collected:
     paper: dict[str, Any] = field(default_factory=dict)
     curve: pd.DataFrame = field(default_factory=pd.DataFrame)
     snapshot_runs: int = 0  # metrics files of runs from pretraining snapshots (in ``curve`` only)
+    robust: pd.DataFrame = field(default_factory=pd.DataFrame)  # collect_robustness: runs under corruptions
 
 
 def collect_inputs(inputs: ReportInputs, cfg: ReportConfig, n_seeds: int | None) -> Collected:
@@ -155,6 +160,7 @@ def collect_inputs(inputs: ReportInputs, cfg: ReportConfig, n_seeds: int | None)
         paper=read_paper_results(inputs.paper_results),
         curve=curve,
         snapshot_runs=snapshot_runs,
+        robust=collect_robustness(inputs.robustness),
     )
 
 
@@ -184,6 +190,25 @@ def pretraining_costs(data: Collected) -> dict[tuple[str, str], str]:
     return costs
 
 
+def _start_label(init: str | None) -> str:
+    if init is None:
+        return DASH
+    return "random" if init == "random" else "/".join(Path(init).parts[-2:])
+
+
+def pretraining_starts(data: Collected) -> dict[tuple[str, str], str]:
+    """Per (method, variant): the weights it starts from, ``random`` or the file (its folder and name): the
+    ``init`` of its pretraining job, or for runs without one the checkpoint they load (an adapted weights
+    file such as ST-Adapter's CLIP) or ``random`` (scratch)."""
+    starts = {key: _start_label(info.get("init")) for key, info in data.pretraining.items()}
+    for r in data.records:
+        key = (r["method"], r["variant"])
+        if key not in data.pretraining:
+            checkpoint = (r.get("settings") or {}).get("checkpoint")
+            starts.setdefault(key, _start_label(checkpoint or "random"))
+    return starts
+
+
 def timing_table(timings: pd.DataFrame) -> Table | None:
     """Wall time per rule (stage): jobs, total and longest wall time, total CPU time, peak memory."""
     if timings.empty:
@@ -210,7 +235,7 @@ def make_tables(
     common = {"test": cfg.test, "alpha": cfg.alpha, "reference_label": ref_label}
     tables = [
         table1(
-            s, paper=paper, costs=pretraining_costs(data), reference=cfg.reference_method,
+            s, paper=paper, costs=pretraining_costs(data), starts=pretraining_starts(data), reference=cfg.reference_method,
             main_variant=cfg.main_variant, synthetic=synthetic, test=cfg.test, alpha=cfg.alpha,
         )
     ]  # fmt: skip
@@ -220,7 +245,10 @@ def make_tables(
     tables += ablation_tables(s, ablations, method=cfg.reference_method, **common)
     efficiency = label_efficiency_table(s, paper=paper, reference=cfg.reference_method, main_variant=cfg.main_variant)
     curve = pretraining_curve_table(data.curve, pretraining=data.pretraining, paper=paper, synthetic=synthetic)
-    return tables + ([efficiency] if efficiency else []) + ([curve] if curve else [])
+    tables += ([efficiency] if efficiency else []) + ([curve] if curve else [])
+    return tables + robustness_tables(
+        data.long, data.robust, paper=paper, reference=cfg.reference_method, main_variant=cfg.main_variant, **common
+    )
 
 
 def write_tables(
@@ -280,6 +308,12 @@ def make_figures(data: Collected, inputs: ReportInputs, cfg: ReportConfig) -> di
         "Fine-tuning: training loss and selection metric per epoch (mean over seeds)",
         figures.finetuning_curves(histories),
     )
+    if not data.robust.empty:
+        out["robustness_curves"] = (
+            "Robustness: Table 1 metric versus corruption severity (0: clean; mean ± std over seeds)",
+            figures.robustness_curves(data.long, data.robust, rows, labels),
+        )
+        out["robustness_preview"] = robustness_preview(data, inputs)
     if inputs.benchmarks_dir and inputs.raw_dir:
         for bench, entry in BENCHMARKS.items():
             rec = _example_run(data, cfg, bench) if entry.examples else None
@@ -295,6 +329,31 @@ def make_figures(data: Collected, inputs: ReportInputs, cfg: ReportConfig) -> di
             title = f"{headline(bench).label} test frames of {rec['method']}/{rec['variant']}, {rec['protocol']}, {rec['mode']}, seed {rec['seed']}"
             out[f"{bench}_examples"] = (title, fig)
     return {k: (title, figures.png(fig)) for k, (title, fig) in out.items() if fig is not None}
+
+
+def robustness_preview(data: Collected, inputs: ReportInputs) -> tuple[str, Any]:
+    """(title, Figure or None): one test frame of the first benchmark that has a preview clip (CVC-12k, then
+    KUMC) clean and under each corruption and severity of the robustness runs, labels moved with the pixels."""
+    from endofm.tasks.robustness import preview_clip, preview_figure  # here: torch loads only when drawn
+
+    if not (inputs.benchmarks_dir and inputs.raw_dir):
+        return "", None
+    corruptions = {
+        name: sorted(int(s) for s in g["severity"].unique()) for name, g in data.robust.groupby("corruption", sort=False)
+    }
+    for bench in ("cvc12k", "kumc"):
+        manifest = Path(inputs.benchmarks_dir) / bench / "manifest.csv"
+        splits = [r["test_split"] for r in data.records if r["benchmark"] == bench and "test_split" in r]
+        if not manifest.is_file() or not splits:
+            continue
+        clip = preview_clip(bench, read_manifest(manifest), Path(inputs.raw_dir) / bench, splits[0])
+        if clip is not None:
+            title = (
+                f"What the corruptions look like: {headline(bench).label} test clip {clip['key']}, one frame clean and "
+                "at each severity, with the true labels (green) moved as the pixels"
+            )
+            return title, preview_figure(clip, corruptions)
+    return "", None
 
 
 def provenance(data: Collected, settings_hash: str | None) -> list[tuple[str, str]]:
@@ -379,6 +438,11 @@ def build_report(
                 [by_name["pretrain_curve"]],
                 fig("pretrain_curve"),
             )
+        )
+    robustness = [t for t in tables if t.key.startswith("robustness_")]
+    if robustness:
+        sections.append(
+            html.section("robustness", "Robustness", robustness, fig("robustness_curves", "robustness_preview"))
         )
     sections += [
         html.section("curves", "Training curves", figures=fig("pretraining_curves", "finetuning_curves")),

@@ -123,6 +123,33 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, l
     return pd.DataFrame(rows), records
 
 
+#: The columns of :func:`collect_robustness`' frame.
+ROBUSTNESS_COLUMNS = (*AXES, "seed", "corruption", "severity", "metric", "value", "path")
+
+
+def collect_robustness(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """The robustness metrics files (:func:`endofm.tasks.robustness.evaluate_robustness`) as a long frame, one
+    row per run × corruption × severity × metric (:data:`ROBUSTNESS_COLUMNS`). Each is checked as a metrics
+    file and must name its ``corruption`` (a string) and ``severity`` (an integer); two files for one cell fail."""
+    rows, seen = [], {}
+    for name in sorted({str(p) for p in paths}):
+        rec = read_metrics_file(name)
+        corruption, severity = rec.get("corruption"), rec.get("severity")
+        if not isinstance(corruption, str) or not corruption or isinstance(severity, bool) or not isinstance(severity, int):
+            raise _fail(
+                Path(name),
+                f"malformed robustness metrics file: expected corruption (a name) and severity (an integer), got "
+                f"{corruption!r} and {severity!r}",
+            )
+        key = (*(rec[k] for k in AXES), rec["seed"], rec["pretrain_fraction"], corruption, severity)
+        if key in seen:
+            raise ReportError(f"{name}: the same run and corruption as {seen[key]}")
+        seen[key] = name
+        ident = {k: rec[k] for k in AXES} | {"seed": rec["seed"], "corruption": corruption, "severity": severity}
+        rows += [{**ident, "metric": m, "value": v, "path": name} for m, v in flat_metrics(rec).items()]
+    return pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS))
+
+
 def run_dir_of(
     metrics_path: str | os.PathLike, metrics_root: str = paths.METRICS, runs_root: str = paths.FINETUNE
 ) -> Path:
@@ -152,13 +179,14 @@ def read_pretraining(metrics_files: Iterable[str | os.PathLike]) -> dict[tuple[s
             curves = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise _fail(path, f"malformed pretraining metrics: {str(exc).splitlines()[0]}") from None
-        parameters = None
+        parameters, init = None, None
         meta = path.with_name("config.yaml")
         if meta.is_file():
             try:
-                run = (yaml.safe_load(meta.read_text()) or {}).get("run") or {}
-                parameters = run.get("parameters")
-            except yaml.YAMLError:
+                resolved = yaml.safe_load(meta.read_text()) or {}
+                parameters = (resolved.get("run") or {}).get("parameters")
+                init = (resolved.get("pretrain") or {}).get("init")  # the start (None: not recorded)
+            except (yaml.YAMLError, AttributeError):
                 parameters = None
         record = path.with_name("run.json")
         try:
@@ -168,6 +196,7 @@ def read_pretraining(metrics_files: Iterable[str | os.PathLike]) -> dict[tuple[s
         out[(path.parent.parent.name, path.parent.name)] = {
             "curves": curves,
             "parameters": parameters,
+            "init": init if isinstance(init, str) else None,
             "run": run if isinstance(run, dict) else {},
             "path": str(path),
         }

@@ -238,3 +238,44 @@ def pretraining_efficiency(
             ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def robustness_curves(
+    long: pd.DataFrame, robust: pd.DataFrame, rows: Sequence[tuple[str, str]], labels: Mapping[tuple[str, str], str]
+) -> Figure | None:
+    """One panel per benchmark and corruption: the Table 1 metric (×100, mean ± std over seeds) versus the
+    severity, 0 being the clean test split (the runs' own metrics files), a line per method and (protocol,
+    mode) block (full: solid, frozen: dashed); None without robustness runs."""
+    if robust.empty:
+        return None
+    panels = [
+        (b, c) for b in benchmarks_of(robust) for c in dict.fromkeys(robust.loc[robust["benchmark"] == b, "corruption"])
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    cell = ["method", "variant", "protocol", "mode"]
+    for ax, (bench, corruption) in zip(axes[0], panels, strict=True):
+        metric = headline(bench).metric
+        sub = robust[(robust["benchmark"] == bench) & (robust["corruption"] == corruption) & (robust["metric"] == metric)]
+        clean = long[(long["benchmark"] == bench) & (long["metric"] == metric) & (long["label_fraction"] == 1.0)]
+        for protocol, mode in blocks_of(sub):
+            for i, (method, variant) in enumerate(rows):
+                key = (method, variant, protocol, mode)
+                runs = sub[(sub[cell] == list(key)).all(axis=1)]
+                if runs.empty:
+                    continue
+                base = clean[(clean[cell] == list(key)).all(axis=1)].assign(severity=0)
+                points = pd.concat([base, runs])[["severity", "value"]].astype(float).dropna()
+                stats = points.groupby("severity")["value"].agg(["mean", "std"]).sort_index()
+                ax.errorbar(
+                    stats.index, stats["mean"] * 100, yerr=stats["std"].fillna(0) * 100,
+                    fmt=("-" if mode == "full" else "--") + "o", ms=4, capsize=3, color=COLORS[i % 10],
+                    label=f"{labels.get((method, variant), method)}, {protocol}, {MODE_LABELS.get(mode, mode)}",
+                )  # fmt: skip
+        ax.set(title=f"{headline(bench).label}: {corruption}", xlabel="severity (0: clean)",
+               ylabel=f"{headline(bench).metric_label} (×100)")  # fmt: skip
+        ax.set_xticks(sorted({0, *sub["severity"].astype(int)}))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig

@@ -222,6 +222,7 @@ def table1(
     *,
     paper: Mapping[str, Any],
     costs: Mapping[tuple[str, str], str],
+    starts: Mapping[tuple[str, str], str] | None = None,
     reference: str,
     main_variant: str,
     synthetic: bool,
@@ -244,7 +245,8 @@ def table1(
         for b in benchmarks_of(summary)
     }
     benches = [b for b in benchmarks_of(summary) if not is_empty([v for k, v in ours.items() if k[-1] == b])]
-    columns = ["Method", "Pretraining cost"]
+    starts = starts or {}
+    columns = ["Method", "Start", "Pretraining cost"]
     for b in benches:
         columns += [f"{headline(b).label} {headline(b).metric_label}", paper_head]
     blocks = []
@@ -254,7 +256,11 @@ def table1(
             results = [ours[(protocol, mode, method, variant, b)] for b in benches]
             if is_empty(results):
                 continue
-            line = [row_label(method, variant, paper, several), costs.get((method, variant), DASH)]
+            line = [
+                row_label(method, variant, paper, several),
+                starts.get((method, variant), DASH),
+                costs.get((method, variant), DASH),
+            ]
             for b, result in zip(benches, results, strict=True):
                 line += [result, paper_cell(paper, method, b)]
             lines.append(line)
@@ -264,8 +270,9 @@ def table1(
     caption = (
         f"Mean ± sample std (×100) over fine-tuning seeds, n = seeds; 'n=k of m' marks a cell with fewer seeds than "
         f"the m configured. * : differs from {ref_label} at p < {alpha:g}, {TESTS[test].description}, paired by seed "
-        f"(no mark: not significant or fewer than 2 shared seeds). Pretraining cost: wall and CPU time of the "
-        f"pretraining job (Snakemake benchmark file) and parameter count."
+        f"(no mark: not significant or fewer than 2 shared seeds). Start: the weights a method starts from (random, "
+        f"or the file its pretraining starts from, or that it adapts without pretraining). Pretraining cost: wall and "
+        f"CPU time of the pretraining job (Snakemake benchmark file) and parameter count."
     )
     if synthetic:
         caption += (
@@ -275,7 +282,7 @@ def table1(
         )
     else:
         caption += f" † Numbers reported in the paper (paper protocol, full fine-tuning). {TAG_LEGEND}."
-    stacked = tuple(range(3, len(columns), 2))
+    stacked = tuple(range(4, len(columns), 2))
     return Table("table1", "Table 1: fine-tuning results", caption, columns, blocks, stacked=stacked)
 
 
@@ -375,28 +382,35 @@ def ablation_tables(
     alpha: float,
     reference_label: str,
 ) -> list[Table]:
-    """One table per ablation (name -> {variant: row label}): the ``method`` runs of those variants, Table 1
-    metrics, one block per protocol and mode; the caption names the variants without runs."""
+    """One table per ablation (name -> {variant: row label}): the runs of those variants, Table 1 metrics, one
+    block per protocol and mode; ``method``'s rows, or with several methods on the variants (an ablation's
+    ``methods``) one row per method and variant, ``method`` first. The caption names the rows without runs."""
     cells, fraction = Cells(summary), full_fraction(summary)
     benches = benchmarks_of(summary)
     tables = []
     for name, variants in ablations.items():
+        ran_on = summary[summary["variant"].isin(list(variants))]["method"].unique().tolist()
+        methods = sorted(set(ran_on) | {method}, key=lambda m: (m != method, m))
+        several = len(methods) > 1
         columns = ["Variant"] + [f"{headline(b).label} {headline(b).metric_label}" for b in benches]
         blocks = []
-        for protocol, mode in blocks_of(summary[summary["method"] == method]) or blocks_of(summary):
+        for protocol, mode in blocks_of(summary[summary["method"].isin(methods)]) or blocks_of(summary):
             lines = [
-                [label]
-                + [fmt_cell(cells.get(b, method, v, protocol, mode, fraction, headline(b).metric)) for b in benches]
+                [f"{m}: {label}" if several else label]
+                + [fmt_cell(cells.get(b, m, v, protocol, mode, fraction, headline(b).metric)) for b in benches]
+                for m in methods
                 for v, label in variants.items()
             ]
             blocks.append((block_title(protocol, mode), lines))
         shown, blocks = drop_empty(blocks, columns)
         ran = {r[0] for _, rows in blocks for r in rows}
+        who = ", ".join(methods)
         caption = (
-            f"Ablation '{name}': {method} pretrained with each variant, then fine-tuned; mean ± sample std (×100) "
+            f"Ablation '{name}': {who} pretrained with each variant, then fine-tuned; mean ± sample std (×100) "
             f"over seeds with n. * : differs from {reference_label} at p < {alpha:g} ({TESTS[test].description})."
         )
-        missing = [label for label in variants.values() if label not in ran]
+        expected = [f"{m}: {label}" if several else label for m in methods for label in variants.values()]
+        missing = [label for label in expected if label not in ran]
         if missing:
             caption += f" Not run: {', '.join(missing)}."
         tables.append(Table(f"ablation_{name}", f"Ablation: {name}", caption, shown, blocks))
@@ -514,6 +528,92 @@ def pretraining_curve_table(
         caption += " On the built-in synthetic corpus these numbers test the machinery, not clinical accuracy."
     columns, blocks = drop_empty(blocks, ["Method", "Read-out"] + [f"{f:g}" for f in fractions], labels=2)
     return Table("pretrain_curve", "Frozen read-out vs pretraining steps", caption, columns, blocks, labels=2)
+
+
+def robustness_seeds(
+    long: pd.DataFrame, robust: pd.DataFrame, benchmark: str
+) -> dict[tuple[str, str, str, str], dict[str, dict[int, float]]]:
+    """Per (method, variant, protocol, mode) of ``benchmark``'s robustness runs, per seed, its Table 1 metric:
+    ``clean`` (the run's own metrics file in ``long``, full label fraction), ``corrupted`` (the mean over every
+    corruption and severity of ``robust``) and ``relative`` (corrupted / clean; a clean 0 gives none)."""
+    metric = headline(benchmark).metric
+    cell = ["method", "variant", "protocol", "mode"]
+    rob = robust[(robust["benchmark"] == benchmark) & (robust["metric"] == metric)]
+    rob = rob[pd.to_numeric(rob["value"], errors="coerce").notna()]
+    clean = long[(long["benchmark"] == benchmark) & (long["metric"] == metric) & (long["label_fraction"] == 1.0)]
+    clean_of = {(*k, int(s)): float(v) for *k, s, v in clean[[*cell, "seed", "value"]].itertuples(index=False)}
+    out: dict[tuple[str, str, str, str], dict[str, dict[int, float]]] = {}
+    for key, g in rob.groupby(cell, sort=False):
+        values: dict[str, dict[int, float]] = {"clean": {}, "corrupted": {}, "relative": {}}
+        for seed, runs in g.groupby("seed"):
+            corrupted = float(runs["value"].mean())
+            values["corrupted"][int(seed)] = corrupted
+            base = clean_of.get((*key, int(seed)))
+            if base is not None and math.isfinite(base):
+                values["clean"][int(seed)] = base
+                if base > 0:
+                    values["relative"][int(seed)] = corrupted / base
+        out[tuple(key)] = values
+    return out
+
+
+def robustness_tables(
+    long: pd.DataFrame,
+    robust: pd.DataFrame,
+    *,
+    paper: Mapping[str, Any],
+    reference: str,
+    main_variant: str,
+    test: str,
+    alpha: float,
+    reference_label: str,
+) -> list[Table]:
+    """Per benchmark with robustness runs: per method, its clean Table 1 metric, the mean over the corruptions
+    and severities, and that mean relative to clean (:func:`robustness_seeds`), each mean ± sample std over
+    seeds with the paired test against the ``reference`` (method, ``main_variant``) of the same block."""
+    tables = []
+    for b in benchmarks_of(robust):
+        seeds = robustness_seeds(long, robust, b)
+        sub = robust[robust["benchmark"] == b]
+        rows = method_rows(sub, reference, main_variant)
+        corruptions = sub[["corruption", "severity"]].drop_duplicates()
+        blocks = []
+        for protocol, mode in blocks_of(sub):
+            ref = seeds.get((reference, main_variant, protocol, mode))
+            lines = []
+            for method, variant in rows:
+                values = seeds.get((method, variant, protocol, mode))
+                if values is None:
+                    continue
+                line = [row_label(method, variant, paper, False)]
+                for column in ("clean", "corrupted", "relative"):
+                    vals = values[column]
+                    if not vals:
+                        line.append(DASH)
+                        continue
+                    mark = ref is not None and (method, variant) != (reference, main_variant)
+                    significant = mark and compare(vals, ref[column], test, alpha).significant
+                    line.append(fmt_cell(SimpleNamespace(**mean_std(list(vals.values())), significant=significant)))
+                lines.append(line)
+            blocks.append((block_title(protocol, mode), lines))
+        head = headline(b)
+        columns, blocks = drop_empty(
+            blocks, ["Method", f"Clean {head.metric_label}", "Corrupted (mean)", "Corrupted / clean"]
+        )
+        if not blocks:
+            continue
+        names = ", ".join(
+            f"{name} ({', '.join(str(s) for s in sorted(g['severity']))})"
+            for name, g in corruptions.groupby("corruption", sort=False)
+        )
+        caption = (
+            f"{head.label} {head.metric_label} (×100) on the clean test split and under corruptions (severities): "
+            f"{names}. Corrupted: the mean over every corruption and severity; corrupted / clean: that mean over the "
+            f"clean value, per seed. Mean ± sample std over seeds with n. * : differs from {reference_label} at "
+            f"p < {alpha:g} ({TESTS[test].description})."
+        )
+        tables.append(Table(f"robustness_{b}", f"Robustness: {head.label}", caption, columns, blocks))
+    return tables
 
 
 def long_table(summary: pd.DataFrame) -> pd.DataFrame:

@@ -32,10 +32,13 @@ from endofm.tasks.protocols import OfficialSplits, ProtocolSplits, protocol_spli
 
 class TaskEntry(NamedTuple):
     """A benchmark's fine-tuning: its :class:`~endofm.tasks.finetune.Task` class and its frozen-mode
-    function (None: the frozen mode is the Task trained with a frozen backbone)."""
+    function (None: the frozen mode is the Task trained with a frozen backbone), and with a frozen-mode
+    function, how a finished frozen run is scored again on (corrupted) test inputs: ``frozen_scores(cfg,
+    splits, root, backbone, state, device, corrupt)``, ``state`` its ``model.pt``'s ``extra.probe``."""
 
     task: type
     frozen: Callable[..., dict[str, Any]] | None
+    frozen_scores: Callable[..., dict[str, float]] | None = None
 
 
 class Headline(NamedTuple):
@@ -64,9 +67,10 @@ class Benchmark:
     # (run_dir, manifest, raw_dir, test_split, task_settings) -> a matplotlib Figure or None
     examples: Callable[..., Any] | None = None
 
-    def index(self, raw_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-        """Index the raw layout in ``raw_dir`` into ``out_dir`` (:func:`endofm.data.benchmarks.build_manifest`)."""
-        return build_manifest(self.name, self.indexer, Path(raw_dir), Path(out_dir))
+    def index(self, raw_dir: str | Path, out_dir: str | Path, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Index the raw layout in ``raw_dir`` into ``out_dir`` (:func:`endofm.data.benchmarks.build_manifest`);
+        ``options``: the index's settings from the workflow's ``data`` section (``indexer.options(data)``)."""
+        return build_manifest(self.name, self.indexer, Path(raw_dir), Path(out_dir), options)
 
     def protocol_splits(self, manifest: pd.DataFrame, protocol: str, seed: int = 0, **kwargs: Any) -> ProtocolSplits:
         """The train/select/test rows under ``protocol`` (:func:`endofm.tasks.protocols.protocol_splits`)."""
@@ -149,9 +153,9 @@ def evaluate_run(
 
 
 def _classify() -> TaskEntry:
-    from endofm.tasks.classify import ClassifyTask, run_probe
+    from endofm.tasks.classify import ClassifyTask, probe_scores, run_probe
 
-    return TaskEntry(ClassifyTask, run_probe)
+    return TaskEntry(ClassifyTask, run_probe, probe_scores)
 
 
 def _segment() -> TaskEntry:
@@ -210,9 +214,10 @@ register(
         indexer=Indexer(
             cvc.index_cvc,
             cvc.summarize_split,
+            settings={"polyp_value": "cvc12k_polyp_value"},
             notes=(
                 "'CVC-12k' is read as the 612-frame CVC-ClinicDB (Original/ and Ground Truth/ tifs)",
-                "one sample is one whole sequence; masks: 255 -> 1, all else -> 0",
+                "one sample is one whole sequence; masks: 255 (or data.cvc12k_polyp_value) -> 1, all else -> 0",
                 "sequences come from videolist.txt if present, else the official hard-coded lists, in which 7 of 9 "
                 "test sequences are also train sequences (see overlaps_other_split)",
             ),

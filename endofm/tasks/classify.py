@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from endofm.config import check_fields, config_hash, setting
+from endofm.data.corruptions import ClipCorruption
 from endofm.data.polypdiag import PolypDiagDataset, ShortVideo
 from endofm.data.transforms import KINETICS_MEAN, KINETICS_STD, ClipTransform, torch_rng
 from endofm.engine import resolve_device, seed_everything
@@ -123,10 +124,13 @@ class ClassifyConfig:
 
 
 class _Transformed(Dataset):
-    """Items of a PolypDiagDataset as (video tensor, label, index)."""
+    """Items of a PolypDiagDataset as (video tensor, label, index); ``corrupt`` (robustness evaluation)
+    corrupts each clip's raw frames first, keyed by sample id (and clip number)."""
 
-    def __init__(self, dataset: PolypDiagDataset, transform: ClipTransform) -> None:
-        self.dataset, self.transform = dataset, transform
+    def __init__(
+        self, dataset: PolypDiagDataset, transform: ClipTransform, corrupt: ClipCorruption | None = None
+    ) -> None:
+        self.dataset, self.transform, self.corrupt = dataset, transform, corrupt
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
@@ -138,6 +142,13 @@ class _Transformed(Dataset):
         item = self.dataset[index]
         rng = torch_rng() if self.transform.random else None
         frames = item["frames"].numpy()
+        if self.corrupt is not None:
+            key = item["sample_id"]
+            frames = (
+                np.stack([self.corrupt(clip, f"{key}#{i}").frames for i, clip in enumerate(frames)])
+                if frames.ndim == 5
+                else self.corrupt(frames, key).frames
+            )
         if frames.ndim == 5:  # several test clips
             video = torch.stack([self.transform(clip, rng) for clip in frames])
         else:
@@ -146,10 +157,16 @@ class _Transformed(Dataset):
 
 
 def clip_dataset(
-    cfg: ClassifyConfig, splits: ProtocolSplits, root: Path, role: str, seed: int = 0, test_view: bool = False
+    cfg: ClassifyConfig,
+    splits: ProtocolSplits,
+    root: Path,
+    role: str,
+    seed: int = 0,
+    test_view: bool = False,
+    corrupt: ClipCorruption | None = None,
 ) -> _Transformed:
     """The (video, label, index) dataset of ``role``: random training views for ``train`` (unless
-    ``test_view``), the deterministic test view otherwise."""
+    ``test_view``), the deterministic test view otherwise; ``corrupt``: raw frames corrupted first."""
     part = getattr(splits, role)
     if role == "train" and not test_view:
         base = PolypDiagDataset(
@@ -163,7 +180,7 @@ def clip_dataset(
             window_fps=cfg.window_fps, short_video=cfg.short_video,
         )  # fmt: skip
         transform = ClipTransform(cfg.test_short_side, cfg.crop_size, cfg.test_crop, 0.0, cfg.mean, cfg.std)
-    return _Transformed(base, transform)
+    return _Transformed(base, transform, corrupt)
 
 
 def _frame(dataset: _Transformed, probs: np.ndarray) -> pd.DataFrame:
@@ -188,10 +205,20 @@ class ClassifyTask(Task):
     selection_metric: ClassVar[str] = "f1"
     selection_metrics: ClassVar[tuple[str, ...]] = ("f1", "auroc", "accuracy")
 
-    def __init__(self, cfg: ClassifyConfig, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: ClassifyConfig,
+        splits: ProtocolSplits,
+        root: str | Path,
+        seed: int = 0,
+        corrupt: ClipCorruption | None = None,
+    ) -> None:
         super().__init__(splits, root, seed)
         self.cfg = cfg
-        self._eval = {role: clip_dataset(cfg, splits, self.root, role) for role in ("select", "test")}
+        self._eval = {
+            role: clip_dataset(cfg, splits, self.root, role, corrupt=corrupt if role == "test" else None)
+            for role in ("select", "test")
+        }
 
     def build_model(self, backbone: TimeSformer) -> nn.Module:
         return VideoClassifier(backbone, self.cfg.num_classes)
@@ -251,10 +278,11 @@ def linear_probe(
     c_grid,
     seed: int,
     metric: str = "f1",
+    fitted: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Standardised logistic regression; C picked by ``metric`` (a :func:`classification_metrics` key) on
     ``eval_sets['select']`` (ties: smaller C). Returns the class probabilities of every eval set under the
-    chosen C, and that C."""
+    chosen C, and that C; ``fitted``, when given, receives the chosen probe (:func:`probe_state`)."""
     from sklearn.linear_model import LogisticRegression  # seconds to import: only the probes need it
     from sklearn.preprocessing import StandardScaler
 
@@ -266,7 +294,32 @@ def linear_probe(
         if best is None or score > best[0]:
             best = (score, c, model)
     _, c, model = best
+    if fitted is not None:
+        fitted.update(probe_state(scaler, model))
     return {name: model.predict_proba(scaler.transform(x)) for name, x in eval_sets.items()}, c
+
+
+def probe_state(scaler: Any, model: Any) -> dict[str, np.ndarray]:
+    """A fitted standardiser and logistic regression as arrays: ``mean``, ``scale``, ``coef``, ``intercept``
+    (what :func:`probe_probabilities` needs; stored in a frozen run's ``model.pt``)."""
+    return {
+        "mean": np.asarray(scaler.mean_, np.float64),
+        "scale": np.asarray(scaler.scale_, np.float64),
+        "coef": np.asarray(model.coef_, np.float64),
+        "intercept": np.asarray(model.intercept_, np.float64),
+    }
+
+
+def probe_probabilities(state: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """Class probabilities of a stored probe (:func:`probe_state`) on features ``x`` (N, C): standardise,
+    then the logistic (one row of weights: two classes) or the softmax (a row per class)."""
+    z = (np.asarray(x, np.float64) - np.asarray(state["mean"])) / np.asarray(state["scale"])
+    logits = z @ np.asarray(state["coef"]).T + np.asarray(state["intercept"])
+    if logits.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - p, p], axis=1)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def knn_predict(
@@ -283,6 +336,23 @@ def knn_predict(
     return (votes / votes.sum(dim=1, keepdim=True)).numpy()
 
 
+def probe_scores(
+    cfg: ClassifyConfig,
+    splits: ProtocolSplits,
+    root: str | Path,
+    backbone: TimeSformer,
+    state: dict[str, Any],
+    device: torch.device,
+    corrupt: ClipCorruption | None = None,
+) -> dict[str, float]:
+    """Test metrics of a frozen run's stored pooled probe (``state``: :func:`probe_state`, its
+    ``model.pt``'s ``extra.probe``) on ``backbone``'s features of the test views, corrupted by ``corrupt``."""
+    dataset = clip_dataset(cfg, splits, Path(root), "test", corrupt=corrupt)
+    feats = clip_features(backbone.to(device).eval(), dataset, device, cfg.probe.batch_size)
+    state = {k: v.numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in state.items()}
+    return _scores(_frame(dataset, probe_probabilities(state, feats["pooled"])))
+
+
 def run_probe(
     cfg: ClassifyConfig,
     splits: ProtocolSplits,
@@ -293,8 +363,9 @@ def run_probe(
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """The frozen-backbone run: features of every split once (test views, no augmentation), then the
-    read-outs; writes the three prediction files, ``model.pt`` (the pooled probe as a Linear layer
-    over standardised features) and ``run.json`` like :func:`~endofm.tasks.finetune.run_finetune`."""
+    read-outs; writes the three prediction files, ``model.pt`` (``extra.probe``: the pooled probe,
+    :func:`probe_state`, which robustness evaluation reuses) and ``run.json`` like
+    :func:`~endofm.tasks.finetune.run_finetune`."""
     if spec.mode != "frozen":
         raise ValueError(f"run_probe is the frozen mode, got mode {spec.mode!r}")
     out_dir, root, started = Path(out_dir), Path(root), time.time()
@@ -311,18 +382,22 @@ def run_probe(
         for role in ("train", "select", "test")
     }
     train, select_y = feats["train"], feats["select"]["labels"]
-    files, chosen, select = {}, {}, ClassifyTask.selection_key(cfg.train)
+    files, chosen, select, probes = {}, {}, ClassifyTask.selection_key(cfg.train), {}
     for name, key in (("linear_pooled", "pooled"), ("linear_cls", "cls")):
         evals = {role: feats[role][key] for role in ("select", "test")}
+        probes[name] = {}
         probs, chosen[name] = linear_probe(
-            train[key], train["labels"], evals, select_y, cfg.probe.c_grid, spec.seed, select
+            train[key], train["labels"], evals, select_y, cfg.probe.c_grid, spec.seed, select, probes[name]
         )
         files[name] = _frame(test_dataset, probs["test"])
     knn = knn_predict(train["cls"], train["labels"], feats["test"]["cls"], cfg.probe.knn_k, cfg.probe.knn_temperature)
     files["knn"] = _frame(test_dataset, knn)
     for name, frame in files.items():
         write_csv(out_dir / READOUTS[name], frame)
-    save_checkpoint(out_dir / MODEL_NAME, config=dict(settings), extra={"spec": asdict(spec), "probe_c": chosen})
+    probe = {k: torch.from_numpy(v) for k, v in probes["linear_pooled"].items()}
+    save_checkpoint(
+        out_dir / MODEL_NAME, config=dict(settings), extra={"spec": asdict(spec), "probe_c": chosen, "probe": probe}
+    )
     record = {
         **asdict(spec),
         "splits": splits.summary(),

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from endofm.config import check_fields, setting
+from endofm.data.corruptions import ClipCorruption
 from endofm.data.kumc import CLASS_IDS, KUMCDataset, to_coco
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor, torch_rng
 from endofm.io import write_json
@@ -246,12 +247,23 @@ class DetectionDataset(Dataset):
     ``[-hi, -lo]``, one from ``[lo, hi]`` and the flip (T = 3; the flip alone and T = 1 when
     ``train_ref_range`` is null). Otherwise the key frame with
     ``test_frames // 2`` neighbours on each side, no flip. References are clamped at the video's
-    ends, as :class:`~endofm.data.kumc.KUMCDataset` does.
+    ends, as :class:`~endofm.data.kumc.KUMCDataset` does. ``corrupt`` (robustness evaluation, not in
+    training) corrupts each clip keyed by its image id, the key frame never dropped, and moves its boxes.
     """
 
-    def __init__(self, cfg: DetectConfig, rows: pd.DataFrame, root: str | Path, split: str, train: bool) -> None:
+    def __init__(
+        self,
+        cfg: DetectConfig,
+        rows: pd.DataFrame,
+        root: str | Path,
+        split: str,
+        train: bool,
+        corrupt: ClipCorruption | None = None,
+    ) -> None:
+        if train and corrupt is not None:
+            raise ValueError("corrupt applies to evaluation datasets, not training")
         half = cfg.test_frames // 2
-        self.cfg, self.train = cfg, train
+        self.cfg, self.train, self.corrupt = cfg, train, corrupt
         self.base = KUMCDataset(rows, root, split, () if train else _offsets(half, half))
 
     def __len__(self) -> int:
@@ -259,7 +271,10 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not self.train:
-            return prepare_item(self.base[index], self.cfg)
+            item = self.base[index]
+            if self.corrupt is not None:
+                item = corrupt_item(item, self.corrupt)
+            return prepare_item(item, self.cfg)
         rng = torch_rng()
         offsets = []
         if self.cfg.train_ref_range is not None:
@@ -267,6 +282,17 @@ class DetectionDataset(Dataset):
             offsets = [-int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))]
         flip = bool(rng.random() < self.cfg.hflip)
         return prepare_item(self.base.load(index, offsets), self.cfg, flip)
+
+
+def corrupt_item(item: Mapping[str, Any], corrupt: ClipCorruption) -> dict[str, Any]:
+    """A :class:`~endofm.data.kumc.KUMCDataset` item under ``corrupt`` (key: its image id; the key frame is
+    never dropped): corrupted frames, boxes moved as the pixels (:meth:`CorruptedClip.warp_boxes`), those
+    that left the frame dropped with their labels."""
+    frames = item["frames"].numpy() if torch.is_tensor(item["frames"]) else np.asarray(item["frames"])
+    out = corrupt(frames, str(int(item["image_id"])), keep=(int(item["key_index"]),))
+    boxes, keep = out.warp_boxes(np.asarray(item["boxes"], dtype=np.float64))
+    labels = np.asarray(item["labels"]).reshape(-1)
+    return {**item, "frames": out.frames, "boxes": boxes[keep].astype(np.float32), "labels": labels[keep]}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -289,15 +315,28 @@ class DetectTask(Task):
     selection_metric: ClassVar[str] = "f1_paper"
     selection_metrics: ClassVar[tuple[str, ...]] = ("f1_paper", "f1_iou", "AP", "AP50", "AP75")
 
-    def __init__(self, cfg: DetectConfig, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: DetectConfig,
+        splits: ProtocolSplits,
+        root: str | Path,
+        seed: int = 0,
+        corrupt: ClipCorruption | None = None,
+    ) -> None:
+        """``corrupt``: the test split's clips are corrupted and its ground truth boxes moved with them."""
         super().__init__(splits, root, seed)
         self.cfg = cfg
         self.patch_size = 1  # set by build_model; padding is to a multiple of it and of size_divisibility
         self._eval = {
-            role: DetectionDataset(cfg, getattr(splits, role).rows, self.root, getattr(splits, role).split, False)
+            role: DetectionDataset(
+                cfg, getattr(splits, role).rows, self.root, getattr(splits, role).split, False,
+                corrupt if role == "test" else None,
+            )  # fmt: skip
             for role in ("select", "test")
         }
         self._coco = {role: to_coco(getattr(splits, role).rows, getattr(splits, role).split) for role in self._eval}
+        if corrupt is not None:
+            self._coco["test"] = corrupt.warp_coco(self._coco["test"])
 
     def build_model(self, backbone: TimeSformer) -> nn.Module:
         self.patch_size = backbone.patch_size

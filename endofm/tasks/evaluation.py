@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from endofm.data.cvc import read_mask
+from endofm.data.cvc import polyp_values, read_mask
 from endofm.data.kumc import to_coco
 from endofm.metrics import (
     classification_metrics,
@@ -136,7 +136,9 @@ def evaluate_segmentation(
     targets = []
     for name in names:
         frames = rows[rows["sequence"] == name].sort_values("frame_index")
-        target = np.stack([read_mask(Path(raw_dir) / p) for p in frames["mask"]])
+        target = np.stack(
+            [read_mask(Path(raw_dir) / p, v) for p, v in zip(frames["mask"], polyp_values(frames), strict=True)]
+        )
         if preds[name].shape != target.shape:
             raise ValueError(
                 f"{path}: sequence {name!r} has masks of shape {preds[name].shape}, expected {target.shape} (T, H, W)"

@@ -45,7 +45,7 @@ def segmentation_examples(
         frames = rows[rows["sequence"] == row.sequence].sort_values("frame_index").reset_index(drop=True)
         t = int(np.flatnonzero(frames["frame_index"].to_numpy() == row.frame_index)[0])
         ax.imshow(read_image(raw_dir / row.image))
-        _outline(ax, read_mask(raw_dir / row.mask) > 0, "lime")
+        _outline(ax, read_mask(raw_dir / row.mask, getattr(row, "polyp_value", 255)) > 0, "lime")
         if row.sequence in preds and t < len(preds[row.sequence]):
             _outline(ax, preds[row.sequence][t] > 0, "red")
         ax.set_title(f"seq {row.sequence}, frame {row.frame_index}", fontsize=8)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from endofm.config import check_fields, setting
+from endofm.data.corruptions import ClipCorruption
 from endofm.data.cvc import CVCSequenceDataset
 from endofm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_offsets, torch_rng
 from endofm.io import atomic_path
@@ -288,10 +289,17 @@ def eval_transform(cfg: SegmentConfig) -> SequenceTransform:
 class SequenceDataset(Dataset):
     """Sequences of a :class:`CVCSequenceDataset` through ``transform``: dict(video (3, T, S, S), masks,
     sequence). ``native=True`` (evaluation) returns the native {0, 1} uint8 masks (T, H, W) instead of
-    transformed ones, the ground truth that predictions are scored against."""
+    transformed ones, the ground truth that predictions are scored against. ``corrupt`` (robustness
+    evaluation) corrupts each sequence's native frames first, keyed by its name, and moves its masks with them."""
 
-    def __init__(self, dataset: CVCSequenceDataset, transform: SequenceTransform, native: bool = False) -> None:
-        self.dataset, self.transform, self.native = dataset, transform, native
+    def __init__(
+        self,
+        dataset: CVCSequenceDataset,
+        transform: SequenceTransform,
+        native: bool = False,
+        corrupt: ClipCorruption | None = None,
+    ) -> None:
+        self.dataset, self.transform, self.native, self.corrupt = dataset, transform, native, corrupt
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -299,6 +307,9 @@ class SequenceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.dataset[index]
         frames, masks = item["frames"].numpy(), item["masks"].numpy()
+        if self.corrupt is not None:
+            corrupted = self.corrupt(frames, str(item["sequence"]))
+            frames, masks = corrupted.frames, corrupted.warp_masks(masks)
         rng = torch_rng() if self.transform.random else None
         if self.native:
             video, _ = self.transform(frames, None, rng)
@@ -307,13 +318,16 @@ class SequenceDataset(Dataset):
         return {"video": video, "masks": out, "sequence": item["sequence"]}
 
 
-def sequence_dataset(cfg: SegmentConfig, splits: ProtocolSplits, root: Path, role: str) -> SequenceDataset:
-    """The dataset of ``role``: random training views for ``train``, native-mask test views otherwise."""
+def sequence_dataset(
+    cfg: SegmentConfig, splits: ProtocolSplits, root: Path, role: str, corrupt: ClipCorruption | None = None
+) -> SequenceDataset:
+    """The dataset of ``role``: random training views for ``train``, native-mask test views otherwise
+    (``corrupt``: corrupted frames and their moved masks)."""
     part = getattr(splits, role)
     base = CVCSequenceDataset(part.rows, root, part.split)
     if role == "train":
         return SequenceDataset(base, train_transform(cfg))
-    return SequenceDataset(base, eval_transform(cfg), native=True)
+    return SequenceDataset(base, eval_transform(cfg), native=True, corrupt=corrupt)
 
 
 def collate_sequences(items: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -341,10 +355,21 @@ class SegmentTask(Task):
     selection_metric: ClassVar[str] = "dice"
     selection_metrics: ClassVar[tuple[str, ...]] = ("dice", "frame_dice", "frame_iou")
 
-    def __init__(self, cfg: SegmentConfig, splits: ProtocolSplits, root: str | Path, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: SegmentConfig,
+        splits: ProtocolSplits,
+        root: str | Path,
+        seed: int = 0,
+        corrupt: ClipCorruption | None = None,
+    ) -> None:
+        """``corrupt``: the test split's frames are corrupted (and its masks moved with them)."""
         super().__init__(splits, root, seed)
         self.cfg = cfg
-        self._eval = {role: sequence_dataset(cfg, splits, self.root, role) for role in ("select", "test")}
+        self._eval = {
+            role: sequence_dataset(cfg, splits, self.root, role, corrupt if role == "test" else None)
+            for role in ("select", "test")
+        }
 
     def build_model(self, backbone: TimeSformer) -> nn.Module:
         cfg = self.cfg

@@ -1,0 +1,50 @@
+# Robustness read-out (evaluate.corruptions): each finished run of the matrix in evaluate.modes scored again on
+# its test split under every configured corruption and severity, one job per run (the model is loaded once);
+# results/metrics/robustness/<benchmark>/<run>/<corruption>-s<severity>.json. Not retrained: the inputs
+# are the run's model.pt and run.json (and, for a frozen PolypDiag probe, the backbone it read out).
+
+from endofm.settings import robustness_runs
+
+ROBUSTNESS_RUNS = robustness_runs(CFG)
+#: (corruption, severity) cells, in config order
+CORRUPTION_CELLS = [(name, s) for name, severities in CFG.evaluate.corruptions.items() for s in severities]
+
+
+def robustness_outputs(benchmark=None):
+    """The robustness metrics files of every scored run (of one benchmark)."""
+    return [
+        paths.robustness_file(run.path, name, s)
+        for run in ROBUSTNESS_RUNS
+        if benchmark in (None, run.benchmark)
+        for name, s in CORRUPTION_CELLS
+    ]
+
+
+def robustness_inputs(wildcards):
+    """A run's record and model, the benchmark's index and raw files, and the checkpoint the run started from."""
+    run_dir = f"{paths.FINETUNE}/{wildcards.benchmark}/" + RUN_PATH.format(**dict(wildcards.items()))
+    return finetune_inputs(wildcards.benchmark)(wildcards) | {
+        "run": f"{run_dir}/run.json",
+        "model": f"{run_dir}/model.pt",
+    }
+
+
+rule robustness_run:
+    input:
+        unpack(robustness_inputs),
+    output:
+        [f"{paths.ROBUSTNESS}/{{benchmark}}/{RUN_PATH}/{name}-s{s}.json" for name, s in CORRUPTION_CELLS],
+    log:
+        f"{LOGS}/robustness/{{benchmark}}/{RUN_PATH}.log",
+    benchmark:
+        f"{paths.TIMINGS}/robustness/{{benchmark}}/{RUN_PATH}.tsv"
+    conda:
+        "../envs/endofm.yaml"
+    threads: CFG.finetune.threads
+    resources:
+        gpu=CFG.finetune.gpus,
+    params:
+        cells=CORRUPTION_CELLS,
+        synthetic=SYNTHETIC,
+    script:
+        "../workflow_scripts/robustness.py"
