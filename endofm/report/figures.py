@@ -243,17 +243,23 @@ def pretraining_efficiency(
 def robustness_curves(
     long: pd.DataFrame, robust: pd.DataFrame, rows: Sequence[tuple[str, str]], labels: Mapping[tuple[str, str], str]
 ) -> Figure | None:
-    """One panel per benchmark and corruption: the Table 1 metric (×100, mean ± std over seeds) versus the
-    severity, 0 being the clean test split (the runs' own metrics files), a line per method and (protocol,
-    mode) block (full: solid, frozen: dashed); None without robustness runs."""
+    """One panel per benchmark (a row) and corruption (a column): the Table 1 metric (×100, mean ± std over
+    seeds) versus the severity, 0 being the clean test split (the runs' own metrics files), a line per method
+    and (protocol, mode) block (full: solid, frozen: dashed), one legend below; None without robustness runs."""
     if robust.empty:
         return None
-    panels = [
-        (b, c) for b in benchmarks_of(robust) for c in dict.fromkeys(robust.loc[robust["benchmark"] == b, "corruption"])
-    ]  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    benches = benchmarks_of(robust)
+    corruptions = {b: list(dict.fromkeys(robust.loc[robust["benchmark"] == b, "corruption"])) for b in benches}
+    ncols = max(len(c) for c in corruptions.values())
+    fig, axes = plt.subplots(len(benches), ncols, figsize=(3.6 * ncols, 3.0 * len(benches) + 0.6), squeeze=False)
+    panels = [(r, c, b, name) for r, b in enumerate(benches) for c, name in enumerate(corruptions[b])]
+    for r, b in enumerate(benches):
+        for c in range(len(corruptions[b]), ncols):
+            axes[r][c].set_visible(False)
     cell = ["method", "variant", "protocol", "mode"]
-    for ax, (bench, corruption) in zip(axes[0], panels, strict=True):
+    legend: dict[str, Any] = {}
+    for r, c, bench, corruption in panels:
+        ax = axes[r][c]
         metric = headline(bench).metric
         sub = robust[(robust["benchmark"] == bench) & (robust["corruption"] == corruption) & (robust["metric"] == metric)]
         clean = long[(long["benchmark"] == bench) & (long["metric"] == metric) & (long["label_fraction"] == 1.0)]
@@ -275,7 +281,8 @@ def robustness_curves(
                ylabel=f"{headline(bench).metric_label} (×100)")  # fmt: skip
         ax.set_xticks(sorted({0, *sub["severity"].astype(int)}))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
+        legend.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)})
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 4), fontsize=8, frameon=False)
     return fig
