@@ -14,18 +14,23 @@ Three parts, each a table:
    per minute from the wall time of the whole run minus its set-up (first-epoch start), with the
    per-epoch seconds of ``metrics.csv``.
 
+``--method vcl`` (or any pretrained method of the workflow config) times part 3 with that method's resolved
+settings; parts 1 and 2 take Endo-FM's views and step apart and run for ``--method endofm`` only.
+
 Clips: ``--clips clips.csv ...`` (e.g. made with ``endofm synth`` + ``endofm extract-clips``), or
 ``--count`` textured moving clips of 32 frames at 64x80 made in a temporary folder. The machine's
 load average is printed first and last: on a shared host compare variants of one run, not runs.
 On a busy 2-core host more than one torch thread made every step several times slower (each
 parallel region waits for its descheduled thread), hence the workflow's ``--threads`` split.
 
-    python benchmarks/bench_pretrain_step.py [--clips a/clips.csv ...] [--threads 1 2] [--workers 0 1 2]
+    python benchmarks/bench_pretrain_step.py [--method endofm|vcl|st_adapter] [--clips a/clips.csv ...]
+        [--threads 1 2] [--workers 0 1 2]
         [--steps 8] [--epochs 2] [--precision fp32|bf16] [--attention sdpa|explicit] [--parts data model e2e]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import statistics
@@ -145,6 +150,7 @@ def table(title: str, parts: dict[str, list[float]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__, config=True)
+    parser.add_argument("--method", default="endofm", help="pretrained method whose settings part 3 runs (endofm)")
     parser.add_argument("--variant", default="default", help="pretraining variant (default: default)")
     parser.add_argument("--clips", type=Path, nargs="+", help="clips.csv manifests (default: made in a temp folder)")
     parser.add_argument("--count", type=int, default=48, help="clips to make without --clips (48)")
@@ -159,7 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     with common.config_errors():
-        cfg = load_workflow_config(args.config).pretrain.variant(args.variant)
+        workflow = load_workflow_config(args.config)
+        cfg = workflow.pretrain.variant(args.variant)
+        method_cfg = workflow.method_settings(args.method, args.variant)
+    if args.method != "endofm":
+        args.parts = [p for p in args.parts if p == "e2e"]  # data and model parts take Endo-FM's step apart
+        print(f"method {args.method}: part 3 only, with its resolved settings")
     if args.precision:
         cfg.precision = args.precision
     if args.attention:
@@ -187,14 +198,16 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"\n2. model step, {threads} torch thread(s) (s per step)")
                     table("model", model_breakdown(cfg, views, args.steps))
         if "e2e" in args.parts and args.epochs:
-            run_cfg = PretrainConfig(
-                **{
-                    **vars(cfg),
-                    "epochs": args.epochs,
-                    "warmup_epochs": min(cfg.warmup_epochs, args.epochs),
-                    "max_steps_per_epoch": args.steps,
-                }
+            run_cfg = dataclasses.replace(
+                method_cfg,
+                epochs=args.epochs,
+                warmup_epochs=min(method_cfg.warmup_epochs, args.epochs),
+                max_steps_per_epoch=args.steps,
             )
+            if args.precision:
+                run_cfg.precision = args.precision
+            if args.attention:
+                run_cfg.backbone.attention = args.attention
             print(f"\n3. end to end: pretrain(), {args.epochs} epochs of at most {args.steps} steps")
             e2e = common.Table(E2E_TABLE, indent="  ")
             e2e.print_header()
