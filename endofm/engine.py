@@ -144,7 +144,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
 @contextlib.contextmanager
 def distributed_session(device: str = "auto") -> Iterator[DistInfo]:
     """:func:`init_distributed`, and on exit destroy the process group if this call created it."""
-    created = not (dist.is_available() and dist.is_initialized())
+    created = not in_process_group()
     info = init_distributed(device)
     try:
         yield info
@@ -200,10 +200,15 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 
 
 @torch.no_grad()
+def in_process_group() -> bool:
+    """Whether this process is in an initialised ``torch.distributed`` process group (the collectives apply)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_gather_cat(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Every rank's ``x`` (same shape on every rank) concatenated along ``dim`` in rank order, without
     gradient; ``x`` itself (detached) outside a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not in_process_group() or dist.get_world_size() == 1:
         return x.detach()
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.detach().contiguous())

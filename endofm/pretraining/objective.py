@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from endofm.engine import unwrap
+from endofm.engine import in_process_group, unwrap
 
 _MAX_NAMED = 8
 
@@ -103,7 +103,7 @@ def sinkhorn_knopp(teacher: torch.Tensor, temperature: float, iterations: int = 
     out both collapses, which small-batch runs need (the running centre of the original cannot stop
     a uniform collapse when the batch is tiny)."""
     logits = teacher.float() / temperature
-    distributed = dist.is_available() and dist.is_initialized()
+    distributed = in_process_group()
     shift = logits.max()
     if distributed:  # one shift for every rank: the per-prototype sums add the ranks' columns together
         dist.all_reduce(shift, op=dist.ReduceOp.MAX)
@@ -253,7 +253,7 @@ class EndoFMLoss(nn.Module):
             teacher_entropy = -(p * log_p).sum(dim=-1).mean()
             p_mean = p.sum(dim=0)  # over the global batch, so every rank reports the same value
             rows = p.shape[0]
-            if dist.is_available() and dist.is_initialized():
+            if in_process_group():
                 dist.all_reduce(p_mean)
                 rows *= dist.get_world_size()
             p_mean = p_mean / rows
@@ -278,7 +278,7 @@ class EndoFMLoss(nn.Module):
         teacher = teacher_out.detach().float()
         batch_center = teacher.sum(dim=0, keepdim=True)
         rows = teacher.shape[0]
-        if dist.is_available() and dist.is_initialized():
+        if in_process_group():
             dist.all_reduce(batch_center)
             rows *= dist.get_world_size()
         self.center.mul_(self.center_momentum).add_(batch_center / rows, alpha=1.0 - self.center_momentum)

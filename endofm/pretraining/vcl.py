@@ -53,9 +53,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from endofm.config import from_dict, merge, setting, to_dict
+from endofm.config import setting
 from endofm.data.video import VideoReader
-from endofm.engine import all_gather_cat, unwrap
+from endofm.engine import all_gather_cat, in_process_group, unwrap
 from endofm.models.checkpoint import check_start, load_start
 from endofm.models.vit import build_backbone
 from endofm.pretraining.contract import LoopConfig, Objective
@@ -154,16 +154,6 @@ class VCLConfig(LoopConfig):
 #: The settings VCL takes over from Endo-FM's (``pretrain.settings``) in the workflow, so that only the objective
 #: differs: the loop's, but for the snapshots, which the workflow sets per pretraining job.
 SHARED_SETTINGS = tuple(f.name for f in dataclasses.fields(LoopConfig) if f.name != "snapshots")
-
-
-def workflow_settings(cfg: Any, variant: str) -> VCLConfig:
-    """VCL's settings in the workflow: the budget of ``pretrain.settings`` (:data:`SHARED_SETTINGS`),
-    then the ``pretrain.vcl`` overlay."""
-    if variant != "default":
-        raise ValueError(f"vcl has the one pretraining variant 'default', got {variant!r}")
-    base = to_dict(cfg.pretrain.settings)
-    shared = {k: base[k] for k in SHARED_SETTINGS}
-    return from_dict(VCLConfig, merge(shared, cfg.pretrain.vcl), "pretrain.vcl")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -327,13 +317,9 @@ class VCLModel(nn.Module):
                 concepts = self.local(tokens[i * b : (j + 1) * b], prototypes)  # (2B, n, D)
                 result[f"local_{kind}"] = concepts.view(2, b, *prototypes.shape)
         result["reconstruction"] = torch.cat(rebuilt)
-        if self.local is not None and not local and _distributed():  # DDP needs every parameter in the graph
+        if self.local is not None and not local and in_process_group():  # DDP needs every parameter in the graph
             result["unused"] = sum(p.sum() for p in self.local.parameters()) * 0.0
         return result
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -343,7 +329,7 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torc
     ``−log softmax(q·k / τ)_i``. Under DDP the mean over processes is the loss of one process holding the
     whole batch, and so is the gradient of the queries."""
     keys = all_gather_cat(key)
-    offset = dist.get_rank() * len(query) if _distributed() else 0
+    offset = dist.get_rank() * len(query) if in_process_group() else 0
     logits = query @ keys.t() / temperature
     return F.cross_entropy(logits, torch.arange(offset, offset + len(query), device=query.device))
 
@@ -538,5 +524,4 @@ __all__ = [
     "local_match",
     "sample_clip_indices",
     "static_view",
-    "workflow_settings",
 ]
