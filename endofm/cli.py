@@ -256,18 +256,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from endofm.config import config_hash
     from endofm.report import ReportInputs, build_report
-    from endofm.settings import finetune_runs, robustness_runs
+    from endofm.settings import finetune_runs, robustness_files
 
     cfg = _workflow_config(args.config)
-    robustness = [
-        paths.robustness_file(run.path, name, severity)
-        for run in robustness_runs(cfg)
-        for name, severities in cfg.evaluate.corruptions.items()
-        for severity in severities
-    ]
     inputs = ReportInputs(
         metrics=[paths.metrics_file(run.path) for run in finetune_runs(cfg)],
-        robustness=[f for f in robustness if Path(f).is_file()],  # those of finished robustness jobs
+        robustness=[f for f in robustness_files(cfg) if Path(f).is_file()],  # those of finished robustness jobs
         pretrain=sorted(str(p) for p in Path(paths.PRETRAIN).glob("*/*/metrics.csv")),
         timings_dir=paths.TIMINGS,
         paper_results=args.paper_results if args.paper_results.is_file() else None,
@@ -531,9 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error (bad input, missing file) is one line on stderr and exit status 1
     (``-v`` adds the traceback)."""
-    from endofm.logs import setup_logging
-
     from endofm.jobsignals import end_with_workflow
+    from endofm.logs import setup_logging
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)

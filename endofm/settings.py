@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from endofm import paths
-from endofm.config import ConfigError, check_fields, config_file_of, from_dict, load_yaml, merge, setting, to_dict
+from endofm.config import ConfigError, check_fields, config_error_line, from_dict, load_yaml, merge, setting, to_dict
 from endofm.data.clips import ClipConfig
 from endofm.data.corruptions import CORRUPTIONS, SEVERITIES
 from endofm.data.sources import SOURCES, Download
@@ -468,6 +468,10 @@ class EvaluateStage:
                     f"{where}: expected distinct severities from {list(SEVERITIES)}, got {severities}", key=where
                 )
 
+    def cells(self) -> list[tuple[str, int]]:
+        """The (corruption, severity) cells, in config order: one metrics file each per scored run."""
+        return [(name, int(s)) for name, severities in self.corruptions.items() for s in severities]
+
 
 @dataclass
 class WorkflowConfig:
@@ -704,6 +708,16 @@ def robustness_runs(cfg: WorkflowConfig) -> list[RunSpec]:
     ]
 
 
+def robustness_files(cfg: WorkflowConfig, benchmark: str | None = None) -> list[str]:
+    """The robustness metrics file of every scored run (:func:`robustness_runs`; of ``benchmark`` only) and cell."""
+    return [
+        paths.robustness_file(run.path, name, severity)
+        for run in robustness_runs(cfg)
+        if benchmark in (None, run.benchmark)
+        for name, severity in cfg.evaluate.cells()
+    ]
+
+
 def ablation_runs(cfg: WorkflowConfig, name: str) -> list[RunSpec]:
     """The fine-tuning runs of ablation ``name``: each of its methods on each of its variants × its cells."""
     variants = cfg.ablation_variants(name)
@@ -777,7 +791,7 @@ def load_workflow_config(config: dict[str, Any] | str | Path) -> WorkflowConfig:
     try:
         return from_dict(WorkflowConfig, data, "config")
     except ConfigError as exc:
-        raise ConfigError(f"{config_file_of(exc.key, [config])}: {exc}", key=exc.key) from None
+        raise ConfigError(config_error_line(exc, [config]), key=exc.key) from None
 
 
 def load_pretrain_settings(

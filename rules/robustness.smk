@@ -3,21 +3,15 @@
 # results/metrics/robustness/<benchmark>/<run>/<corruption>-s<severity>.json. Not retrained: the inputs
 # are the run's model.pt and run.json (and, for a frozen PolypDiag probe, the backbone it read out).
 
-from endofm.settings import robustness_runs
+from endofm.settings import robustness_files
 
-ROBUSTNESS_RUNS = robustness_runs(CFG)
 #: (corruption, severity) cells, in config order
-CORRUPTION_CELLS = [(name, s) for name, severities in CFG.evaluate.corruptions.items() for s in severities]
+CORRUPTION_CELLS = CFG.evaluate.cells()
 
 
 def robustness_outputs(benchmark=None):
     """The robustness metrics files of every scored run (of one benchmark)."""
-    return [
-        paths.robustness_file(run.path, name, s)
-        for run in ROBUSTNESS_RUNS
-        if benchmark in (None, run.benchmark)
-        for name, s in CORRUPTION_CELLS
-    ]
+    return robustness_files(CFG, benchmark)
 
 
 def robustness_inputs(wildcards):
@@ -33,7 +27,7 @@ rule robustness_run:
     input:
         unpack(robustness_inputs),
     output:
-        [f"{paths.ROBUSTNESS}/{{benchmark}}/{RUN_PATH}/{name}-s{s}.json" for name, s in CORRUPTION_CELLS],
+        [paths.robustness_file(f"{{benchmark}}/{RUN_PATH}", name, s) for name, s in CORRUPTION_CELLS],
     log:
         f"{LOGS}/robustness/{{benchmark}}/{RUN_PATH}.log",
     benchmark:

@@ -382,19 +382,19 @@ def run_probe(
         for role in ("train", "select", "test")
     }
     train, select_y = feats["train"], feats["select"]["labels"]
-    files, chosen, select, probes = {}, {}, ClassifyTask.selection_key(cfg.train), {}
+    files, chosen, select, pooled = {}, {}, ClassifyTask.selection_key(cfg.train), {}
     for name, key in (("linear_pooled", "pooled"), ("linear_cls", "cls")):
         evals = {role: feats[role][key] for role in ("select", "test")}
-        probes[name] = {}
+        fitted = pooled if key == "pooled" else None  # the headline probe is stored, for robustness evaluation
         probs, chosen[name] = linear_probe(
-            train[key], train["labels"], evals, select_y, cfg.probe.c_grid, spec.seed, select, probes[name]
+            train[key], train["labels"], evals, select_y, cfg.probe.c_grid, spec.seed, select, fitted
         )
         files[name] = _frame(test_dataset, probs["test"])
     knn = knn_predict(train["cls"], train["labels"], feats["test"]["cls"], cfg.probe.knn_k, cfg.probe.knn_temperature)
     files["knn"] = _frame(test_dataset, knn)
     for name, frame in files.items():
         write_csv(out_dir / READOUTS[name], frame)
-    probe = {k: torch.from_numpy(v) for k, v in probes["linear_pooled"].items()}
+    probe = {k: torch.from_numpy(v) for k, v in pooled.items()}
     save_checkpoint(
         out_dir / MODEL_NAME, config=dict(settings), extra={"spec": asdict(spec), "probe_c": chosen, "probe": probe}
     )

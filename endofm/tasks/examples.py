@@ -28,7 +28,7 @@ def segmentation_examples(
 ) -> Figure | None:
     """Test frames of a CVC run with the true (green) and predicted (red) mask outlines: the frames with
     the largest true masks."""
-    from endofm.data.cvc import read_image, read_mask
+    from endofm.data.cvc import polyp_values, read_image, read_mask
 
     path = run_dir / "masks.npz"
     if not path.is_file():
@@ -41,11 +41,11 @@ def segmentation_examples(
     with np.load(path) as saved:
         preds = {name: saved[name] for name in saved.files}
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.0), squeeze=False)
-    for ax, row in zip(axes[0], picks.itertuples(index=False), strict=True):
+    for ax, row, polyp_value in zip(axes[0], picks.itertuples(index=False), polyp_values(picks), strict=True):
         frames = rows[rows["sequence"] == row.sequence].sort_values("frame_index").reset_index(drop=True)
         t = int(np.flatnonzero(frames["frame_index"].to_numpy() == row.frame_index)[0])
         ax.imshow(read_image(raw_dir / row.image))
-        _outline(ax, read_mask(raw_dir / row.mask, getattr(row, "polyp_value", 255)) > 0, "lime")
+        _outline(ax, read_mask(raw_dir / row.mask, polyp_value) > 0, "lime")
         if row.sequence in preds and t < len(preds[row.sequence]):
             _outline(ax, preds[row.sequence][t] > 0, "red")
         ax.set_title(f"seq {row.sequence}, frame {row.frame_index}", fontsize=8)
