@@ -96,7 +96,10 @@ def test_boxes_past_the_image_are_clipped_and_counted(tmp_path: Path, kumc: Path
     xml(first, voc("12", "1.jpg", [("adenomatous", 1, 1, 35, 24)]))  # 3 px past the 32 px wide image
     with caplog.at_level("WARNING", logger="endofm.data.kumc"):
         rows = index_kumc(kumc)
-    assert f"KUMC: 1 box(es) in 1 annotation file(s) extended past their image and were clipped to it (first: {first})" in caplog.text
+    assert (
+        f"KUMC: 1 box(es) in 1 annotation file(s) extended past their image and were clipped to it (first: {first})"
+        in caplog.text
+    )
     row = rows[rows["annotation"] == first.relative_to(kumc).as_posix()].iloc[0]
     assert json.loads(row["boxes"]) == [[0.0, 0.0, 32.0, 24.0]]
 
@@ -111,7 +114,10 @@ def test_boxes_past_the_image_are_clipped_and_counted(tmp_path: Path, kumc: Path
         (voc("", "1.jpg"), r"a.xml: missing or empty <folder>"),
         (voc("v", "1.jpg", [("polyp", 1, 1, 2, 2)]), r"a.xml: unknown class 'polyp' in <object> 1"),
         (voc("v", "1.jpg", [ADENOMA, ("adenomatous", 5, 1, 4, 2)]), r"a.xml: inverted box in <object> 2"),
-        (voc("v", "1.jpg", [("adenomatous", 33, 1, 40, 2)]), r"a.xml: box in <object> 1 .* lies outside the 32x24 image"),
+        (
+            voc("v", "1.jpg", [("adenomatous", 33, 1, 40, 2)]),
+            r"a.xml: box in <object> 1 .* lies outside the 32x24 image",
+        ),
         (voc("v", "1.jpg", [("adenomatous", -5, 1, 0, 2)]), r"a.xml: box in <object> 1 .* lies outside"),
         (voc("v", "1.jpg", [("adenomatous", "x", 1, 3, 2)]), r"a.xml: <xmin> in <object> 1 must be a number"),
     ],

@@ -446,7 +446,9 @@ def test_cvc_masks_in_0_1_are_an_error_not_an_empty_benchmark(tmp_path, capsys):
     assert item["masks"].sum().item() == 8 and item["masks"].max().item() == 1
     assert read_mask(root / "CVC-ClinicDB/Ground Truth/3.tif", 1)[1:3, 1:3].all()
     tifffile.imwrite(root / "CVC-ClinicDB/Ground Truth/2.tif", np.full((4, 4), 255, np.uint8))
-    line = fails(["index", "cvc12k", "--config", str(config), "--raw", str(root), "--out", str(tmp_path / "i2")], capsys)
+    line = fails(
+        ["index", "cvc12k", "--config", str(config), "--raw", str(root), "--out", str(tmp_path / "i2")], capsys
+    )
     assert line.endswith(f"{root / 'CVC-ClinicDB/Ground Truth/2.tif'}: mask values {{255}} but data.cvc12k_polyp_value "
                          "is 1 (0/1 masks); for CVC-ClinicDB's 0/255 masks set it to 255")  # fmt: skip
     # all-zero masks: no frame of a split has a polyp
@@ -686,12 +688,27 @@ def readonly_results(tiny_benchmarks):
 @pytest.mark.parametrize(
     ("args", "target"),
     [
-        (["evaluate", "{base}/run", "--config", "{base}/config.yaml", "--out", "{base}/results/m.json"],
-         "{base}/results"),
-        (["finetune", "polypdiag", "--method", "scratch", "--config", "{base}/config.yaml",
-          "--out", "{base}/results/run"], "{base}/results/run"),
-        (["pretrain", "--config", str(TINY), "--clips", "{base}/clips.csv", "--out", "{base}/results/pt"],
-         "{base}/results/pt"),
+        (
+            ["evaluate", "{base}/run", "--config", "{base}/config.yaml", "--out", "{base}/results/m.json"],
+            "{base}/results",
+        ),
+        (
+            [
+                "finetune",
+                "polypdiag",
+                "--method",
+                "scratch",
+                "--config",
+                "{base}/config.yaml",
+                "--out",
+                "{base}/results/run",
+            ],
+            "{base}/results/run",
+        ),
+        (
+            ["pretrain", "--config", str(TINY), "--clips", "{base}/clips.csv", "--out", "{base}/results/pt"],
+            "{base}/results/pt",
+        ),
     ],  # fmt: skip
     ids=["evaluate", "finetune", "pretrain"],
 )

@@ -97,7 +97,9 @@ def job_counts(output: str) -> dict[str, int]:
 def user_checkout(tmp_path_factory) -> Path:
     """A checkout with every real dataset of config/paper.yaml and SVT's weights stood in for."""
     data = PAPER["data"]
-    path = checkout(tmp_path_factory.mktemp("user"), data["pretrain_sources"] + data["benchmarks"] + ["svt_k400", "clip_vitb16"])
+    path = checkout(
+        tmp_path_factory.mktemp("user"), data["pretrain_sources"] + data["benchmarks"] + ["svt_k400", "clip_vitb16"]
+    )
     assert (path / SVT_CHECKPOINT).is_file() and SVT_CHECKPOINT.endswith(SVT_K400_FILE)
     return path
 

@@ -235,7 +235,10 @@ def test_whole_workflow_end_to_end(tmp_path):
     # A failed rerun keeps the last good result (Snakemake used to delete a failed job's outputs first): a
     # re-evaluation of bad predictions keeps the metrics file, a report of a bad metrics file keeps the report.
     run = "polypdiag/scratch/none/clean/full/seed0"
-    metrics_file, predictions = workdir / f"results/metrics/{run}.json", workdir / f"results/finetune/{run}/predictions.csv"
+    metrics_file, predictions = (
+        workdir / f"results/metrics/{run}.json",
+        workdir / f"results/finetune/{run}/predictions.csv",
+    )
     kept = {p: p.read_bytes() for p in (metrics_file, *(report / n for n in ("tables.md", "tables.csv", "index.html")))}
     good_predictions = predictions.read_bytes()
     pd.read_csv(predictions, dtype={"sample_id": str}).assign(prob_1=7.5).to_csv(predictions, index=False)
@@ -247,7 +250,9 @@ def test_whole_workflow_end_to_end(tmp_path):
     metrics_file.write_text(json.dumps(record))
     failed = snakemake(workdir, "--cores", "1", "report_tables", "report_html", check=False)
     assert failed.returncode != 0 and "scores are fractions in [0, 1]" in failed.stdout + failed.stderr
-    assert {p: p.read_bytes() for p in kept if p != metrics_file} == {p: b for p, b in kept.items() if p != metrics_file}
+    assert {p: p.read_bytes() for p in kept if p != metrics_file} == {
+        p: b for p, b in kept.items() if p != metrics_file
+    }
     assert len(list((report / "figures").glob("*.png"))) == len(figures)
     metrics_file.write_bytes(kept[metrics_file])
     predictions.write_bytes(good_predictions)

@@ -107,7 +107,10 @@ def test_sigint_to_snakemake_alone_ends_the_training_job(tmp_path):
         assert smk.returncode != 0
         assert _wait(lambda: not jobsignals.alive(job), timeout=10)  # ended (a zombie counts as ended)
         assert re.search(r"endofm.jobsignals: SIGINT forwarded to \d+ process\(es\) below this one as SIGTERM", out)
-        assert "stopped by SIGTERM" in log.read_text() and (tmp_path / "results/pretrain/endofm/default/checkpoint.pt").is_file()
+        assert (
+            "stopped by SIGTERM" in log.read_text()
+            and (tmp_path / "results/pretrain/endofm/default/checkpoint.pt").is_file()
+        )
         assert not (tmp_path / target).exists()
     finally:
         smk.kill()

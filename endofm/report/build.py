@@ -339,7 +339,8 @@ def robustness_preview(data: Collected, inputs: ReportInputs) -> tuple[str, Any]
     if not (inputs.benchmarks_dir and inputs.raw_dir):
         return "", None
     corruptions = {
-        name: sorted(int(s) for s in g["severity"].unique()) for name, g in data.robust.groupby("corruption", sort=False)
+        name: sorted(int(s) for s in g["severity"].unique())
+        for name, g in data.robust.groupby("corruption", sort=False)
     }
     for bench in ("cvc12k", "kumc"):
         manifest = Path(inputs.benchmarks_dir) / bench / "manifest.csv"

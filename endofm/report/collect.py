@@ -135,7 +135,12 @@ def collect_robustness(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     for name in sorted({str(p) for p in paths}):
         rec = read_metrics_file(name)
         corruption, severity = rec.get("corruption"), rec.get("severity")
-        if not isinstance(corruption, str) or not corruption or isinstance(severity, bool) or not isinstance(severity, int):
+        if (
+            not isinstance(corruption, str)
+            or not corruption
+            or isinstance(severity, bool)
+            or not isinstance(severity, int)
+        ):
             raise _fail(
                 Path(name),
                 f"malformed robustness metrics file: expected corruption (a name) and severity (an integer), got "

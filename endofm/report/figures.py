@@ -261,7 +261,9 @@ def robustness_curves(
     for r, c, bench, corruption in panels:
         ax = axes[r][c]
         metric = headline(bench).metric
-        sub = robust[(robust["benchmark"] == bench) & (robust["corruption"] == corruption) & (robust["metric"] == metric)]
+        sub = robust[
+            (robust["benchmark"] == bench) & (robust["corruption"] == corruption) & (robust["metric"] == metric)
+        ]
         clean = long[(long["benchmark"] == bench) & (long["metric"] == metric) & (long["label_fraction"] == 1.0)]
         for protocol, mode in blocks_of(sub):
             for i, (method, variant) in enumerate(rows):
@@ -284,5 +286,7 @@ def robustness_curves(
         legend.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)})
     fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
     if legend:
-        fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 4), fontsize=8, frameon=False)
+        fig.legend(
+            legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 4), fontsize=8, frameon=False
+        )
     return fig

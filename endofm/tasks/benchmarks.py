@@ -67,7 +67,9 @@ class Benchmark:
     # (run_dir, manifest, raw_dir, test_split, task_settings) -> a matplotlib Figure or None
     examples: Callable[..., Any] | None = None
 
-    def index(self, raw_dir: str | Path, out_dir: str | Path, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def index(
+        self, raw_dir: str | Path, out_dir: str | Path, options: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Index the raw layout in ``raw_dir`` into ``out_dir`` (:func:`endofm.data.benchmarks.build_manifest`);
         ``options``: the index's settings from the workflow's ``data`` section (``indexer.options(data)``)."""
         return build_manifest(self.name, self.indexer, Path(raw_dir), Path(out_dir), options)

@@ -329,7 +329,11 @@ class DetectTask(Task):
         self.patch_size = 1  # set by build_model; padding is to a multiple of it and of size_divisibility
         self._eval = {
             role: DetectionDataset(
-                cfg, getattr(splits, role).rows, self.root, getattr(splits, role).split, False,
+                cfg,
+                getattr(splits, role).rows,
+                self.root,
+                getattr(splits, role).split,
+                False,
                 corrupt if role == "test" else None,
             )  # fmt: skip
             for role in ("select", "test")
