@@ -170,13 +170,6 @@ class PretrainStage:
         """The pretraining variants of a pretrained method: every named variant for Endo-FM, ``default`` otherwise."""
         return list(self.variants) if get_method(method).has_variants else ["default"]
 
-    def external_checkpoint(self, method: str) -> str | None:
-        """A weights file that replaces the main pretraining of ``method`` (a method that adapts its start,
-        ``pretrain.<section>.init``), or None; :meth:`WorkflowConfig.external_weights` for any variant."""
-        m = get_method(method)
-        init = getattr(getattr(self, m.config_section or "", None), "init", "random") if m.adapts_start else "random"
-        return None if init == "random" else init
-
     def variant(self, name: str) -> PretrainConfig:
         """The settings of variant ``name``: the shared settings with its overlay applied."""
         if name not in self.variants:
@@ -515,7 +508,7 @@ class WorkflowConfig:
             )
         self._check_ablations()
         for name in self.finetune.pretrain_fraction_methods if self.finetune.snapshot_fractions() else []:
-            if self.pretrain.external_checkpoint(name) is not None:
+            if self.external_weights(name) is not None:
                 raise ConfigError(
                     f"finetune.pretrain_fraction_methods: {name!r} takes its weights from a file "
                     f"(pretrain.{get_method(name).config_section}.init), not from a pretraining run with snapshots"
@@ -740,7 +733,7 @@ def pretrain_runs(cfg: WorkflowConfig) -> list[tuple[str, str]]:
         (name, variant)
         for name, method in METHODS.items()
         if method.pretrained and (method.has_variants or name in cfg.finetune.methods)
-        if cfg.pretrain.external_checkpoint(name) is None
+        if cfg.external_weights(name) is None
         for variant in cfg.pretrain.method_variants(name)
     ]
 

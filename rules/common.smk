@@ -106,11 +106,11 @@ def raw_folder(name):
 
 def external_weights():
     """Weight files the config names that no workflow step makes (outside results/): every pretraining
-    variant's init checkpoint, a method's weights file (pretrain.<method>.checkpoint), finetune.checkpoints."""
+    variant's init checkpoint, a method's adapted start (pretrain.st_adapter.init), finetune.checkpoints."""
     settings = [CFG.pretrain_variant(v) for v in CFG.pretrain_overlays()]
     settings += [CFG.method_settings(m, v) for m, v in PRETRAIN_RUNS if m != "endofm"]
     files = {getattr(s, "init", "random") for s in settings} - {"random"}
-    files |= {CFG.pretrain.external_checkpoint(m) for m in CFG.finetune.methods if m in METHODS} - {None}
+    files |= {CFG.external_weights(m) for m in CFG.finetune.methods if m in METHODS} - {None}
     files |= {c.path for c in CFG.finetune.checkpoints.values()}
     return sorted(f for f in files if not Path(f).is_relative_to(paths.RESULTS))
 
