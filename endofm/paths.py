@@ -48,6 +48,19 @@ def pretrain_tag(fraction: float) -> str:
     return "" if fraction == 1 else f"-pt{fraction * 100:g}"
 
 
+def draw_tag(draw: int) -> str:
+    """The suffix of a benchmark draw: ``""`` for draw 0 (the main one), ``"-draw2"`` for draw 2. It follows
+    the benchmark's data folders (``<raw_dir>/polypdiag-draw2``) and the run paths of runs on that draw."""
+    if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+        raise ValueError(f"draw must be an integer >= 0, got {draw!r}")
+    return "" if draw == 0 else f"-draw{draw}"
+
+
+def benchmark_data(benchmark: str, draw: int = 0) -> str:
+    """The name of a benchmark draw's raw and index folders (under ``data.raw_dir``, ``data.benchmarks_dir``)."""
+    return benchmark + draw_tag(draw)
+
+
 def run_path(
     benchmark: str,
     method: str,
@@ -57,11 +70,13 @@ def run_path(
     seed: int,
     label_fraction: float = 1.0,
     pretrain_fraction: float = 1.0,
+    draw: int = 0,
 ) -> str:
     """A fine-tuning run's place under :data:`FINETUNE` (a folder) and :data:`METRICS` (+ ``.json``):
     ``<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>``, then ``-pt<percent>`` when it starts from a
-    pretraining snapshot, then ``-labels<percent>`` when it trains on a fraction of the videos."""
-    tag = pretrain_tag(pretrain_fraction) + label_tag(label_fraction)
+    pretraining snapshot, then ``-labels<percent>`` when it trains on a fraction of the videos, then
+    ``-draw<k>`` when it runs on a benchmark draw other than the main one."""
+    tag = pretrain_tag(pretrain_fraction) + label_tag(label_fraction) + draw_tag(draw)
     return f"{benchmark}/{method}/{variant}/{protocol}/{mode}/seed{seed}{tag}"
 
 

@@ -287,6 +287,12 @@ class FinetuneStage:
         factory=lambda: ["polypdiag", "cvc12k"],
         each=dict(choices=BENCHMARKS),
     )
+    draw_modes: list[str] = setting(
+        description="Modes whose runs (label and pretraining fractions included) repeat on every benchmark draw of "
+        "synthetic.draws (run folder seed<k>-draw<d>); the other modes run on the main draw (0) alone",
+        factory=lambda: ["frozen"],
+        each=dict(choices=MODES),
+    )
     gpus: int = setting(0, "GPUs per fine-tuning job: 0 or 1 (one job per GPU)", minimum=0, maximum=1)
     threads: int = setting(4, "Threads per job: torch threads, and data-loading workers (threads - 1)", minimum=1)
     polypdiag: ClassifyConfig = setting(description="PolypDiag's settings", factory=ClassifyConfig)
@@ -498,6 +504,11 @@ class WorkflowConfig:
         description="Robustness read-out: finished runs scored on corrupted test inputs", factory=EvaluateStage
     )
 
+    def draws(self) -> list[int]:
+        """The benchmark draws of this workflow: ``synthetic.draws`` on the built-in corpus, the one data set (0)
+        on real data."""
+        return list(self.synthetic.draws) if self.data.origin == "synthetic" else [0]
+
     def __post_init__(self) -> None:
         unknown = [v for v in self.finetune.variants if v not in self.pretrain.variants]
         if "endofm" in self.finetune.methods and not self.finetune.variants:
@@ -505,6 +516,10 @@ class WorkflowConfig:
         if unknown and "endofm" in self.finetune.methods:
             raise ConfigError(
                 f"finetune.variants: {unknown} are not pretraining variants ({', '.join(self.pretrain.variants)})"
+            )
+        if self.data.origin == "real" and self.synthetic.draws != [0]:
+            raise ConfigError(
+                f"synthetic.draws: {self.synthetic.draws} needs data.origin synthetic (real data has one draw: [0])"
             )
         self._check_ablations()
         for name in self.finetune.pretrain_fraction_methods if self.finetune.snapshot_fractions() else []:
@@ -659,7 +674,8 @@ class WorkflowConfig:
 def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
     """Every run of the matrix: benchmark × method (× its variants) × protocol × mode × seed × label
     fraction (of that mode), and the pretraining axis: its benchmarks × methods × protocols × modes × seeds ×
-    pretraining fraction (``finetune.pretrain_fractions``)."""
+    pretraining fraction (``finetune.pretrain_fractions``); each on every benchmark draw (``synthetic.draws``)
+    when its mode is in ``finetune.draw_modes``, else on draw 0."""
     ft = cfg.finetune
 
     def cells(benchmarks, methods, modes):
@@ -684,19 +700,24 @@ def finetune_runs(cfg: WorkflowConfig) -> list[RunSpec]:
             for cell in cells(on_axis, ft.pretrain_fraction_methods, ft.pretrain_fraction_modes)
             for fraction in ft.pretrain_fractions
         ]
-    return list(dict.fromkeys(runs + curve))  # the axis' fraction-1 runs are the matrix's own
+    drawn = [
+        dataclasses.replace(run, draw=draw)
+        for run in dict.fromkeys(runs + curve)  # the axis' fraction-1 runs are the matrix's own
+        for draw in (cfg.draws() if run.mode in ft.draw_modes else [0])
+    ]
+    return drawn
 
 
 def robustness_runs(cfg: WorkflowConfig) -> list[RunSpec]:
     """The runs the robustness read-out scores: the matrix's runs at the full label and pretraining fractions
-    in ``evaluate.modes`` on ``evaluate.benchmarks``; none without ``evaluate.corruptions``."""
+    on the main benchmark draw in ``evaluate.modes`` on ``evaluate.benchmarks``; none without ``evaluate.corruptions``."""
     ev = cfg.evaluate
     if not ev.corruptions:
         return []
     return [
         r
         for r in finetune_runs(cfg)
-        if r.label_fraction == 1 and r.pretrain_fraction == 1 and r.mode in ev.modes
+        if r.label_fraction == 1 and r.pretrain_fraction == 1 and r.draw == 0 and r.mode in ev.modes
         if ev.benchmarks is None or r.benchmark in ev.benchmarks
     ]
 

@@ -65,6 +65,10 @@ LABEL_FRACTIONS = {paths.label_tag(f): f for f in {1.0, *CFG.finetune.label_frac
 # steps) -> the fraction; the pretraining jobs (method, variant) that write those snapshots.
 PRETRAIN_FRACTIONS = {paths.pretrain_tag(f): f for f in {1.0, *CFG.finetune.pretrain_fractions}}
 SNAPSHOT_RUNS = [(m, v) for m, v in PRETRAIN_RUNS if CFG.pretrain_snapshots(m, v)]
+# Run-path and data-folder suffix of each benchmark draw ("" for the main draw 0, "-draw2" for draw 2) -> the
+# draw; each benchmark's data folders by name (polypdiag, polypdiag-draw2) -> (benchmark, draw).
+DRAWS = {paths.draw_tag(d): d for d in CFG.draws()}
+BENCHMARK_DATA = {paths.benchmark_data(b, d): (b, d) for b in BENCHMARKS for d in CFG.draws()}
 
 
 wildcard_constraints:
@@ -77,18 +81,20 @@ wildcard_constraints:
     seed=r"\d+",
     labels="(?:" + "|".join(sorted(LABEL_FRACTIONS)) + ")",
     pt="(?:" + "|".join(sorted(PRETRAIN_FRACTIONS)) + ")",
+    draw="(?:" + "|".join(sorted(DRAWS)) + ")",
     ablation="|".join(ABLATIONS) or "(?!)",
 
 
-def benchmark_outputs(bench):
-    """Files the index rule of ``bench`` writes."""
-    return [f"{BENCH}/{bench}/{name}" for name in get_benchmark(bench).indexer.outputs()]
+def benchmark_outputs(bench, draw="{draw}"):
+    """Files the index rule of ``bench`` writes, for the draw tag ``draw`` ("" for the main draw; by default
+    the rule's ``{draw}`` wildcard)."""
+    return [f"{BENCH}/{bench}{draw}/{name}" for name in get_benchmark(bench).indexer.outputs()]
 
 
 def data_outputs():
-    """Everything the data stage produces: one clip manifest per source, one index per benchmark."""
+    """Everything the data stage produces: one clip manifest per source, one index per benchmark and draw."""
     clips = expand(f"{CLIPS}/{{source}}/clips.csv", source=PRETRAIN_SOURCES)
-    return clips + [f for bench in BENCHMARKS for f in benchmark_outputs(bench)]
+    return clips + [f for bench in BENCHMARKS for tag in DRAWS for f in benchmark_outputs(bench, tag)]
 
 
 def download_targets():
@@ -166,12 +172,13 @@ def launcher(gpus):
 
 
 def finetune_inputs(bench):
-    """Input function of a `bench` run: the benchmark's index and raw files, and the checkpoint the
+    """Input function of a `bench` run: the index and raw files of its benchmark draw, and the checkpoint the
     run starts from (none for scratch)."""
 
     def inputs(wildcards):
         _, checkpoint = run_backbone(CFG, wildcards.method, wildcards.variant, pretrain_fraction(wildcards))
-        files = {"manifest": f"{BENCH}/{bench}/manifest.csv", "raw": raw_folder(bench)}
+        data = bench + wildcards.draw  # the run's benchmark draw
+        files = {"manifest": f"{BENCH}/{data}/manifest.csv", "raw": raw_folder(data)}
         return files | ({"checkpoint": checkpoint} if checkpoint else {})
 
     return inputs
@@ -192,6 +199,11 @@ def finetune_settings(bench):
 def label_fraction(wildcards):
     """The label fraction of a run, from its path suffix."""
     return LABEL_FRACTIONS[wildcards.labels]
+
+
+def draw(wildcards):
+    """The benchmark draw of a run (0: the main draw), from its path suffix."""
+    return DRAWS[wildcards.draw]
 
 
 def pretrain_fraction(wildcards):

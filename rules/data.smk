@@ -8,12 +8,16 @@ if SYNTHETIC:
         log:
             f"{LOGS}/synthesize/{{name}}.log",
         wildcard_constraints:
-            name="|".join(PRETRAIN_SOURCES + BENCHMARKS),
+            name="|".join(PRETRAIN_SOURCES + list(BENCHMARK_DATA)),
         priority: 10  # before any fine-tuning: the pretrainings wait for the data stage
         conda:
             "../envs/endofm.yaml"
         params:
-            synthetic=to_dict(CFG.synthetic),
+            # a benchmark draw's folder (polypdiag-draw2) is its benchmark generated with seed + draw
+            generator=lambda wildcards: BENCHMARK_DATA.get(wildcards.name, (wildcards.name, 0))[0],
+            synthetic=lambda wildcards: to_dict(
+                CFG.synthetic.for_draw(BENCHMARK_DATA.get(wildcards.name, (wildcards.name, 0))[1])
+            ),
         script:
             "../workflow_scripts/synthesize.py"
 
@@ -93,11 +97,11 @@ for _bench in BENCHMARKS:
         name:
             f"index_{_bench}"
         input:
-            raw_folder(_bench),
+            raw_folder(_bench + "{draw}"),
         output:
             benchmark_outputs(_bench),
         log:
-            f"{LOGS}/index/{_bench}.log",
+            f"{LOGS}/index/{_bench}{{draw}}.log",
         conda:
             "../envs/endofm.yaml"
         params:

@@ -6,7 +6,7 @@
 rule evaluate_run:
     input:
         run=f"{paths.FINETUNE}/{{benchmark}}/{RUN_PATH}/run.json",
-        manifest=f"{BENCH}/{{benchmark}}/manifest.csv",
+        manifest=f"{BENCH}/{{benchmark}}{{draw}}/manifest.csv",
     output:
         update(f"{paths.METRICS}/{{benchmark}}/{RUN_PATH}.json"),
     log:
@@ -17,7 +17,7 @@ rule evaluate_run:
     conda:
         "../envs/endofm.yaml"
     params:
-        raw_dir=lambda wildcards: raw_folder(wildcards.benchmark),
+        raw_dir=lambda wildcards: raw_folder(wildcards.benchmark + wildcards.draw),
         synthetic=SYNTHETIC,
     script:
         "../workflow_scripts/evaluate_run.py"

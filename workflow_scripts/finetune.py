@@ -19,6 +19,7 @@ with job_log(smk.log[0]):
         int(w.seed),
         smk.params.label_fraction,
         smk.params.pretrain_fraction,
+        smk.params.draw,
     )
     task = cfg.finetune.task(spec.benchmark, spec.method)
     task.train.num_workers = min(task.train.num_workers, smk.threads - 1)

@@ -19,6 +19,7 @@ Layer: data and models (docs/architecture.md). May import: foundation and the ot
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import xml.etree.ElementTree as ET
@@ -121,6 +122,14 @@ class SynthConfig:
         18, "H.264 constant rate factor of the benchmark videos (PolypDiag); 0 = lossless", minimum=0, maximum=51
     )
     pretrain_crf: int = setting(18, "The same for the pretraining sources' videos", minimum=0, maximum=51)
+    draws: list[int] = setting(
+        description="Independent draws of the benchmarks: draw k is generated with seed + k (0: the main draw, the "
+        "pretraining sources' seed); the others go to <benchmark>-draw<k> folders, and the runs of "
+        "finetune.draw_modes repeat on each",
+        factory=lambda: [0],
+        min_items=1,
+        each=dict(minimum=0),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -136,11 +145,18 @@ class SynthConfig:
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name} must be (min, max) with min <= max, got {(lo, hi)}")
+        if len(set(self.draws)) != len(self.draws) or 0 not in self.draws:
+            raise ValueError(f"draws must be distinct and include 0 (the main draw), got {self.draws}")
         if self.polyp_radius[0] * min(self.height, self.width) < 1.0:
             raise ValueError(
                 f"polyp_radius: the smallest polyp ({self.polyp_radius[0]} x {min(self.height, self.width)} px) "
                 "must be at least 1 pixel in radius"
             )
+
+    def for_draw(self, draw: int) -> SynthConfig:
+        """The settings that generate benchmark draw ``draw``: seed ``seed + draw``, ``draws`` left at its
+        default (a generator job's settings do not change when draws are added)."""
+        return dataclasses.replace(self, seed=self.seed + draw, draws=[0])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from endofm.report.tables import (
     add_significance,
     benchmarks_of,
     curve_runs,
+    draw_gap_table,
     headline,
     label_efficiency_table,
     long_table,
@@ -88,9 +89,14 @@ class ReportConfig:
         "Paired test across seeds: ttest (scipy.stats.ttest_rel) or permutation (exact sign-flip; needs >= 6 seeds "
         "for p < 0.05)",
     )
+    one_sided: bool = setting(
+        False,
+        "Test the paper's directional claim: the alternative is that the reference method is ahead of the row "
+        "(one-sided); false: that they differ (two-sided)",
+    )
     alpha: float = setting(
         0.05,
-        "A difference is marked significant when the test's two-sided p-value is below this",
+        "A difference is marked significant when the test's p-value is below this",
         exclusive_minimum=0,
         exclusive_maximum=1,
     )
@@ -150,7 +156,8 @@ def collect_inputs(inputs: ReportInputs, cfg: ReportConfig, n_seeds: int | None)
     if not records:
         raise ReportError("no metrics files of runs from a finished pretraining (only pretraining snapshots)")
     summary = summarise(long, n_seeds)
-    summary = add_significance(summary, per_seed(long), (cfg.reference_method, cfg.main_variant), cfg.test, cfg.alpha)
+    reference = (cfg.reference_method, cfg.main_variant)
+    summary = add_significance(summary, per_seed(long), reference, cfg.test, cfg.alpha, cfg.one_sided)
     return Collected(
         long=long,
         records=records,
@@ -232,11 +239,11 @@ def make_tables(
     """Table 1, the paper's reported numbers, secondary metrics, ablations and label efficiency."""
     s, paper = data.summary, data.paper
     ref_label = row_label(cfg.reference_method, cfg.main_variant, paper, False)
-    common = {"test": cfg.test, "alpha": cfg.alpha, "reference_label": ref_label}
+    common = {"test": cfg.test, "alpha": cfg.alpha, "reference_label": ref_label, "one_sided": cfg.one_sided}
     tables = [
         table1(
             s, paper=paper, costs=pretraining_costs(data), starts=pretraining_starts(data), reference=cfg.reference_method,
-            main_variant=cfg.main_variant, synthetic=synthetic, test=cfg.test, alpha=cfg.alpha,
+            main_variant=cfg.main_variant, synthetic=synthetic, test=cfg.test, alpha=cfg.alpha, one_sided=cfg.one_sided,
         )
     ]  # fmt: skip
     reported = paper_table(paper, benchmarks_of(s), synthetic)
@@ -245,7 +252,11 @@ def make_tables(
     tables += ablation_tables(s, ablations, method=cfg.reference_method, **common)
     efficiency = label_efficiency_table(s, paper=paper, reference=cfg.reference_method, main_variant=cfg.main_variant)
     curve = pretraining_curve_table(data.curve, pretraining=data.pretraining, paper=paper, synthetic=synthetic)
-    tables += ([efficiency] if efficiency else []) + ([curve] if curve else [])
+    gaps = draw_gap_table(
+        data.long, paper=paper, reference=cfg.reference_method, main_variant=cfg.main_variant, test=cfg.test,
+        alpha=cfg.alpha, one_sided=cfg.one_sided, synthetic=synthetic,
+    )  # fmt: skip
+    tables += [t for t in (efficiency, curve, gaps) if t]
     return tables + robustness_tables(
         data.long, data.robust, paper=paper, reference=cfg.reference_method, main_variant=cfg.main_variant, **common
     )
@@ -478,6 +489,7 @@ def build_ablation_table(
     label = row_label(cfg.reference_method, cfg.main_variant, data.paper, False)
     tables = ablation_tables(
         data.summary, {name: variants}, method=cfg.reference_method, test=cfg.test, alpha=cfg.alpha,
+        one_sided=cfg.one_sided,
         reference_label=label,
     )  # fmt: skip
     return write_text(out_path, to_markdown(tables))

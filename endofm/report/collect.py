@@ -27,7 +27,8 @@ from endofm.tasks.evaluation import flat_metrics, metric_number
 
 #: The fields that identify a run; every metrics file carries them (endofm.tasks.benchmarks.evaluate_run).
 IDENTITY = ("benchmark", "method", "variant", "protocol", "mode", "seed")
-#: Axes of a summary: a run's identity without the seed, plus the label fraction (1.0 when absent).
+#: Axes of a summary: a run's identity without the seed, plus the label fraction (1.0 when absent). A cell's
+#: replicates are its (draw, seed) pairs: the benchmark draws (``synthetic.draws``) pool with the seeds.
 AXES = ("benchmark", "method", "variant", "protocol", "mode", "label_fraction")
 
 
@@ -41,7 +42,8 @@ def _fail(path: Path, why: str) -> ReportError:
 
 def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
     """One metrics file, checked: identity fields, an optional ``label_fraction`` in (0, 1] and
-    ``pretrain_fraction`` in [0, 1] (default 1.0) and a non-empty ``metrics`` mapping of numbers. Adds ``path``."""
+    ``pretrain_fraction`` in [0, 1] (default 1.0), an optional benchmark ``draw`` (an integer >= 0, default 0)
+    and a non-empty ``metrics`` mapping of numbers. Adds ``path``."""
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "missing metrics file")
@@ -76,7 +78,15 @@ def read_metrics_file(path: str | os.PathLike) -> dict[str, Any]:
     if outside:
         name, value = next(iter(outside.items()))
         raise _fail(path, f"malformed metrics file: {name} = {value!r}; scores are fractions in [0, 1]")
-    record = {**record, "label_fraction": float(fraction), "pretrain_fraction": float(pretrain_fraction)}
+    draw = record.get("draw", 0)
+    if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+        raise _fail(path, f"malformed metrics file: draw must be an integer >= 0, got {draw!r}")
+    record = {
+        **record,
+        "label_fraction": float(fraction),
+        "pretrain_fraction": float(pretrain_fraction),
+        "draw": draw,
+    }
     _check_path_identity(path, record)
     return {**record, "path": str(path)}
 
@@ -86,7 +96,9 @@ def _check_path_identity(path: Path, record: dict[str, Any]) -> None:
     path (:func:`endofm.paths.run_path`); a file elsewhere is not checked."""
     if not path.name.startswith("seed"):
         return
-    said = paths.run_path(*(record[k] for k in IDENTITY), record["label_fraction"], record["pretrain_fraction"])
+    said = paths.run_path(
+        *(record[k] for k in IDENTITY), record["label_fraction"], record["pretrain_fraction"], record["draw"]
+    )
     named = path.with_suffix("").parts[-6:]
     if "/".join(named) == said:
         return
@@ -95,12 +107,12 @@ def _check_path_identity(path: Path, record: dict[str, Any]) -> None:
     if digits and int(digits) != record["seed"]:
         differ.append(f"seed {record['seed']} (path: {int(digits)})")
     elif not differ:
-        differ.append(f"label/pretrain fraction {said.rsplit('/', 1)[-1]!r} (path: {named[-1]!r})")
+        differ.append(f"label/pretrain fraction or draw {said.rsplit('/', 1)[-1]!r} (path: {named[-1]!r})")
     raise _fail(path, f"the file's run differs from its path: {', '.join(differ)}")
 
 
 def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """The metrics files as a long frame, one row per run × metric (``AXES``, ``seed``,
+    """The metrics files as a long frame, one row per run × metric (``AXES``, ``draw``, ``seed``,
     ``pretrain_fraction``, ``metric``, ``value``, ``data``, ``path``), and the checked records. Two files
     for one run fail."""
     records = [read_metrics_file(p) for p in sorted({str(p) for p in paths})]
@@ -109,11 +121,12 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, l
     seen: dict[tuple, str] = {}
     rows = []
     for rec in records:
-        key = (*(rec[k] for k in AXES), rec["seed"], rec["pretrain_fraction"])
+        key = (*(rec[k] for k in AXES), rec["draw"], rec["seed"], rec["pretrain_fraction"])
         if key in seen:
             raise ReportError(f"{rec['path']}: the same run as {seen[key]}")
         seen[key] = rec["path"]
         ident = {k: rec[k] for k in AXES} | {
+            "draw": rec["draw"],
             "seed": rec["seed"],
             "pretrain_fraction": rec["pretrain_fraction"],
             "data": rec.get("data", "unknown"),
@@ -124,7 +137,7 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, l
 
 
 #: The columns of :func:`collect_robustness`' frame.
-ROBUSTNESS_COLUMNS = (*AXES, "seed", "corruption", "severity", "metric", "value", "path")
+ROBUSTNESS_COLUMNS = (*AXES, "draw", "seed", "corruption", "severity", "metric", "value", "path")
 
 
 def collect_robustness(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -146,11 +159,16 @@ def collect_robustness(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 f"malformed robustness metrics file: expected corruption (a name) and severity (an integer), got "
                 f"{corruption!r} and {severity!r}",
             )
-        key = (*(rec[k] for k in AXES), rec["seed"], rec["pretrain_fraction"], corruption, severity)
+        key = (*(rec[k] for k in AXES), rec["draw"], rec["seed"], rec["pretrain_fraction"], corruption, severity)
         if key in seen:
             raise ReportError(f"{name}: the same run and corruption as {seen[key]}")
         seen[key] = name
-        ident = {k: rec[k] for k in AXES} | {"seed": rec["seed"], "corruption": corruption, "severity": severity}
+        ident = {k: rec[k] for k in AXES} | {
+            "draw": rec["draw"],
+            "seed": rec["seed"],
+            "corruption": corruption,
+            "severity": severity,
+        }
         rows += [{**ident, "metric": m, "value": v, "path": name} for m, v in flat_metrics(rec).items()]
     return pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS))
 

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from endofm.metrics import mean_std
 from endofm.report.collect import AXES
-from endofm.report.stats import TESTS, compare
+from endofm.report.stats import compare, describe
 from endofm.tasks.benchmarks import BENCHMARKS, Headline
 from endofm.tasks.evaluation import READOUT_KEYS
 
@@ -77,45 +78,63 @@ def drop_empty(
 
 
 def summarise(long: pd.DataFrame, n_expected: int | None = None, axes: Sequence[str] = AXES) -> pd.DataFrame:
-    """Mean, sample std (ddof 1; NaN for one seed) and n over seeds of every run cell (``axes``) × metric,
-    from :func:`collect_metrics`' frame. ``n`` counts the finite values; ``seeds`` lists their seeds."""
+    """Mean, sample std (ddof 1; NaN for one value) and n over the replicates of every run cell (``axes``) ×
+    metric, from :func:`collect_metrics`' frame: its seeds, on every benchmark draw it ran on (pooled).
+    ``n`` counts the finite values; ``seeds`` lists their seeds (``seed@draw<k>`` on a draw other than 0);
+    ``n_expected`` is ``n_expected`` seeds times the cell's draws."""
+    long = _with_replicates(long)
     finite = long[pd.to_numeric(long["value"], errors="coerce").notna()]
     keys = [*axes, "metric"]
     cells = long[keys].drop_duplicates()
     agg = (
         finite.groupby(keys, sort=False)
-        .agg(n=("value", "count"), mean=("value", "mean"), std=("value", "std"), seeds=("seed", _join))
+        .agg(n=("value", "count"), mean=("value", "mean"), std=("value", "std"), seeds=("replicate", _join))
         .reset_index()
     )
     out = cells.merge(agg, on=keys, how="left")
     out["n"] = out["n"].fillna(0).astype(int)
     out["seeds"] = out["seeds"].fillna("")
-    out.insert(out.columns.get_loc("n") + 1, "n_expected", n_expected if n_expected else pd.NA)
+    expected: Any = pd.NA
+    if n_expected:
+        draws = long.groupby(keys, sort=False)["draw"].nunique().rename("draws").reset_index()
+        expected = out[keys].merge(draws, on=keys, how="left")["draws"].fillna(1).astype(int) * n_expected
+    out.insert(out.columns.get_loc("n") + 1, "n_expected", expected)
     return out.reset_index(drop=True)
 
 
-def _join(seeds: pd.Series) -> str:
-    return ";".join(str(s) for s in sorted(seeds))
+def _with_replicates(long: pd.DataFrame) -> pd.DataFrame:
+    """``long`` with a ``draw`` column (0 when absent) and a ``replicate`` label per row (see :func:`summarise`)."""
+    long = long.assign(draw=long["draw"] if "draw" in long else 0)
+    labels = [str(s) if d == 0 else f"{s}@draw{d}" for d, s in zip(long["draw"], long["seed"], strict=True)]
+    return long.assign(replicate=labels)
 
 
-def per_seed(long: pd.DataFrame) -> dict[tuple, dict[int, float]]:
-    """{(AXES..., metric): {seed: value}} for the paired tests."""
-    out: dict[tuple, dict[int, float]] = {}
-    for row in long.itertuples(index=False):
+def _join(labels: pd.Series) -> str:
+    return ";".join(sorted(labels, key=lambda x: (len(x.split("@")), x)))
+
+
+def per_seed(long: pd.DataFrame) -> dict[tuple, dict[tuple[int, int], float]]:
+    """{(AXES..., metric): {(draw, seed): value}} for the paired tests: two runs pair when they share the
+    benchmark draw and the seed."""
+    out: dict[tuple, dict[tuple[int, int], float]] = {}
+    draws = long["draw"] if "draw" in long else [0] * len(long)
+    for row, draw in zip(long.itertuples(index=False), draws, strict=True):
         key = (*(getattr(row, a) for a in AXES), row.metric)
-        out.setdefault(key, {})[int(row.seed)] = float(row.value)
+        out.setdefault(key, {})[(int(draw), int(row.seed))] = float(row.value)
     return out
 
 
 def add_significance(
     summary: pd.DataFrame,
-    values: Mapping[tuple, Mapping[int, float]],
+    values: Mapping[tuple, Mapping[Any, float]],
     reference: tuple[str, str],
     test: str,
     alpha: float,
+    one_sided: bool = False,
 ) -> pd.DataFrame:
     """``summary`` with the paired comparison of each row to the ``reference`` (method, variant) row of the
-    same benchmark, protocol, mode, label fraction and metric: ``n_pairs``, ``p_value``, ``significant``."""
+    same benchmark, protocol, mode, label fraction and metric: ``n_pairs``, ``p_value``, ``significant``.
+    ``one_sided``: the test's alternative is that the reference is ahead (the paper's claim)."""
     out = summary.copy()
     cols = {"reference": [], "n_pairs": [], "p_value": [], "significant": []}
     for row in summary.itertuples(index=False):
@@ -127,7 +146,7 @@ def add_significance(
             cols["p_value"].append(math.nan)
             cols["significant"].append(False)
             continue
-        result = compare(values.get(key, {}), values[ref_key], test, alpha)
+        result = compare(values.get(key, {}), values[ref_key], test, alpha, "less" if one_sided else "two-sided")
         cols["reference"].append("/".join(reference))
         cols["n_pairs"].append(result.n_pairs)
         cols["p_value"].append(result.p_value)
@@ -228,6 +247,7 @@ def table1(
     synthetic: bool,
     test: str,
     alpha: float,
+    one_sided: bool = False,
 ) -> Table:
     """Methods × benchmarks (PolypDiag F1, CVC-12k Dice, KUMC F1) at the full label fraction, one block per
     protocol and mode, with each method's pretraining cost and the paper's reported numbers beside ours (in
@@ -269,7 +289,7 @@ def table1(
     ref_label = row_label(reference, main_variant, paper, False)
     caption = (
         f"Mean ± sample std (×100) over fine-tuning seeds, n = seeds; 'n=k of m' marks a cell with fewer seeds than "
-        f"the m configured. * : differs from {ref_label} at p < {alpha:g}, {TESTS[test].description}, paired by seed "
+        f"the m configured. * : differs from {ref_label} at p < {alpha:g}, {describe(test, one_sided, ref_label)}, paired by seed "
         f"(no mark: not significant or fewer than 2 shared seeds). Start: the weights a method starts from (random, "
         f"or the file its pretraining starts from, or that it adapts without pretraining). Pretraining cost: wall and "
         f"CPU time of the pretraining job (Snakemake benchmark file) and parameter count."
@@ -318,12 +338,18 @@ def paper_table(paper: Mapping[str, Any], benches: Sequence[str], synthetic: boo
 
 
 def secondary_tables(
-    summary: pd.DataFrame, *, paper: Mapping[str, Any], test: str, alpha: float, reference_label: str
+    summary: pd.DataFrame,
+    *,
+    paper: Mapping[str, Any],
+    test: str,
+    alpha: float,
+    reference_label: str,
+    one_sided: bool = False,
 ) -> list[Table]:
     """Per benchmark: every metric the files carry other than the Table 1 one, per method and variant; split
     into tables by the benchmark's ``secondary_groups`` (its registry entry) and one of the frozen read-outs (a row per method and read-out)."""
     cells, fraction = Cells(summary), full_fraction(summary)
-    note = f"* : differs from {reference_label} at p < {alpha:g} ({TESTS[test].description})."
+    note = f"* : differs from {reference_label} at p < {alpha:g} ({describe(test, one_sided, reference_label)})."
     tables = []
     for b in benchmarks_of(summary):
         sub = summary[(summary["benchmark"] == b) & (summary["label_fraction"] == fraction)]
@@ -381,6 +407,7 @@ def ablation_tables(
     test: str,
     alpha: float,
     reference_label: str,
+    one_sided: bool = False,
 ) -> list[Table]:
     """One table per ablation (name -> {variant: row label}): the runs of those variants, Table 1 metrics, one
     block per protocol and mode; ``method``'s rows, or with several methods on the variants (an ablation's
@@ -407,7 +434,7 @@ def ablation_tables(
         who = ", ".join(methods)
         caption = (
             f"Ablation '{name}': {who} pretrained with each variant, then fine-tuned; mean ± sample std (×100) "
-            f"over seeds with n. * : differs from {reference_label} at p < {alpha:g} ({TESTS[test].description})."
+            f"over seeds with n. * : differs from {reference_label} at p < {alpha:g} ({describe(test, one_sided, reference_label)})."
         )
         expected = [f"{m}: {label}" if several else label for m in methods for label in variants.values()]
         missing = [label for label in expected if label not in ran]
@@ -443,6 +470,78 @@ def label_efficiency_table(
         "Table 1 metric (×100, mean ± sample std over seeds with n) versus the fraction of labelled training data."
     )
     return Table("label_efficiency", "Label efficiency", caption, columns, blocks)
+
+
+def _by_replicate(frame: pd.DataFrame) -> dict[tuple[int, int], float]:
+    return {(int(r.draw), int(r.seed)): float(r.value) for r in frame.itertuples(index=False)}
+
+
+def draw_gap_table(
+    long: pd.DataFrame,
+    *,
+    paper: Mapping[str, Any],
+    reference: str,
+    main_variant: str,
+    test: str,
+    alpha: float,
+    one_sided: bool = False,
+    synthetic: bool = True,
+) -> Table | None:
+    """How much of a gap is the benchmark draw: for every block (protocol, mode) that ran on several draws,
+    per benchmark (Table 1 metric) and method, the gap ``reference - method`` (×100) of the means over seeds on
+    each draw with twice the pooled seed std (sqrt of the mean of the two seed variances), the gaps' mean ± std
+    across draws, and the paired test over the (draw, seed) pairs. None when no block has several draws."""
+    if "draw" not in long or long["draw"].nunique() < 2:
+        return None
+    data = long[long["label_fraction"] == 1.0]
+    draws = sorted(int(d) for d in data["draw"].unique())
+    rows = [r for r in method_rows(summarise(data), reference, main_variant) if r[0] != reference]
+    blocks = []
+    for protocol, mode in blocks_of(data):
+        block = data[(data["protocol"] == protocol) & (data["mode"] == mode)]
+        if block["draw"].nunique() < 2:
+            continue
+        lines = []
+        for b in benchmarks_of(block):
+            metric = headline(b).metric
+            cell = block[(block["benchmark"] == b) & (block["metric"] == metric)]
+            cell = cell[pd.to_numeric(cell["value"], errors="coerce").notna()]
+            ref = cell[(cell["method"] == reference) & (cell["variant"] == main_variant)]
+            ref_values = _by_replicate(ref)
+            for method, variant in rows:
+                own = cell[(cell["method"] == method) & (cell["variant"] == variant)]
+                if own.empty or ref.empty:
+                    continue
+                gaps, texts = [], []
+                for d in draws:
+                    x, y = ref.loc[ref["draw"] == d, "value"], own.loc[own["draw"] == d, "value"]
+                    if x.empty or y.empty:
+                        texts.append(DASH)
+                        continue
+                    gap = float(x.mean() - y.mean())
+                    spread = 2 * math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2) if min(len(x), len(y)) > 1 else math.nan
+                    gaps.append(gap)
+                    texts.append(f"{gap * 100:+.1f} (2σ {fmt_value(spread)})")
+                result = compare(ref_values, _by_replicate(own), test, alpha, "greater" if one_sided else "two-sided")
+                across = f"{np.mean(gaps) * 100:+.1f} ± {fmt_value(np.std(gaps, ddof=1)) if len(gaps) > 1 else DASH}"
+                p = DASH if not math.isfinite(result.p_value) else f"{result.p_value:.2g} ({result.n_pairs})"
+                label = row_label(method, variant, paper, False)
+                lines.append([f"{headline(b).label} {headline(b).metric_label}", label, *texts, across, p])
+        if lines:
+            blocks.append((block_title(protocol, mode), lines))
+    if not blocks:
+        return None
+    ref_label = row_label(reference, main_variant, paper, False)
+    columns = ["Read-out", "Method", *(f"draw {d}" for d in draws), "mean ± std over draws", "p (pairs)"]
+    caption = (
+        f"Gap of {ref_label} to each method (×100; positive: {ref_label} ahead), per benchmark draw: the difference "
+        "of the means over fine-tuning seeds, with twice the pooled seed std (2σ) beside it; then the gaps' mean ± "
+        f"sample std across draws, and p of the {describe(test, one_sided, ref_label)}, paired by (draw, seed) "
+        "(pairs: their number)."
+    )
+    if synthetic:
+        caption += " On the built-in synthetic corpus these numbers test the machinery, not clinical accuracy."
+    return Table("draw_gaps", "Gaps per benchmark draw", caption, columns, blocks, labels=2)
 
 
 #: Axes of the pretraining-steps summary: a run cell and the share of its pretraining behind the backbone.
@@ -541,6 +640,9 @@ def robustness_seeds(
     rob = robust[(robust["benchmark"] == benchmark) & (robust["metric"] == metric)]
     rob = rob[pd.to_numeric(rob["value"], errors="coerce").notna()]
     clean = long[(long["benchmark"] == benchmark) & (long["metric"] == metric) & (long["label_fraction"] == 1.0)]
+    if "draw" in clean:  # the read-out scores the main draw's runs
+        clean = clean[clean["draw"] == 0]
+        rob = rob[rob["draw"] == 0] if "draw" in rob else rob
     clean_of = {(*k, int(s)): float(v) for *k, s, v in clean[[*cell, "seed", "value"]].itertuples(index=False)}
     out: dict[tuple[str, str, str, str], dict[str, dict[int, float]]] = {}
     for key, g in rob.groupby(cell, sort=False):
@@ -567,6 +669,7 @@ def robustness_tables(
     test: str,
     alpha: float,
     reference_label: str,
+    one_sided: bool = False,
 ) -> list[Table]:
     """Per benchmark with robustness runs: per method, its clean Table 1 metric, the mean over the corruptions
     and severities, and that mean relative to clean (:func:`robustness_seeds`), each mean ± sample std over
@@ -592,7 +695,8 @@ def robustness_tables(
                         line.append(DASH)
                         continue
                     mark = ref is not None and (method, variant) != (reference, main_variant)
-                    significant = mark and compare(vals, ref[column], test, alpha).significant
+                    alternative = "less" if one_sided and column != "relative" else "two-sided"
+                    significant = mark and compare(vals, ref[column], test, alpha, alternative).significant
                     line.append(fmt_cell(SimpleNamespace(**mean_std(list(vals.values())), significant=significant)))
                 lines.append(line)
             blocks.append((block_title(protocol, mode), lines))
@@ -610,7 +714,7 @@ def robustness_tables(
             f"{head.label} {head.metric_label} (×100) on the clean test split and under corruptions (severities): "
             f"{names}. Corrupted: the mean over every corruption and severity; corrupted / clean: that mean over the "
             f"clean value, per seed. Mean ± sample std over seeds with n. * : differs from {reference_label} at "
-            f"p < {alpha:g} ({TESTS[test].description})."
+            f"p < {alpha:g} ({describe(test, one_sided, reference_label)})."
         )
         tables.append(Table(f"robustness_{b}", f"Robustness: {head.label}", caption, columns, blocks))
     return tables

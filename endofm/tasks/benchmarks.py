@@ -134,6 +134,7 @@ def evaluate_run(
         **{k: run[k] for k in ("benchmark", "method", "variant", "protocol", "mode", "seed")},
         "label_fraction": run.get("label_fraction", 1.0),
         "pretrain_fraction": run.get("pretrain_fraction", 1.0),
+        "draw": run.get("draw", 0),
         "data": "synthetic" if synthetic else "real",
         **({"note": SYNTHETIC_NOTE} if synthetic else {}),
         "test_split": run["test_split"],

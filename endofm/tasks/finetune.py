@@ -142,7 +142,8 @@ class TrainConfig:
 class RunSpec:
     """Which run this is: one cell of the experiment matrix. ``label_fraction`` is the share of the
     protocol's training videos the run trains on (:func:`endofm.tasks.protocols.label_subset`);
-    ``pretrain_fraction`` the share of its pretraining's steps behind the backbone (a snapshot, below 1)."""
+    ``pretrain_fraction`` the share of its pretraining's steps behind the backbone (a snapshot, below 1);
+    ``draw`` the benchmark draw it trains and tests on (0: the main one; ``synthetic.draws``)."""
 
     benchmark: str
     method: str
@@ -152,22 +153,24 @@ class RunSpec:
     seed: int
     label_fraction: float = 1.0
     pretrain_fraction: float = 1.0
+    draw: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         paths.label_tag(self.label_fraction)
         paths.pretrain_tag(self.pretrain_fraction)
+        paths.draw_tag(self.draw)
 
     @property
     def path(self) -> str:
         """The run's place under ``results/finetune/`` (a folder) and ``results/metrics/`` (+ ``.json``):
         ``<benchmark>/<method>/<variant>/<protocol>/<mode>/seed<k>``, with ``-labels<percent>`` appended
         when the run trains on a fraction of the videos, after ``-pt<percent>`` when it starts from a
-        pretraining snapshot."""
+        pretraining snapshot, and ``-draw<k>`` last on a benchmark draw other than the main one."""
         return paths.run_path(
             self.benchmark, self.method, self.variant, self.protocol, self.mode, self.seed,
-            self.label_fraction, self.pretrain_fraction,
+            self.label_fraction, self.pretrain_fraction, self.draw,
         )  # fmt: skip
 
 

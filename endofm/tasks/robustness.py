@@ -125,6 +125,7 @@ def evaluate_robustness(
             **{k: run[k] for k in ("benchmark", "method", "variant", "protocol", "mode", "seed")},
             "label_fraction": run.get("label_fraction", 1.0),
             "pretrain_fraction": run.get("pretrain_fraction", 1.0),
+            "draw": run.get("draw", 0),
             "corruption": cell.name,
             "severity": cell.severity,
             "corruption_seed": cell.seed,

@@ -119,5 +119,7 @@ def metrics_path(run: Mapping[str, Any], root: str | Path = paths.METRICS) -> Pa
     """Where the workflow (and so the report) keeps the metrics of run record ``run``: ``<root>/<run path>.json``
     (:func:`endofm.paths.run_path`)."""
     fields = ("benchmark", "method", "variant", "protocol", "mode", "seed")
-    path = paths.run_path(*(run[k] for k in fields), run.get("label_fraction", 1.0), run.get("pretrain_fraction", 1.0))
+    path = paths.run_path(
+        *(run[k] for k in fields), run.get("label_fraction", 1.0), run.get("pretrain_fraction", 1.0), run.get("draw", 0)
+    )
     return Path(root) / f"{path}.json"
