@@ -216,18 +216,23 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                 else "check the path"
             )
             _need(Path(checkpoint), f"backbone of method {method}", hint)
+    if args.draw not in cfg.draws():
+        raise UserError(f"--draw {args.draw}: the config's benchmark draws are {cfg.draws()} (synthetic.draws)")
+    data = paths.benchmark_data(bench, args.draw)
     manifest = _need(
-        Path(cfg.data.benchmarks_dir) / bench / "manifest.csv",
-        f"{bench} index",
-        f"run `endofm index {bench}{_config_flag(args)}` (or `snakemake data{_config_flag(args, '--configfile=')}`) first",
+        Path(cfg.data.benchmarks_dir) / data / "manifest.csv",
+        f"{data} index",
+        f"run `snakemake data{_config_flag(args, '--configfile=')}` first"
+        if args.draw
+        else f"run `endofm index {bench}{_config_flag(args)}` (or `snakemake data{_config_flag(args, '--configfile=')}`) first",
     )
-    spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed, args.label_fraction)
+    spec = RunSpec(bench, method, variant, args.protocol, args.mode, args.seed, args.label_fraction, draw=args.draw)
     out = args.out or Path(paths.finetune_dir(spec.path))
     task = cfg.finetune.task(bench, method)
     if args.device:
         task.train.device = args.device
     record = finetune_benchmark(
-        spec, task, manifest, Path(cfg.data.raw_dir) / bench, out, backbone, checkpoint, options
+        spec, task, manifest, Path(cfg.data.raw_dir) / data, out, backbone, checkpoint, options
     )  # fmt: skip
     print(f"{spec.path}: selected epoch {record['selection']['epoch']} -> {out}")
 
@@ -240,14 +245,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = _workflow_config(args.config)
     run = read_run(args.run_dir)
     bench = run["benchmark"]
+    data = paths.benchmark_data(bench, run.get("draw", 0))  # the run's benchmark draw
     manifest = _need(
-        Path(cfg.data.benchmarks_dir) / bench / "manifest.csv",
-        f"{bench} index",
+        Path(cfg.data.benchmarks_dir) / data / "manifest.csv",
+        f"{data} index",
         f"run `endofm index {bench}{_config_flag(args)}` (or `snakemake data{_config_flag(args, '--configfile=')}`) first",
     )
     out = args.out or metrics_path(run)
     record = evaluate_run(
-        args.run_dir, manifest, Path(cfg.data.raw_dir) / bench, out, synthetic=cfg.data.origin == "synthetic"
+        args.run_dir, manifest, Path(cfg.data.raw_dir) / data, out, synthetic=cfg.data.origin == "synthetic"
     )
     print(json.dumps(record["metrics"], indent=1))
     print(f"-> {out}", file=sys.stderr)
@@ -478,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the run (initialisation, data order, clean split)")
     p.add_argument(
         "--label-fraction", type=float, default=1.0, help="train on this share of the training videos (stratified)"
+    )
+    p.add_argument(
+        "--draw", type=int, default=0, help="benchmark draw to train and test on (synthetic.draws; 0: the main one)"
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's, auto)")
     p.add_argument(

@@ -288,3 +288,15 @@ def test_gap_table_reads_metrics_of_pandas_frames_without_draw():
     )
     assert draw_gap_table(long, paper={}, reference="endofm", main_variant="default", test="ttest", alpha=0.05) is None
     assert summarise(long)["seeds"].tolist() == ["0"]
+
+
+def test_cli_finetune_refuses_a_draw_the_config_does_not_make(tmp_path):
+    proc = subprocess.run(
+        [str(SNAKEMAKE.with_name("endofm")), "finetune", "polypdiag", "--method", "scratch", "--draw", "3",
+         "--config", str(ROOT / "tests/configs/tiny.yaml")],  # fmt: skip
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "endofm finetune: error: --draw 3: the config's benchmark draws are [0] (synthetic.draws)"
+    )
