@@ -85,9 +85,8 @@ wildcard_constraints:
     ablation="|".join(ABLATIONS) or "(?!)",
 
 
-def benchmark_outputs(bench, draw="{draw}"):
-    """Files the index rule of ``bench`` writes, for the draw tag ``draw`` ("" for the main draw; by default
-    the rule's ``{draw}`` wildcard)."""
+def benchmark_outputs(bench, draw=""):
+    """Files the index rule of ``bench`` writes, for the draw tag ``draw`` ("" for the main draw)."""
     return [f"{BENCH}/{bench}{draw}/{name}" for name in get_benchmark(bench).indexer.outputs()]
 
 

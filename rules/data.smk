@@ -91,17 +91,18 @@ rule extract_clips:
         "../workflow_scripts/extract_clips.py"
 
 
-for _bench in BENCHMARKS:
+# One index rule per benchmark draw (index_polypdiag, index_polypdiag_draw2), each a target of its own.
+for _data, (_bench, _draw) in BENCHMARK_DATA.items():
 
     rule:
         name:
-            f"index_{_bench}"
+            f"index_{_bench}" + (f"_draw{_draw}" if _draw else "")
         input:
-            raw_folder(_bench + "{draw}"),
+            raw_folder(_data),
         output:
-            benchmark_outputs(_bench),
+            benchmark_outputs(_bench, paths.draw_tag(_draw)),
         log:
-            f"{LOGS}/index/{_bench}{{draw}}.log",
+            f"{LOGS}/index/{_data}.log",
         conda:
             "../envs/endofm.yaml"
         params:
