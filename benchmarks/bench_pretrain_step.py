@@ -25,7 +25,13 @@ parallel region waits for its descheduled thread), hence the workflow's ``--thre
 
     python benchmarks/bench_pretrain_step.py [--method endofm|vcl|st_adapter] [--clips a/clips.csv ...]
         [--threads 1 2] [--workers 0 1 2]
-        [--steps 8] [--epochs 2] [--precision fp32|bf16] [--attention sdpa|explicit] [--parts data model e2e]
+        [--steps 8] [--epochs 2] [--precision fp32|bf16] [--attention sdpa|explicit] [--decode-cache-mb MB]
+        [--parts data model e2e]
+
+Part 3 also reports CPU seconds per step and steps per CPU-second (this process and its finished loader
+workers), the figure to compare on a shared host. With the decoded-clip cache (``decode_cache_mb``, on by
+default) and ``--workers 0`` only the first epoch decodes, so give it ``--epochs`` 3 or more and clips enough
+for ``--steps`` batches (``--clips`` of the built-in corpus, e.g. ``--steps 8``).
 """
 
 from __future__ import annotations
@@ -56,8 +62,14 @@ from benchmarks import common  # noqa: E402
 #: The end-to-end table: (column title, format spec).
 E2E_TABLE = [
     ("threads", ">7"), ("workers", ">7"), ("wall s", ">7.1f"), ("s/step", ">7.3f"), ("steps/min", ">9.1f"),
-    (" epoch seconds", ""),
+    ("cpu s/step", ">10.3f"), ("steps/cpu-s", ">11.3f"), (" epoch seconds", ""),
 ]  # fmt: skip
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its finished children (loader workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def load_avg() -> str:
@@ -127,13 +139,15 @@ def model_breakdown(cfg: PretrainConfig, views: list[torch.Tensor], steps: int) 
 
 def end_to_end(
     cfg: PretrainConfig, manifests: list[Path], threads: int, workers: int, tmp: Path
-) -> tuple[float, int, list]:
-    """Wall seconds of a whole ``pretrain`` run, its steps, and metrics.csv's epoch seconds."""
+) -> tuple[float, float, int, list]:
+    """Wall and CPU seconds of a whole ``pretrain`` run, its steps, and metrics.csv's epoch seconds."""
     out = tmp / f"run_t{threads}_w{workers}"
     with common.torch_threads(threads), common.Timer() as timer:
+        cpu = cpu_seconds()
         pretrain(cfg, manifests, out, workers=workers)
+        cpu = cpu_seconds() - cpu
     metrics = pd.read_csv(out / "metrics.csv")
-    return timer.seconds, int(metrics["steps"].sum()), metrics["seconds"].tolist()
+    return timer.seconds, cpu, int(metrics["steps"].sum()), metrics["seconds"].tolist()
 
 
 def table(title: str, parts: dict[str, list[float]]) -> None:
@@ -161,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-batches", type=int, default=2, help="batches for the data breakdown (2)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="override the config's precision")
     parser.add_argument("--attention", choices=["sdpa", "explicit"], help="override the backbone's attention")
+    parser.add_argument(
+        "--decode-cache-mb", type=float, help="override decode_cache_mb in part 3 (0: decode every time)"
+    )
     parser.add_argument("--parts", nargs="+", choices=["data", "model", "e2e"], default=["data", "model", "e2e"])
     args = parser.parse_args(argv)
 
@@ -208,13 +225,17 @@ def main(argv: list[str] | None = None) -> None:
                 run_cfg.precision = args.precision
             if args.attention:
                 run_cfg.backbone.attention = args.attention
+            if args.decode_cache_mb is not None:
+                run_cfg.decode_cache_mb = args.decode_cache_mb
             print(f"\n3. end to end: pretrain(), {args.epochs} epochs of at most {args.steps} steps")
             e2e = common.Table(E2E_TABLE, indent="  ")
             e2e.print_header()
             for threads, workers in itertools.product(args.threads, args.workers):
-                wall, steps, seconds = end_to_end(run_cfg, manifests, threads, workers, Path(tmp))
+                wall, cpu, steps, seconds = end_to_end(run_cfg, manifests, threads, workers, Path(tmp))
                 epochs = " ".join(f"{s:.1f}" for s in seconds)
-                e2e.print_row(threads, workers, wall, wall / steps, 60 * steps / wall, " " + epochs)
+                e2e.print_row(
+                    threads, workers, wall, wall / steps, 60 * steps / wall, cpu / steps, steps / cpu, " " + epochs
+                )
     print(f"\nload average {load_avg()}")
 
 

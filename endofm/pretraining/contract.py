@@ -54,6 +54,12 @@ class LoopConfig:
     num_workers: int = setting(
         4, "Data-loading workers per process (the workflow passes its own, from the job's threads)", minimum=0
     )
+    decode_cache_mb: float = setting(
+        1024,
+        "MiB of decoded clips kept in memory when data loads in the training process (num_workers 0), so epochs "
+        "after the first skip video decoding; the same frames either way; 0: decode every time",
+        minimum=0,
+    )
     seed: int = setting(0, "Seed of weights, data order, views and the data_fraction subset")
     data_fraction: float = setting(
         1.0,

@@ -207,7 +207,7 @@ class EndoFMObjective(Objective):
     stats = ("teacher_entropy", "batch_entropy", "center_norm")
 
     def dataset(self, clips: pd.DataFrame) -> Dataset:
-        return MultiViewDataset(clips, self.cfg.sampled_views, seed=self.cfg.seed)
+        return MultiViewDataset(clips, self.cfg.sampled_views, seed=self.cfg.seed, cache_mb=self.cfg.decode_cache_mb)
 
     def check(self) -> None:
         init_checkpoint(self.cfg)  # a missing initial checkpoint: one line saying what to download

@@ -111,7 +111,7 @@ OBJECTIVES: dict[str, type[Objective]] = {"endofm": EndoFMObjective, "vcl": VCLO
 #: Settings that may change between a run and its resumption (they do not change the maths). ``init``
 #: may move to another path, but not change between ``random`` and a checkpoint.
 RESUMABLE_CHANGES = frozenset(
-    {"num_workers", "checkpoint_every", "device", "precision", "init", "init_head", "snapshots"}
+    {"num_workers", "decode_cache_mb", "checkpoint_every", "device", "precision", "init", "init_head", "snapshots"}
 )
 
 SNAPSHOTS_DIR = "snapshots"

@@ -184,20 +184,18 @@ def dynamic_view(clip: torch.Tensor) -> torch.Tensor:
 class VCLDataset(MultiViewDataset):
     """One clip as the six :data:`STREAMS`, each ``(3, T, S, S)``; reproducible per (seed, epoch, index)."""
 
+    def open_video(self, path: str) -> VideoReader:
+        return VideoReader(path)  # looked up in this module, where it can be replaced for VCL alone
+
     def __getitem__(self, index: int) -> list[torch.Tensor]:
         index = operator.index(index)
         if not 0 <= index < len(self.paths):
             raise IndexError(f"clip index {index} out of range for {len(self.paths)} clips")
-        cfg, rng, path = self.cfg, self.rng(index), self.paths[index]
-        with VideoReader(path) as reader:
-            if self.frames is not None and reader.num_frames != self.frames[index]:
-                raise ValueError(
-                    f"{path}: the manifest lists {self.frames[index]} frames but the file has "
-                    f"{reader.num_frames}; re-run clip extraction"
-                )
-            indices = sample_clip_indices(reader.num_frames, cfg.frames, cfg.max_stride, rng)
-            wanted, inverse = np.unique(indices.ravel(), return_inverse=True)
-            frames = reader.get_frames(wanted)[inverse.reshape(indices.shape)]
+        cfg, rng = self.cfg, self.rng(index)
+        frames, rows = self.read_frames(
+            index, lambda num_frames: sample_clip_indices(num_frames, cfg.frames, cfg.max_stride, rng)
+        )
+        frames = frames[rows]  # (2, frames, H, W, 3)
         still = int(rng.integers(0, cfg.frames))  # the original's back_idx: one position for both clips
         rgb = [augment_view(frames[k], cfg.size, cfg.scale, cfg, rng) for k in range(2)]
         # The static views get their own augmentation, as the original transforms the repeated frame on its
@@ -471,7 +469,7 @@ class VCLObjective(Objective):
     stats = ("static_usage", "dynamic_usage")
 
     def dataset(self, clips: pd.DataFrame) -> VCLDataset:
-        return VCLDataset(clips, self.cfg.views, seed=self.cfg.seed)
+        return VCLDataset(clips, self.cfg.views, seed=self.cfg.seed, cache_mb=self.cfg.decode_cache_mb)
 
     def check(self) -> None:
         check_start(self.cfg.init, "pretrain init")

@@ -45,7 +45,7 @@ import math
 import operator
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from endofm.config import check_fields, setting
 from endofm.data.clips import MANIFEST_COLUMNS
@@ -369,18 +369,27 @@ class MultiViewDataset(Dataset):
     reproducible in any worker and differs per epoch. Call :meth:`set_epoch` before each epoch;
     with ``persistent_workers=True`` a DataLoader keeps the workers' copy, so set it before the
     loader starts or use non-persistent workers.
+
+    ``cache_mb`` > 0 keeps up to that many MiB of decoded clips in the main process's memory
+    (:meth:`read_frames`): with ``num_workers`` 0, every epoch after the first skips decoding the clips
+    it holds.
     """
 
-    def __init__(self, clips: pd.DataFrame, cfg: ViewConfig, seed: int = 0):
+    def __init__(self, clips: pd.DataFrame, cfg: ViewConfig, seed: int = 0, cache_mb: float = 0):
         if "path" not in clips.columns:
             raise ValueError(f"clips table needs a 'path' column, got {list(clips.columns)}")
         if clips.empty:
             raise ValueError("clips table is empty")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         self.paths = clips["path"].astype(str).tolist()
         self.frames = clips["frames"].astype(int).tolist() if "frames" in clips.columns else None
         self.cfg, self.seed, self.epoch = cfg, seed, 0
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -402,21 +411,52 @@ class MultiViewDataset(Dataset):
         frames, rows = self.decode(index, rng)
         return self.make_views(frames, rows, rng)
 
+    def open_video(self, path: str) -> VideoReader:
+        """The reader of a clip file."""
+        return VideoReader(path)
+
+    def read_frames(self, index: int, sample: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``index``'s frames at the indices ``sample(num_frames)`` draws, as ``(frames, rows)``:
+        ``frames[rows]`` are the wanted frames, ``rows`` shaped like the indices. Without the cache ``frames``
+        is the sorted union of the indices, decoded with one ``get_frames`` call.
+
+        With a cache (``cache_mb``), a clip's first read in the main process decodes all of its frames and keeps
+        them while the cache has room; later reads (later epochs) take them from memory, the same uint8 values.
+        Loader workers do not cache: they live for one epoch.
+        """
+        clip = self._cache.get(index)
+        if clip is None:
+            path = self.paths[index]
+            with self.open_video(path) as reader:
+                if self.frames is not None and reader.num_frames != self.frames[index]:
+                    raise ValueError(
+                        f"{path}: the manifest lists {self.frames[index]} frames but the file has "
+                        f"{reader.num_frames}; re-run clip extraction"
+                    )
+                if self._cached_bytes >= self.cache_bytes or get_worker_info() is not None:
+                    indices = sample(reader.num_frames)
+                    wanted, inverse = np.unique(indices, return_inverse=True)
+                    return reader.get_frames(wanted), inverse.reshape(np.shape(indices))
+                clip = reader.get_frames(np.arange(reader.num_frames))
+            if self._cached_bytes + clip.nbytes <= self.cache_bytes:
+                self._cache[index] = clip
+                self._cached_bytes += clip.nbytes
+            else:  # full: from now on clips decode only the frames they need
+                self._cached_bytes = self.cache_bytes
+        return clip, np.asarray(sample(len(clip)))
+
     def decode(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
         """Step 1 and 2 of item ``index``: draw each view's frame indices from ``rng`` and decode their union
-        with one ``get_frames`` call; returns the decoded frames and, per view, its rows of them."""
-        path = self.paths[index]
-        with VideoReader(path) as reader:
-            if self.frames is not None and reader.num_frames != self.frames[index]:
-                raise ValueError(
-                    f"{path}: the manifest lists {self.frames[index]} frames but the file has "
-                    f"{reader.num_frames}; re-run clip extraction"
-                )
-            indices = sample_frame_indices(reader.num_frames, self.cfg, rng)
-            wanted, inverse = np.unique(np.concatenate(indices), return_inverse=True)
-            frames = reader.get_frames(wanted)
-        bounds = np.cumsum([0, *(len(idx) for idx in indices)])
-        return frames, [inverse[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        (:meth:`read_frames`); returns the decoded frames and, per view, its rows of them."""
+        drawn: list[np.ndarray] = []
+
+        def sample(num_frames: int) -> np.ndarray:
+            drawn.extend(sample_frame_indices(num_frames, self.cfg, rng))
+            return np.concatenate(drawn)
+
+        frames, rows = self.read_frames(index, sample)
+        bounds = np.cumsum([0, *(len(idx) for idx in drawn)])
+        return frames, [rows[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def make_views(self, frames: np.ndarray, rows: list[np.ndarray], rng: np.random.Generator) -> list[torch.Tensor]:
         """Step 3: the views of :meth:`decode`'s output, their augmentation drawn from ``rng``."""
