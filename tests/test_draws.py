@@ -300,3 +300,16 @@ def test_cli_finetune_refuses_a_draw_the_config_does_not_make(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "endofm finetune: error: --draw 3: the config's benchmark draws are [0] (synthetic.draws)"
     )
+
+
+def test_the_reports_example_frames_come_from_the_main_draw():
+    """The report draws example frames from the benchmark index of the main draw, so it shows a run of that draw."""
+    from types import SimpleNamespace
+
+    from endofm.report.build import ReportConfig, _example_run
+
+    records = [_record("cvc12k", "endofm", 0, 1, 0.5), _record("cvc12k", "endofm", 1, 0, 0.4)]
+    records = [{**r, "label_fraction": 1.0} for r in records]
+    chosen = _example_run(SimpleNamespace(records=records), ReportConfig(), "cvc12k")
+    assert (chosen["draw"], chosen["seed"]) == (0, 1)
+    assert _example_run(SimpleNamespace(records=records[:1]), ReportConfig(), "cvc12k") is None
