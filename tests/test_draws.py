@@ -176,6 +176,14 @@ def test_draw_gap_table_by_hand(two_draws):
     assert line[5] == f"{p:.2g} (4)"
 
 
+def test_gap_rows_add_the_threshold_free_score():
+    from endofm.report.tables import _gap_metrics
+
+    assert _gap_metrics("polypdiag") == [("f1", "PolypDiag F1"), ("auroc", "PolypDiag AUROC")]
+    assert _gap_metrics("kumc") == [("f1_paper", "KUMC F1"), ("AP50", "KUMC AP50")]
+    assert _gap_metrics("cvc12k") == [("dice", "CVC-12k Dice")]
+
+
 def test_no_gap_table_on_one_draw(tmp_path):
     files = [_write(tmp_path, _record("cvc12k", m, s, 0, 0.1 * s + 0.2)) for m in ("endofm", "scratch") for s in (0, 1)]
     long, _ = collect_metrics(files)

@@ -472,6 +472,16 @@ def label_efficiency_table(
     return Table("label_efficiency", "Label efficiency", caption, columns, blocks)
 
 
+def _gap_metrics(benchmark: str) -> list[tuple[str, str]]:
+    """(metric key, row title) of a benchmark in the per-draw gap table: its Table 1 metric, then its
+    threshold-free score (:attr:`endofm.tasks.benchmarks.Benchmark.threshold_free`) if it has one."""
+    head = headline(benchmark)
+    extra = BENCHMARKS[benchmark].threshold_free if benchmark in BENCHMARKS else None
+    return [(head.metric, f"{head.label} {head.metric_label}")] + (
+        [(extra[0], f"{head.label} {extra[1]}")] if extra else []
+    )
+
+
 def _by_replicate(frame: pd.DataFrame) -> dict[tuple[int, int], float]:
     return {(int(r.draw), int(r.seed)): float(r.value) for r in frame.itertuples(index=False)}
 
@@ -488,7 +498,7 @@ def draw_gap_table(
     synthetic: bool = True,
 ) -> Table | None:
     """How much of a gap is the benchmark draw: for every block (protocol, mode) that ran on several draws,
-    per benchmark (Table 1 metric) and method, the gap ``reference - method`` (×100) of the means over seeds on
+    per benchmark (Table 1 metric, and its threshold-free score) and method, the gap ``reference - method`` (×100) of the means over seeds on
     each draw with twice the pooled seed std (sqrt of the mean of the two seed variances), the gaps' mean ± std
     across draws, and the paired test over the (draw, seed) pairs. None when no block has several draws."""
     if "draw" not in long or long["draw"].nunique() < 2:
@@ -502,8 +512,7 @@ def draw_gap_table(
         if block["draw"].nunique() < 2:
             continue
         lines = []
-        for b in benchmarks_of(block):
-            metric = headline(b).metric
+        for b, metric, title in [(name, m, t) for name in benchmarks_of(block) for m, t in _gap_metrics(name)]:
             cell = block[(block["benchmark"] == b) & (block["metric"] == metric)]
             cell = cell[pd.to_numeric(cell["value"], errors="coerce").notna()]
             ref = cell[(cell["method"] == reference) & (cell["variant"] == main_variant)]
@@ -526,7 +535,7 @@ def draw_gap_table(
                 across = f"{np.mean(gaps) * 100:+.1f} ± {fmt_value(np.std(gaps, ddof=1)) if len(gaps) > 1 else DASH}"
                 p = DASH if not math.isfinite(result.p_value) else f"{result.p_value:.2g} ({result.n_pairs})"
                 label = row_label(method, variant, paper, False)
-                lines.append([f"{headline(b).label} {headline(b).metric_label}", label, *texts, across, p])
+                lines.append([title, label, *texts, across, p])
         if lines:
             blocks.append((block_title(protocol, mode), lines))
     if not blocks:

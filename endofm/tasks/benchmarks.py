@@ -61,6 +61,9 @@ class Benchmark:
     evaluate: Callable[..., dict[str, Any]]  # (run_dir, test_rows, raw_dir=, benchmark_dir=, task_settings=)
     predictions: str  # the file a run's test predictions are saved in (the workflow's output)
     secondary: tuple[str, ...] = ()  # metrics shown first in the secondary table, in order
+    # (metric key, label): a score that needs no decision threshold (AUROC, AP50), shown beside the headline where
+    # a threshold's noise would hide a gap (the report's per-draw gaps)
+    threshold_free: tuple[str, str] | None = None
     # (title, metric-key prefix): secondary metrics with a report table of their own, so none is too wide
     secondary_groups: tuple[tuple[str, str], ...] = ()
     synthesize: Callable[[Path, synthetic.SynthConfig], Path] | None = None  # the built-in corpus's generator
@@ -207,6 +210,7 @@ register(
         evaluate=evaluation.evaluate_classification,
         predictions=evaluation.PREDICTIONS,
         secondary=("auroc", "accuracy", "precision", "recall"),
+        threshold_free=("auroc", "AUROC"),
         synthesize=functools.partial(synthetic.synthesize, "polypdiag"),
     )
 )
@@ -257,6 +261,7 @@ register(
         predictions=evaluation.DETECTIONS,
         secondary=("f1_iou", "AP", "AP50", "AP75", "precision_paper", "recall_paper", "precision_iou", "recall_iou"),
         secondary_groups=(("COCO box AP", "AP"),),
+        threshold_free=("AP50", "AP50"),
         synthesize=functools.partial(synthetic.synthesize, "kumc"),
         examples=_detection_examples,
     )
