@@ -173,7 +173,7 @@ def test_draw_gap_table_by_hand(two_draws):
     d = np.array([0.20, 0.18, 0.05, 0.09])
     t = d.mean() / (d.std(ddof=1) / 2)
     p = sps.t.sf(t, df=3)
-    assert line[5] == f"{p:.2g} (4)"
+    assert line[5] == f"{p:.3g} (4)"
 
 
 def test_gap_rows_add_the_threshold_free_score():

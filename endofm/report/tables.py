@@ -533,7 +533,7 @@ def draw_gap_table(
                     texts.append(f"{gap * 100:+.1f} (2σ {fmt_value(spread)})")
                 result = compare(ref_values, _by_replicate(own), test, alpha, "greater" if one_sided else "two-sided")
                 across = f"{np.mean(gaps) * 100:+.1f} ± {fmt_value(np.std(gaps, ddof=1)) if len(gaps) > 1 else DASH}"
-                p = DASH if not math.isfinite(result.p_value) else f"{result.p_value:.2g} ({result.n_pairs})"
+                p = DASH if not math.isfinite(result.p_value) else f"{result.p_value:.3g} ({result.n_pairs})"
                 label = row_label(method, variant, paper, False)
                 lines.append([title, label, *texts, across, p])
         if lines:
