@@ -19,7 +19,7 @@ from endofm.config import ConfigError
 from endofm.data.synthetic import SynthConfig
 from endofm.report.collect import ReportError, collect_metrics, read_metrics_file
 from endofm.report.stats import compare, paired_t_test, sign_flip_test
-from endofm.report.tables import draw_gap_table, per_seed, summarise
+from endofm.report.tables import draw_gap_table, per_seed, summarise, table1
 from endofm.settings import finetune_runs, load_workflow_config, robustness_runs
 from endofm.tasks.finetune import RunSpec
 
@@ -153,6 +153,15 @@ def test_summary_pools_the_draws_and_seeds_of_a_cell(two_draws):
     assert row["n"] == 4 and row["n_expected"] == 4  # 2 seeds x the cell's 2 draws
     assert row["mean"] == pytest.approx(np.mean(values)) and row["std"] == pytest.approx(np.std(values, ddof=1))
     assert row["seeds"] == "0;1;0@draw1;1@draw1"
+    caption = table1(
+        summary, paper={}, costs={}, reference="endofm", main_variant="default", synthetic=True, test="ttest",
+        alpha=0.05, one_sided=True,
+    ).caption  # fmt: skip
+    assert "n = (draw, seed) pairs" in caption and "one-sided (endofm ahead) paired t-test" in caption
+    assert "paired by draw and seed" in caption
+    one_draw = table1(summarise(long[long["draw"] == 0]), paper={}, costs={}, reference="endofm",
+                      main_variant="default", synthetic=True, test="ttest", alpha=0.05).caption  # fmt: skip
+    assert "n = seeds" in one_draw and "two-sided paired t-test" in one_draw
     pairs = per_seed(long)[("cvc12k", "endofm", "default", "clean", "frozen", 1.0, "dice")]
     assert pairs == {(0, 0): 0.50, (0, 1): 0.54, (1, 0): 0.40, (1, 1): 0.42}
 

@@ -287,10 +287,13 @@ def table1(
         if lines:
             blocks.append((block_title(protocol, mode), lines))
     ref_label = row_label(reference, main_variant, paper, False)
+    drawn = "seeds" in summary and summary["seeds"].astype(str).str.contains("@draw").any()
+    unit, pairing = ("(draw, seed) pairs", "draw and seed") if drawn else ("seeds", "seed")
     caption = (
-        f"Mean ± sample std (×100) over fine-tuning seeds, n = seeds; 'n=k of m' marks a cell with fewer seeds than "
-        f"the m configured. * : differs from {ref_label} at p < {alpha:g}, {describe(test, one_sided, ref_label)}, paired by seed "
-        f"(no mark: not significant or fewer than 2 shared seeds). Start: the weights a method starts from (random, "
+        f"Mean ± sample std (×100) over fine-tuning {'seeds on every benchmark draw the cell ran on, pooled' if drawn else 'seeds'}, "
+        f"n = {unit}; 'n=k of m' marks a cell with fewer than the m configured. * : differs from {ref_label} at "
+        f"p < {alpha:g}, {describe(test, one_sided, ref_label)}, paired by {pairing} "
+        f"(no mark: not significant or fewer than 2 shared {unit}). Start: the weights a method starts from (random, "
         f"or the file its pretraining starts from, or that it adapts without pretraining). Pretraining cost: wall and "
         f"CPU time of the pretraining job (Snakemake benchmark file) and parameter count."
     )
