@@ -244,7 +244,10 @@ class Method:
       (``finetune.variants``); other pretrained methods run ``default`` there, and an ablation's arms where
       the ablation lists them (``ablations.<name>.methods``);
     - ``resolve_start``: ``(workflow config, variant) -> init`` when the start is not its settings' ``init``;
-    - ``adapts_start``: a weights file as start replaces its pretraining (the file is fine-tuned as it is).
+    - ``adapts_start``: a weights file as start replaces its pretraining (the file is fine-tuned as it is);
+    - ``step_cost``: CPU time of one pretraining step relative to Endo-FM's at the same settings, measured with
+      ``benchmarks/bench_pretrain_step.py`` (docs/decisions.md: Pretraining throughput). The workflow starts the
+      longest pretraining first (:meth:`~endofm.settings.WorkflowConfig.pretrain_priority`).
     """
 
     objective: type[Objective] | None
@@ -254,6 +257,7 @@ class Method:
     has_variants: bool = False
     resolve_start: Callable[[Any, str], str] | None = None
     adapts_start: bool = False
+    step_cost: float = 1.0
 
     @property
     def pretrained(self) -> bool:
@@ -282,7 +286,8 @@ class Method:
 METHODS: dict[str, Method] = {
     "endofm": Method(EndoFMObjective, VIDEO_VIT, "settings", endofm_settings, has_variants=True),
     "scratch": Method(None, VIDEO_VIT),
-    "vcl": Method(vcl.VCLObjective, VIDEO_VIT, "vcl", vcl_settings),
+    # VCL's step runs six full-size streams (2.20 CPU-s against Endo-FM's 1.16 at the demo's settings, fp32).
+    "vcl": Method(vcl.VCLObjective, VIDEO_VIT, "vcl", vcl_settings, step_cost=1.9),
     "st_adapter": Method(
         EndoFMObjective,
         ST_ADAPTER,
@@ -290,6 +295,7 @@ METHODS: dict[str, Method] = {
         st_adapter_settings,
         resolve_start=st_adapter_start,
         adapts_start=True,
+        step_cost=0.25,  # one-frame views through an image ViT: 0.28 CPU-s a step
     ),
 }
 

@@ -639,6 +639,13 @@ class WorkflowConfig:
             settings = dataclasses.replace(settings, snapshots=sorted({*settings.snapshots, *derived}))
         return settings
 
+    def pretrain_priority(self, method: str, variant: str) -> float:
+        """The Snakemake priority of ``method``'s ``variant`` pretraining: above the data stage's 10, and higher the
+        longer the job (its epochs times the method's :attr:`~endofm.methods.Method.step_cost`), so that on a
+        few cores the longest pretraining starts first instead of ending last."""
+        epochs = self.method_settings(method, variant).epochs
+        return 10 + get_method(method).step_cost * epochs
+
     def method_start(self, method: str, variant: str = "default") -> str:
         """The weights ``method``'s ``variant`` starts from (``random`` or a file): its ``init``
         (:meth:`endofm.methods.Method.start`); ``random`` for scratch."""

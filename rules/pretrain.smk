@@ -32,8 +32,8 @@ rule pretrain_model:
     benchmark:
         f"{paths.TIMINGS}/pretrain/{{method}}/{{variant}}.tsv"
     # Pretrainings are the long jobs every pretrained method's fine-tunes wait for: start them as soon as
-    # their clips exist (docs/decisions.md: Job priorities so pretrainings start first).
-    priority: 10
+    # their clips exist, the longest first (docs/decisions.md: Job priorities so pretrainings start first).
+    priority: lambda w: CFG.pretrain_priority(w.method, w.variant)
     conda:
         "../envs/endofm.yaml"
     threads: CFG.pretrain.threads

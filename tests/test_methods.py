@@ -173,3 +173,16 @@ def test_pretraining_command_dispatches_on_the_method(tmp_path):
     assert saved["method"] == record["method"] == "st_adapter" and record["objective"] == "endofm"
     assert saved["run"]["parameters"] == record["parameters"] > record["backbone_parameters"] > 0
     assert METHODS["st_adapter"].objective is EndoFMObjective and METHODS["scratch"].objective is None
+
+
+def test_the_longest_pretraining_gets_the_highest_priority():
+    """Priority 10 + step cost x epochs: on the demo (15 epochs) VCL 10 + 1.9 x 15, Endo-FM 10 + 15, ST-Adapter
+    10 + 0.25 x 15, all above the data stage's 10; an arm with fewer epochs ranks below its method's default."""
+    data = demo()
+    data["ablations"]["short"] = {"variants": {"e4": {"epochs": 4}}, "benchmarks": ["polypdiag"]}
+    cfg = load_workflow_config(data)
+    epochs = data["pretrain"]["settings"]["epochs"]
+    assert cfg.pretrain_priority("vcl", "default") == pytest.approx(10 + 1.9 * epochs)
+    assert cfg.pretrain_priority("endofm", "default") == pytest.approx(10 + epochs)
+    assert cfg.pretrain_priority("st_adapter", "default") == pytest.approx(10 + 0.25 * epochs)
+    assert cfg.pretrain_priority("endofm", "short-e4") == pytest.approx(14)

@@ -19,7 +19,6 @@ Layer: data and models (docs/architecture.md). May import: foundation and the ot
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from typing import Literal, NamedTuple, overload
@@ -212,18 +211,16 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        cpu_autocast = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
-        if cpu_autocast:
-            # bf16 autocast on the CPU: the attention itself in fp32, the projections in bf16. PyTorch's bf16
-            # SDPA on the CPU is several times slower than its fp32 kernel (docs/decisions.md: Pretraining
-            # throughput).
-            q, k, v = q.float(), k.float(), v.float()
-        with torch.autocast("cpu", enabled=False) if cpu_autocast else contextlib.nullcontext():
-            if self.attention == "sdpa":
-                # SDPA's default scale is head_dim ** -0.5, the original's scale.
-                x = F.scaled_dot_product_attention(q, k, v)
-            else:
-                x = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu"):
+            # bf16 autocast on the CPU: PyTorch's bf16 SDPA kernel there is several times slower than its fp32
+            # one, and explicit bf16 attention is faster than both. The softmax kernel computes in fp32 and
+            # rounds once to bf16 (docs/decisions.md: Pretraining throughput).
+            x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        elif self.attention == "sdpa":
+            # SDPA's default scale is head_dim ** -0.5, the original's scale.
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
