@@ -9,7 +9,7 @@ rule pretrain_config:
         f"{PRETRAIN_DIR}/pretrain.yaml",
     log:
         f"{LOGS}/pretrain_config/{{method}}/{{variant}}.log",
-    priority: 10  # the pretraining waits for it (see pretrain_model)
+    priority: lambda w: CFG.pretrain_priority(w.method, w.variant)  # the pretraining waits for it
     localrule: True
     conda:
         "../envs/endofm.yaml"
