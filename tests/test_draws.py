@@ -285,6 +285,17 @@ def test_evidence_config_plans_draws_steps_and_full_runs(tmp_path):
     assert resolved["pretrain"]["settings"]["epochs"] == 150  # x 8 steps: 1,200
     assert resolved["finetune"]["pretrain_fractions"] == [0.0, 0.1, 0.25, 0.5, 1.0]
     assert resolved["finetune"]["polypdiag"]["train"]["epochs"] == 20 and resolved["report"]["one_sided"] is True
+    assert resolved["pretrain"]["settings"]["precision"] == "auto"  # fp32 on the CPU: the published run
+    # `make evidence-bf16`: the same run with the pretrainings in bf16 and nothing else changed
+    bf16 = subprocess.run(
+        [*base, "show_config", "--cores", "1", "--quiet", "all", *configs, str(ROOT / "config/evidence_bf16.yaml")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bf16.returncode == 0, bf16.stderr
+    resolved_bf16 = yaml.safe_load(bf16.stdout[bf16.stdout.index("data:") :])
+    assert resolved_bf16["pretrain"]["settings"].pop("precision") == "bf16"
+    resolved["pretrain"]["settings"].pop("precision")
+    assert resolved_bf16 == resolved
 
 
 def test_gap_table_reads_metrics_of_pandas_frames_without_draw():
